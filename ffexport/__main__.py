@@ -1,0 +1,5 @@
+import sys
+
+from ffexport.cli import main
+
+sys.exit(main())

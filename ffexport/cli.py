@@ -1,0 +1,227 @@
+"""Command line: wires the pipeline's stages; every user mistake is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ffexport.errors import FFExportError, InputError
+
+log = logging.getLogger("ffexport")
+
+DEFAULT_PROMPT = "Describe what happens in this video."
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels, e.g. 112x112, got {text!r}") from None
+    return h, w
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="qwen2vl-tiny",
+                   help="preset (qwen2vl-tiny, qwen2vl-2b, qwen2vl-7b) or a local Hugging Face directory "
+                        "(default: qwen2vl-tiny, random weights built in)")
+    g.add_argument("--weights", metavar="DIR", help="local directory holding a preset's weights "
+                   "(default: the local Hugging Face cache; nothing is downloaded)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="build the preset's full architecture with random weights (structure and speed work)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights and activations dtype of the PyTorch reference (default: float32)")
+
+
+def _add_fusion_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FrameFusion (dynamic reference)")
+    g.add_argument("--cost", type=float, default=0.3, help="compute budget per layer, share of full (default 0.3)")
+    g.add_argument("--similarity", type=float, default=0.6,
+                   help="cosine similarity at or above which a token merges (default 0.6)")
+    g.add_argument("--ratio-lower-bound", type=float, default=0.1,
+                   help="a merge step removing a smaller share ends merging (default 0.1)")
+    g.add_argument("--budget-layers", type=int, default=None, metavar="N",
+                   help="depth the cost formula assumes (default: the model's depth; 28 reproduces the "
+                        "authors' code on any model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ffexport",
+        description="Deploy video LLMs with FrameFusion token reduction as static-bucket graphs.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ref = sub.add_parser(
+        "reference", help="run the PyTorch reference (dynamic FrameFusion, a static schedule, or none)",
+        description="Run one pre-processed case through the PyTorch reference and save logits, per-layer "
+                    "KV lengths and greedy tokens. Without --inputs, a synthetic video and a default prompt "
+                    "are used.",
+    )
+    _add_model_args(ref)
+    _add_fusion_args(ref)
+    ref.add_argument("--inputs", metavar="CASE.npz",
+                     help="input_ids, pixel_values_videos, video_grid_thw (default: a synthetic video)")
+    mode = ref.add_mutually_exclusive_group()
+    mode.add_argument("--static", metavar="SCHEDULE.json", help="run the static-schedule decoder instead")
+    mode.add_argument("--no-reduction", action="store_true", help="run the full model (no FrameFusion)")
+    ref.add_argument("--max-new-tokens", type=_positive_int, default=0, metavar="N",
+                     help="greedy tokens to generate (default 0)")
+    ref.add_argument("--out", required=True, metavar="OUT.npz", help="where to write the outputs")
+    ref.add_argument("--schedule-out", metavar="SCHEDULE.json", help="write the schedule used or realized")
+    ref.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ref.set_defaults(func=_cmd_reference)
+
+    case = sub.add_parser(
+        "case", help="make a pre-processed case (case.npz) from a video and a prompt",
+        description="Preprocess a video like the model's processor and tokenize a prompt into case.npz.",
+    )
+    _add_model_args(case)
+    case.add_argument("--video", default="synthetic:moving_object",
+                      help="synthetic:KIND (moving_object, pan, scene_cut, static, noise) "
+                           "(default: synthetic:moving_object)")
+    case.add_argument("--frames", type=_positive_int, default=8, help="input frames (default 8)")
+    case.add_argument("--size", type=_size, default=(112, 112), metavar="HxW",
+                      help="frame size in pixels for synthetic videos (default 112x112)")
+    case.add_argument("--seed", type=_positive_int, default=0, help="synthetic video seed (default 0)")
+    case.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the video")
+    case.add_argument("--out", required=True, metavar="CASE.npz")
+    case.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    case.set_defaults(func=_cmd_case)
+
+    models = sub.add_parser("models", help="list the model presets")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+def _load(args):
+    from ffexport.models import LoadModel
+
+    return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype)()
+
+
+def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: int, prompt: str):
+    from ffexport.video import synthetic_video
+
+    if not video.startswith("synthetic:"):
+        raise InputError(f"--video {video!r}: only synthetic:KIND videos are supported by this command so far")
+    try:
+        clip = synthetic_video(video.split(":", 1)[1], frames=frames, height=size[0], width=size[1], seed=seed)
+    except ValueError as e:
+        raise InputError(f"--video {video!r}: {e}") from e
+    return loaded.case_from_video(clip, prompt)
+
+
+def _cmd_case(args) -> int:
+    loaded = _load(args)
+    case = _make_case(loaded, video=args.video, frames=args.frames, size=args.size, seed=args.seed,
+                      prompt=args.prompt)
+    case.save(args.out, overwrite=args.overwrite)
+    t, h, w = case.grid
+    log.info("wrote %s: %d tokens, video grid %dx%dx%d", args.out, case.input_ids.shape[1], t, h, w)
+    return 0
+
+
+def _cmd_reference(args) -> int:
+    from ffexport.case import load_case
+    from ffexport.fusion.config import FusionConfig
+    from ffexport.fusion.schedule import load_schedule
+    from ffexport.io import check_writable, save_npz
+    from ffexport.reference import Reference
+
+    check_writable(args.out, overwrite=args.overwrite)
+    if args.schedule_out:
+        check_writable(args.schedule_out, overwrite=args.overwrite)
+    fusion = None
+    schedule = load_schedule(args.static) if args.static else None
+    if schedule is None and not args.no_reduction:
+        fusion = FusionConfig(cost=args.cost, similarity=args.similarity,
+                              ratio_lower_bound=args.ratio_lower_bound, budget_layers=args.budget_layers)
+    case = load_case(args.inputs) if args.inputs else None
+    loaded = _load(args)
+    if case is None:
+        case = _make_case(loaded, video="synthetic:moving_object", frames=8, size=(112, 112), seed=0,
+                          prompt=DEFAULT_PROMPT)
+    eos = loaded.tokenizer.eos_token_id if loaded.tokenizer is not None else None
+    if eos is None:
+        eos = loaded.config.text_config.eos_token_id
+    reference = Reference(loaded, fusion=fusion, schedule=schedule, max_new_tokens=args.max_new_tokens,
+                          eos_token_id=eos if isinstance(eos, int) else None)
+    result = reference(case)
+    save_npz(result.arrays(), args.out, overwrite=args.overwrite)
+    _report(result, loaded, args)
+    if args.schedule_out and result.schedule is not None:
+        result.schedule.save(args.schedule_out, overwrite=args.overwrite)
+        log.info("wrote schedule %s", args.schedule_out)
+    return 0
+
+
+def _report(result, loaded, args) -> None:
+    if result.schedule is not None:
+        s = result.schedule
+        kept = s.final_visual_tokens
+        log.info("visual tokens %d -> %d (%.0f%% removed) in %d steps", s.visual_tokens, kept,
+                 100 * (1 - kept / s.visual_tokens), len(s.stages))
+        for step in result.realized:
+            st = step.stage
+            log.info("  layer %2d %-16s %-5s remove %5d of %5d  (%s, ratio %.3f, budget %.3f)", st.layer, st.where,
+                     st.op, st.remove, step.visual_before, step.branch, step.ratio, step.budget)
+    log.info("kv lengths per layer: %s", " ".join(str(int(x)) for x in result.kv_lengths))
+    if result.generated_ids.size:
+        ids = result.generated_ids[0].tolist()
+        text = loaded.tokenizer.decode(ids) if loaded.tokenizer is not None else ""
+        log.info("generated %s %r", ids, text)
+    log.info("wrote %s", args.out)
+
+
+def _cmd_models(args) -> int:
+    from ffexport.models import PRESETS
+
+    for name, preset in PRESETS.items():
+        print(f"{name:14s} {preset.description}" + (f"  [{preset.hub_id}]" if preset.hub_id else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- entry
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    """Plain lines on stderr (stdout stays free for results); ``--quiet`` keeps only errors."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("ffexport")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet, args.verbose)
+    try:
+        return args.func(args)
+    except FFExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The reduced decoder: a Qwen2-style LLM whose prefill runs FrameFusion steps between layers.
+
+It reuses the loaded model's modules (no weight copies) but owns the forward pass, so that the
+same code serves the dynamic reference (data-dependent reducer), the static-schedule graph that
+gets exported (every shape fixed by the schedule), and the plain model (no reducer). Batch 1.
+
+Per layer::
+
+    [step: layer, before_attention]      (the reference only merges here at layer 0)
+    x = x + attn(norm(x))                (causal over the tokens left; present k/v saved)
+    [step: layer, after_attention]       (a prune uses this layer's last-4-query attention)
+    x = x + mlp(norm(x))
+
+A step gathers hidden states, rotary cos/sin and the patch ids with the same indices; tokens keep
+their original order, so the causal mask of the reduced sequence is again a plain causal mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ffexport.fusion import ops
+from ffexport.fusion.reducers import Reduction, StaticReducer, VisualSpan
+from ffexport.fusion.schedule import Schedule
+
+#: queries whose attention ranks visual tokens for pruning (the authors' choice)
+IMPORTANCE_QUERIES = 4
+
+
+class Reducer(Protocol):
+    def needs_importance(self, layer: int) -> bool: ...
+
+    def step(
+        self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan, importance: torch.Tensor | None
+    ) -> Reduction | None: ...
+
+
+@dataclass
+class DecoderParts:
+    """Where a Qwen2-style decoder keeps its pieces (filled in by a model adapter)."""
+
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Module
+    inv_freq: torch.Tensor
+    mrope_section: tuple[int, ...]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def mrope_cos_sin(
+    inv_freq: torch.Tensor, position_ids: torch.Tensor, mrope_section: tuple[int, ...], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimodal RoPE tables. ``position_ids`` [3, L] (temporal, height, width) -> cos, sin [L, head_dim].
+
+    Frequency band ``j`` of section ``i`` uses the positions of axis ``i % 3``.
+    """
+    freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq.to(torch.float32)  # [3, L, d/2]
+    bands = [chunk[i % 3] for i, chunk in enumerate(freqs.split(list(mrope_section), dim=-1))]
+    freqs = torch.cat(bands, dim=-1)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+@dataclass
+class PrefillResult:
+    logits: torch.Tensor  # [1, vocab], last position
+    presents: list[tuple[torch.Tensor, torch.Tensor]]  # per layer [1, kv_heads, L_i, head_dim]
+
+
+class ReducedDecoder(nn.Module):
+    """Prefill with optional FrameFusion steps, and one-token decode over per-layer caches."""
+
+    def __init__(self, parts: DecoderParts) -> None:
+        super().__init__()
+        self.parts = parts
+        self.layers = parts.layers
+        self.norm = parts.norm
+        self.lm_head = parts.lm_head
+        self.groups = parts.num_heads // parts.num_kv_heads
+        self.scale = parts.head_dim**-0.5
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # ------------------------------------------------------------------ pieces
+    def _qkv(self, layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        attn = layer.self_attn
+        length, hd = x.shape[1], self.parts.head_dim
+        q = attn.q_proj(x).view(1, length, -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(1, length, -1, hd).transpose(1, 2)
+        v = attn.v_proj(x).view(1, length, -1, hd).transpose(1, 2)
+        c, s = cos.unsqueeze(0).unsqueeze(0), sin.unsqueeze(0).unsqueeze(0)
+        q = q * c + rotate_half(q) * s
+        k = k * c + rotate_half(k) * s
+        return q, k, v
+
+    def _repeat(self, kv: torch.Tensor) -> torch.Tensor:
+        return kv if self.groups == 1 else kv.repeat_interleave(self.groups, dim=1)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden[:, -1, :]))
+
+    @staticmethod
+    def _apply(
+        reduction: Reduction,
+        span: VisualSpan,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, VisualSpan]:
+        """Gather hidden states, cos/sin and patch ids down to the surviving tokens (static shapes)."""
+        length = hidden.shape[1]
+        n, n_new = span.length, reduction.kept.shape[0]
+        removed = n - n_new
+        device = hidden.device
+        j = torch.arange(length - removed, dtype=torch.int64, device=device)
+        source = torch.where(j < span.start, j, j + removed)  # text before / after the span
+        patch_ids = span.patch_ids.index_select(0, reduction.kept)
+        if n_new > 0:
+            in_span = (j >= span.start) & (j < span.start + n_new)
+            rel = torch.clamp(j - span.start, 0, n_new - 1)
+            source = torch.where(in_span, span.start + reduction.kept.index_select(0, rel), source)
+        cos, sin = cos.index_select(0, source), sin.index_select(0, source)
+        if reduction.values is None or n_new == 0:
+            hidden = hidden.index_select(1, source)
+        else:  # merged values live in a pool appended after the sequence
+            pool = torch.cat([hidden[0], reduction.values.to(hidden.dtype)], dim=0)
+            hidden = pool.index_select(0, torch.where(in_span, length + rel, source)).unsqueeze(0)
+        return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids)
+
+    def _step(self, reducer, layer, where, hidden, cos, sin, span, importance):
+        visual = hidden[0].index_select(0, span.positions())
+        reduction = reducer.step(layer, where, visual, span, importance)
+        if reduction is None:
+            return hidden, cos, sin, span
+        return self._apply(reduction, span, hidden, cos, sin)
+
+    # ------------------------------------------------------------------ prefill
+    def prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        video_start: torch.Tensor,
+        visual_tokens: int,
+        patches_per_frame: int,
+        reducer: Reducer | None = None,
+    ) -> PrefillResult:
+        """Run the prompt. ``inputs_embeds`` [1, L, D] with video features in place; ``position_ids``
+        [3, L]; ``video_start`` 0-dim int64: the video span is ``[video_start, video_start + N)``."""
+        hidden = inputs_embeds
+        cos, sin = mrope_cos_sin(self.parts.inv_freq, position_ids, self.parts.mrope_section, hidden.dtype)
+        device = hidden.device
+        video_start = torch.as_tensor(video_start, dtype=torch.int64, device=device).reshape(())
+        patch_ids = torch.arange(visual_tokens, dtype=torch.int64, device=device) % patches_per_frame
+        span = VisualSpan(video_start, visual_tokens, patch_ids)
+        presents = []
+        for i, layer in enumerate(self.layers):
+            if reducer is not None:
+                hidden, cos, sin, span = self._step(reducer, i, "before_attention", hidden, cos, sin, span, None)
+            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            presents.append((k, v))
+            kr, vr = self._repeat(k), self._repeat(v)
+            attn = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
+            attn = attn.transpose(1, 2).reshape(1, hidden.shape[1], -1)
+            hidden = hidden + layer.self_attn.o_proj(attn)
+            if reducer is not None:
+                importance = None
+                if reducer.needs_importance(i):
+                    importance = ops.last_query_importance(q, kr, IMPORTANCE_QUERIES)
+                hidden, cos, sin, span = self._step(reducer, i, "after_attention", hidden, cos, sin, span, importance)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return PrefillResult(self._logits(hidden), presents)
+
+    # ------------------------------------------------------------------ decode
+    def decode(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> PrefillResult:
+        """One new token (``inputs_embeds`` [1, 1, D], ``position_ids`` [3, 1]) attending to each layer's
+        own cache (lengths may differ per layer). Returns logits and the grown caches."""
+        hidden = inputs_embeds
+        cos, sin = mrope_cos_sin(self.parts.inv_freq, position_ids, self.parts.mrope_section, hidden.dtype)
+        presents = []
+        for layer, (past_k, past_v) in zip(self.layers, past, strict=True):
+            q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+            presents.append((k, v))
+            attn = torch.nn.functional.scaled_dot_product_attention(
+                q, self._repeat(k), self._repeat(v), scale=self.scale
+            )
+            hidden = hidden + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(1, 1, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return PrefillResult(self._logits(hidden), presents)
+
+
+class StaticPrefill(nn.Module):
+    """The export-ready prefill: a schedule baked in, tensors in, tensors out.
+
+    Inputs: ``inputs_embeds`` [1, L, D], ``position_ids`` [3, L] int64, ``video_start`` [] int64.
+    Outputs: ``logits`` [1, vocab] then ``present.{i}.key`` / ``present.{i}.value`` per layer.
+    """
+
+    def __init__(self, decoder: ReducedDecoder, schedule: Schedule) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.schedule = schedule.validate(decoder.num_layers)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor):
+        result = self.decoder.prefill(
+            inputs_embeds,
+            position_ids,
+            video_start,
+            self.schedule.visual_tokens,
+            self.schedule.patches_per_frame,
+            StaticReducer(self.schedule),
+        )
+        flat = [t for kv in result.presents for t in kv]
+        return (result.logits, *flat)

@@ -1,0 +1,122 @@
+"""FrameFusion's tensor math, shared by the dynamic reference and the static-schedule decoder.
+
+Everything here works on the current visual span only (``n`` tokens, one row per token, in
+sequence order) and is written for export: shapes depend only on Python ints given by the caller
+(``n``, ``m``, ``k``), never on tensor values; no ``.item()``, no data-dependent branching.
+
+Vocabulary (see ``shared/FRAMEFUSION.md``):
+    patch id      position of a visual token inside its frame, ``(i - s) mod P`` before reduction;
+                  carried along as tokens are removed.
+    patch order   visual tokens sorted by patch id, then by time (sequence order): the order in which
+                  FrameFusion compares each token with the same patch in the previous frame.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: similarity given to tokens with no predecessor in their patch chain (never merged)
+NO_PREDECESSOR = -2.0
+
+
+def patch_order(patch_ids: torch.Tensor) -> torch.Tensor:
+    """Permutation that sorts visual tokens patch-major (stable: by patch id, then by position).
+
+    ``patch_ids`` [n] int64. Keys ``patch_id * n + position`` are unique, so a plain sort is stable.
+    """
+    n = patch_ids.shape[0]
+    key = patch_ids * n + torch.arange(n, dtype=patch_ids.dtype, device=patch_ids.device)
+    return torch.argsort(key)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity, as the authors compute it (no epsilon)."""
+    dot = (a * b).sum(dim=-1)
+    return dot / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1))
+
+
+def chain_similarity(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Similarity of each token to its predecessor in its patch chain, in patch order.
+
+    ``visual`` [n, D]; returns [n] (same dtype): ``cosine(token, previous token of the same patch)``,
+    or ``NO_PREDECESSOR`` for the first token of each chain.
+    """
+    xs = visual.index_select(0, order)
+    ps = patch_ids.index_select(0, order)
+    sim = cosine(xs[1:], xs[:-1])
+    sim = torch.where(ps[1:] == ps[:-1], sim, torch.full_like(sim, NO_PREDECESSOR))
+    head = torch.full((1,), NO_PREDECESSOR, dtype=sim.dtype, device=sim.device)
+    return torch.cat([head, sim])
+
+
+def top_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """0/1 flags (same dtype as ``scores``) marking the ``count`` largest scores."""
+    flags = torch.zeros_like(scores)
+    if count == 0:
+        return flags
+    idx = torch.topk(scores, count).indices
+    return flags.scatter(0, idx, torch.ones_like(idx, dtype=scores.dtype))
+
+
+def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the ``count`` rows with ``keep`` == 1, ascending, without a data-dependent shape.
+
+    ``keep`` [n] float 0/1 with exactly ``count`` ones. Each kept row goes to its rank among kept
+    rows (a cumulative sum); dropped rows go to a spare slot that is cut off.
+    """
+    n = keep.shape[0]
+    rank = torch.cumsum(keep, dim=0).to(torch.int64) - 1
+    slot = torch.where(keep > 0, rank, torch.full_like(rank, count))
+    positions = torch.arange(n, dtype=torch.int64, device=keep.device)
+    out = torch.zeros(count + 1, dtype=torch.int64, device=keep.device)
+    return out.scatter(0, slot, positions)[:count]
+
+
+def merge(
+    visual: torch.Tensor, patch_ids: torch.Tensor, order: torch.Tensor, merged: torch.Tensor, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge the flagged tokens into the unmerged token before them in their patch chain.
+
+    ``merged`` [n] 0/1 flags in patch order (exactly ``m`` ones; a chain's first token is never
+    flagged). Each maximal run of flagged tokens is averaged, with equal weights, together with the
+    unflagged token just before it. Returns ``(kept, values)``: the ``n - m`` surviving rows' positions
+    in the span (ascending) and their new values [n - m, D], in that order.
+    """
+    n = visual.shape[0]
+    xs = visual.index_select(0, order)
+    # group id of every token in patch order: a group is one unmerged token plus the run after it
+    group = torch.cumsum(1.0 - merged, dim=0).to(torch.int64) - 1
+    sums = torch.zeros((n - m,) + tuple(visual.shape[1:]), dtype=visual.dtype, device=visual.device)
+    sums = sums.index_add(0, group, xs)
+    sizes = torch.zeros(n - m, dtype=visual.dtype, device=visual.device)
+    sizes = sizes.index_add(0, group, torch.ones(n, dtype=visual.dtype, device=visual.device))
+    means = sums / sizes.unsqueeze(-1)
+    # back to sequence order: keep[i] for the token at span position i
+    keep = torch.zeros(n, dtype=merged.dtype, device=merged.device).scatter(0, order, 1.0 - merged)
+    kept = compact_index(keep, n - m)
+    group_of_position = torch.zeros(n, dtype=torch.int64, device=visual.device).scatter(0, order, group)
+    values = means.index_select(0, group_of_position.index_select(0, kept))
+    return kept, values
+
+
+def last_query_importance(query: torch.Tensor, key: torch.Tensor, num_queries: int = 4) -> torch.Tensor:
+    """Attention the last ``num_queries`` positions pay to every key, averaged over heads and queries.
+
+    ``query`` [1, H, L, d] and ``key`` [1, H, L, d] (keys already repeated to H heads, RoPE applied).
+    Causal: the query at position ``L - q + j`` sees keys ``0 .. L - q + j``. Returns [L].
+    """
+    length = query.shape[-2]
+    q = query[:, :, -num_queries:, :]
+    rows = q.shape[-2]
+    scale = 1.0 / (query.shape[-1] ** 0.5)
+    scores = torch.matmul(q, key.transpose(-2, -1)) * scale
+    query_pos = torch.arange(rows, device=query.device).unsqueeze(1) + (length - rows)
+    key_pos = torch.arange(length, device=query.device).unsqueeze(0)
+    scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return probs.mean(dim=(1, 2))[0]
+
+
+def prune(importance: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions (ascending) of the ``k`` most important visual tokens. ``importance`` [n]."""
+    return compact_index(top_flags(importance, k), k)

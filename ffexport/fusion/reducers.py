@@ -1,0 +1,156 @@
+"""The two ways to decide FrameFusion steps: the dynamic reference and a static schedule.
+
+Both answer the decoder's two questions at every step slot (layer, before/after attention):
+does this layer need the last queries' attention (``needs_importance``), and which visual tokens
+survive this step (``step``). The tensor math is shared (:mod:`ffexport.fusion.ops`); only the
+decisions differ: :class:`DynamicReducer` decides from the data exactly as the authors' code does
+and records the schedule it realized; :class:`StaticReducer` follows a schedule fixed in advance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ffexport.fusion import ops
+from ffexport.fusion.budget import budget
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.schedule import Schedule, Stage
+
+
+@dataclass
+class VisualSpan:
+    """The visual tokens as the decoder currently holds them.
+
+    ``start`` is where the span begins in the sequence (a 0-dim int64 tensor, so it can be a graph
+    input); ``length`` is how many visual tokens are left (a Python int: fixed by the schedule);
+    ``patch_ids`` [length] int64 says which patch position each token came from.
+    """
+
+    start: torch.Tensor
+    length: int
+    patch_ids: torch.Tensor
+
+    def positions(self) -> torch.Tensor:
+        """Sequence positions of the span's tokens, [length] int64."""
+        return self.start + torch.arange(self.length, dtype=torch.int64, device=self.patch_ids.device)
+
+
+@dataclass
+class Reduction:
+    """Which span tokens survive a step (``kept``: span positions, ascending) and, for a merge, their
+    new values (``values`` [len(kept), D]); a prune keeps the rows as they are (``values`` None)."""
+
+    kept: torch.Tensor
+    values: torch.Tensor | None = None
+
+
+def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tuple[Reduction, int]:
+    order = ops.patch_order(span.patch_ids)
+    sim = ops.chain_similarity(visual, span.patch_ids, order)
+    flags, m = flags_for(sim)
+    kept, values = ops.merge(visual, span.patch_ids, order, flags, m)
+    return Reduction(kept, values), m
+
+
+class StaticReducer:
+    """Applies a fixed :class:`Schedule`: top-M similarities merge, top-K importances survive a prune."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def needs_importance(self, layer: int) -> bool:
+        stage = self.schedule.at(layer, "after_attention")
+        return stage is not None and stage.op == "prune"
+
+    def step(
+        self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan, importance: torch.Tensor | None
+    ) -> Reduction | None:
+        stage = self.schedule.at(layer, where)
+        if stage is None or stage.remove == 0:
+            return None
+        if stage.op == "merge":
+            reduction, _ = _merge(visual, span, lambda sim: (ops.top_flags(sim, stage.remove), stage.remove))
+            return reduction
+        keep = span.length - stage.remove
+        return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
+
+
+@dataclass
+class RealizedStep:
+    """What the dynamic reference did at one step, with the numbers behind the decision."""
+
+    stage: Stage
+    visual_before: int
+    ratio: float
+    budget: float
+    branch: str  # "threshold", "top-k" or "prune"
+
+
+@dataclass
+class DynamicReducer:
+    """FrameFusion as the authors' code runs it (batch 1, prefill), recording what it realizes.
+
+    Merge at layer 0 before attention and after every attention while merging is not done; the
+    first step after merging is done (the next attention) prunes by the last 4 queries' attention.
+    """
+
+    config: FusionConfig
+    num_layers: int
+    sparsity: list[float] = field(default_factory=list)
+    merging_done: bool = False
+    pruning_done: bool = False
+    realized: list[RealizedStep] = field(default_factory=list)
+
+    def needs_importance(self, layer: int) -> bool:
+        return self.merging_done and not self.pruning_done
+
+    def schedule(self, visual_tokens: int, patches_per_frame: int) -> Schedule:
+        return Schedule(visual_tokens, patches_per_frame, tuple(r.stage for r in self.realized))
+
+    def _budget(self) -> float:
+        return budget(self.sparsity, self.config.cost, self.num_layers)
+
+    def step(
+        self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan, importance: torch.Tensor | None
+    ) -> Reduction | None:
+        if where == "before_attention" and layer != 0:
+            return None
+        n = span.length
+        if n == 0:
+            return None
+        if where == "after_attention" and self.merging_done and not self.pruning_done:
+            upper = self._budget()
+            keep = round(n * (1 - upper))
+            self.pruning_done = True
+            self.realized.append(RealizedStep(Stage(layer, where, "prune", n - keep), n, upper, upper, "prune"))
+            return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
+        if self.merging_done:
+            return None
+
+        upper = self._budget()
+        decision: dict[str, object] = {}
+
+        def flags_for(sim: torch.Tensor) -> tuple[torch.Tensor, int]:
+            candidates = sim >= self.config.similarity
+            count = int(candidates.sum())
+            ratio = count / n
+            decision["ratio"] = ratio
+            if ratio < upper:
+                decision["branch"] = "threshold"
+                return candidates.to(sim.dtype), count
+            decision["branch"] = "top-k"
+            m = int(upper * n)
+            return ops.top_flags(sim, m), m
+
+        reduction, m = _merge(visual, span, flags_for)
+        ratio = float(decision["ratio"])
+        if decision["branch"] == "threshold":
+            self.sparsity.append(ratio)
+            if ratio < self.config.ratio_lower_bound:
+                self.merging_done = True
+        else:
+            self.merging_done = self.pruning_done = True
+        self.realized.append(RealizedStep(Stage(layer, where, "merge", m), n, ratio, upper, str(decision["branch"])))
+        return reduction if m else None

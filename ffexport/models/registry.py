@@ -1,0 +1,54 @@
+"""Registries of model families (adapters) and presets (named models), both refusing duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A plain name -> entry dict that refuses to register a name twice."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise KeyError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> T | None:
+        return self._entries.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self):
+        return sorted(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its family, the Hugging Face repo its weights come from (None: built here),
+    and a factory for its config (the architecture, used with --random-weights)."""
+
+    name: str
+    family: str
+    description: str
+    config: Callable[[], Any]
+    hub_id: str | None = None
+    tiny: bool = False
+    #: (min_pixels, max_pixels) for video frames; None: the model's processor defaults
+    video_pixels: tuple[int, int] | None = None
+
+
+FAMILIES: Registry[Any] = Registry("model family")
+PRESETS: Registry[Preset] = Registry("preset")

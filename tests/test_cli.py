@@ -1,0 +1,147 @@
+"""The command line: outputs on success; one clear line and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ffexport.cli import main
+from ffexport.errors import InputError, ModelError, ScheduleError
+from ffexport.models.tiny_tokenizer import tiny_special_token_ids
+
+VIDEO = tiny_special_token_ids()["video_token_id"]
+
+
+@pytest.fixture(scope="module")
+def case_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("case") / "case.npz"
+    assert main(["-q", "case", "--video", "synthetic:pan", "--out", str(path)]) == 0
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_reference_dynamic_then_static(tmp_path, case_file):
+    out, sched = tmp_path / "dyn.npz", tmp_path / "s.json"
+    args = ["-q", "reference", "--inputs", str(case_file), "--max-new-tokens", "3"]
+    assert main(args + ["--out", str(out), "--schedule-out", str(sched)]) == 0
+    dyn = np.load(out)
+    assert dyn["logits"].dtype == np.float32 and dyn["logits"].shape[0] == 1
+    assert dyn["generated_ids"].shape == (1, 3)
+    assert json.loads(sched.read_text())["format"] == "ffexport.schedule/1"
+    assert main(args + ["--static", str(sched), "--out", str(tmp_path / "st.npz")]) == 0
+    st = np.load(tmp_path / "st.npz")
+    assert np.abs(st["logits"] - dyn["logits"]).max() <= 1e-5
+    np.testing.assert_array_equal(st["kv_lengths"], dyn["kv_lengths"])
+    np.testing.assert_array_equal(st["generated_ids"], dyn["generated_ids"])
+    assert main(args + ["--no-reduction", "--out", str(tmp_path / "full.npz")]) == 0
+    full = np.load(tmp_path / "full.npz")
+    assert (full["kv_lengths"] > dyn["kv_lengths"]).all()
+
+
+def test_default_case_runs_without_inputs(tmp_path):
+    assert main(["-q", "reference", "--out", str(tmp_path / "o.npz")]) == 0
+    assert "logits" in np.load(tmp_path / "o.npz")
+
+
+def test_refuses_to_overwrite(tmp_path, case_file, capsys):
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"user data")
+    assert main(["-q", "reference", "--inputs", str(case_file), "--out", str(out)]) == InputError.exit_code
+    assert "--overwrite" in _error_line(capsys)
+    assert out.read_bytes() == b"user data"
+
+
+def _write_case(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.pop("video_grid_thw"), "lacks video_grid_thw"),
+        (lambda a: a.update(video_grid_thw=np.array([[2, 8, 8]])), "video span"),
+        (lambda a: a.update(input_ids=np.delete(a["input_ids"], np.flatnonzero(a["input_ids"][0] == VIDEO)[:3], 1)),
+         "video span"),
+        (lambda a: a.update(input_ids=np.where(a["input_ids"] == VIDEO, 1, a["input_ids"])), "exactly one"),
+        (lambda a: a.update(pixel_values_videos=a["pixel_values_videos"][:-4]), "rows"),
+        (lambda a: a.update(pixel_values_videos=np.full_like(a["pixel_values_videos"], np.nan)), "NaN"),
+        (lambda a: a.update(input_ids=a["input_ids"].astype(np.float32)), "integers"),
+        (lambda a: a.update(pixel_values_videos=a["pixel_values_videos"][:, :10]), "the model expects"),
+    ],
+)
+def test_malformed_cases(tmp_path, case_file, capsys, mutate, message):
+    arrays = dict(np.load(case_file))
+    mutate(arrays)
+    bad = _write_case(tmp_path / "bad.npz", **arrays)
+    out = tmp_path / "o.npz"
+    assert main(["-q", "reference", "--inputs", str(bad), "--out", str(out)]) == InputError.exit_code
+    assert message in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_not_an_npz(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("hello")
+    assert main(["-q", "reference", "--inputs", str(bad), "--out", str(tmp_path / "o.npz")]) == InputError.exit_code
+    assert "not a readable .npz" in _error_line(capsys)
+
+
+def test_invalid_schedule(tmp_path, case_file, capsys):
+    bad = tmp_path / "s.json"
+    bad.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 64, "patches_per_frame": 16,
+                               "stages": [{"layer": 0, "where": "before_attention", "op": "merge", "remove": 60}]}))
+    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(bad), "--out", str(tmp_path / "o.npz")])
+    assert code == ScheduleError.exit_code
+    assert "at most 48" in _error_line(capsys)
+
+
+def test_schedule_for_another_bucket(tmp_path, case_file, capsys):
+    other = tmp_path / "s.json"
+    other.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 32, "patches_per_frame": 16,
+                                 "stages": []}))
+    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(other), "--out", str(tmp_path / "o.npz")])
+    assert code == ScheduleError.exit_code
+    assert "schedule is for 32 visual tokens" in _error_line(capsys)
+
+
+def test_schedule_with_layers_the_model_lacks(tmp_path, case_file, capsys):
+    bad = tmp_path / "s.json"
+    bad.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 64, "patches_per_frame": 16,
+                               "stages": [{"layer": 9, "where": "after_attention", "op": "prune", "remove": 1}]}))
+    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(bad), "--out", str(tmp_path / "o.npz")])
+    assert code == ScheduleError.exit_code
+    assert "unknown layer 9" in _error_line(capsys)
+
+
+def test_unknown_model_and_missing_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["-q", "reference", "--model", "nope", "--out", str(tmp_path / "o.npz")]) == ModelError.exit_code
+    assert "unknown model 'nope'" in _error_line(capsys)
+    assert main(["-q", "reference", "--model", "qwen2vl-7b", "--out", str(tmp_path / "o.npz")]) == ModelError.exit_code
+    line = _error_line(capsys)
+    assert "weights for qwen2vl-7b not found" in line and "empty-cache" in line
+
+
+def test_bad_option_values(tmp_path, capsys):
+    assert main(["-q", "reference", "--cost", "0", "--out", str(tmp_path / "o.npz")]) == InputError.exit_code
+    assert "--cost" in _error_line(capsys)
+
+
+def test_cost_too_small_is_one_line(tmp_path, case_file, capsys):
+    # many tiny merge steps against a 1-layer budget exhaust it, as in the authors' code
+    code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", "--out", str(tmp_path / "o.npz")])
+    assert code == 5
+    assert "cost is too small" in _error_line(capsys)
+    assert not (tmp_path / "o.npz").exists()
