@@ -1,10 +1,19 @@
 """Model adapters (one file per family) and the presets users name with ``--model``.
 
-Importing this package registers every family and preset.
+Attributes load lazily (PEP 562): ``import ffexport.models.tiny_tokenizer`` stays torch-free,
+while ``from ffexport.models import LoadModel`` imports torch and registers every family.
 """
 
-from ffexport.models import qwen2_vl  # noqa: F401  (registers the family and its presets)
-from ffexport.models.loading import LoadedModel, LoadModel
-from ffexport.models.registry import FAMILIES, PRESETS, Preset
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["FAMILIES", "PRESETS", "LoadModel", "LoadedModel", "Preset"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'ffexport.models' has no attribute {name!r}")
+    from ffexport.models import loading, qwen2_vl, registry  # noqa: F401  (qwen2_vl registers itself)
+
+    return {**vars(registry), **vars(loading)}[name]
