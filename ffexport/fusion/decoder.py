@@ -34,6 +34,8 @@ IMPORTANCE_QUERIES = 4
 class Reducer(Protocol):
     def needs_importance(self, layer: int) -> bool: ...
 
+    def acts(self, layer: int, where: str) -> bool: ...
+
     def step(
         self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan, importance: torch.Tensor | None
     ) -> Reduction | None: ...
@@ -141,6 +143,8 @@ class ReducedDecoder(nn.Module):
         return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids)
 
     def _step(self, reducer, layer, where, hidden, cos, sin, span, importance):
+        if not reducer.acts(layer, where):
+            return hidden, cos, sin, span
         visual = hidden[0].index_select(0, span.positions())
         reduction = reducer.step(layer, where, visual, span, importance)
         if reduction is None:

@@ -64,6 +64,10 @@ class StaticReducer:
         stage = self.schedule.at(layer, "after_attention")
         return stage is not None and stage.op == "prune"
 
+    def acts(self, layer: int, where: str) -> bool:
+        stage = self.schedule.at(layer, where)
+        return stage is not None and stage.remove > 0
+
     def step(
         self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan, importance: torch.Tensor | None
     ) -> Reduction | None:
@@ -105,6 +109,11 @@ class DynamicReducer:
 
     def needs_importance(self, layer: int) -> bool:
         return self.merging_done and not self.pruning_done
+
+    def acts(self, layer: int, where: str) -> bool:
+        if where == "before_attention" and layer != 0:
+            return False
+        return not (self.merging_done and self.pruning_done)
 
     def schedule(self, visual_tokens: int, patches_per_frame: int) -> Schedule:
         return Schedule(visual_tokens, patches_per_frame, tuple(r.stage for r in self.realized))

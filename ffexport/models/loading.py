@@ -118,7 +118,7 @@ class LoadModel:
         config._attn_implementation = "sdpa"
         torch.manual_seed(self.seed)
         log.info("building %s with random weights (seed %d)", preset.name, self.seed)
-        model = adapter.model_class(config).to(self.dtype).eval()
+        model = adapter.model_class._from_config(config, dtype=self.dtype).eval()
         tokenizer = None
         if preset.tiny:
             from ffexport.models.tiny_tokenizer import build_tiny_tokenizer
