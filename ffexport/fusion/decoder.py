@@ -32,6 +32,8 @@ IMPORTANCE_QUERIES = 4
 
 
 class Reducer(Protocol):
+    def begin(self) -> None: ...
+
     def needs_importance(self, layer: int) -> bool: ...
 
     def acts(self, layer: int, where: str) -> bool: ...
@@ -169,6 +171,8 @@ class ReducedDecoder(nn.Module):
         video_start = torch.as_tensor(video_start, dtype=torch.int64, device=device).reshape(())
         patch_ids = torch.arange(visual_tokens, dtype=torch.int64, device=device) % patches_per_frame
         span = VisualSpan(video_start, visual_tokens, patch_ids)
+        if reducer is not None:
+            reducer.begin()
         presents = []
         for i, layer in enumerate(self.layers):
             if reducer is not None:

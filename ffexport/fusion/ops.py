@@ -65,7 +65,9 @@ def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
     rows (a cumulative sum); dropped rows go to a spare slot that is cut off.
     """
     n = keep.shape[0]
-    rank = torch.cumsum(keep, dim=0).to(torch.int64) - 1
+    # counts in float32: exact below 2**24 tokens whatever the model dtype (bf16 holds integers
+    # only up to 256), and TensorRT's CumSum takes float types only
+    rank = torch.cumsum(keep.to(torch.float32), dim=0).to(torch.int64) - 1
     slot = torch.where(keep > 0, rank, torch.full_like(rank, count))
     positions = torch.arange(n, dtype=torch.int64, device=keep.device)
     out = torch.zeros(count + 1, dtype=torch.int64, device=keep.device)
@@ -85,14 +87,15 @@ def merge(
     n = visual.shape[0]
     xs = visual.index_select(0, order)
     # group id of every token in patch order: a group is one unmerged token plus the run after it
-    group = torch.cumsum(1.0 - merged, dim=0).to(torch.int64) - 1
+    group = torch.cumsum(1.0 - merged.to(torch.float32), dim=0).to(torch.int64) - 1  # float32: see compact_index
     sums = torch.zeros((n - m,) + tuple(visual.shape[1:]), dtype=visual.dtype, device=visual.device)
     sums = sums.index_add(0, group, xs)
     sizes = torch.zeros(n - m, dtype=visual.dtype, device=visual.device)
     sizes = sizes.index_add(0, group, torch.ones(n, dtype=visual.dtype, device=visual.device))
     means = sums / sizes.unsqueeze(-1)
     # back to sequence order: keep[i] for the token at span position i
-    keep = torch.zeros(n, dtype=merged.dtype, device=merged.device).scatter(0, order, 1.0 - merged)
+    unmerged = 1.0 - merged.to(torch.float32)
+    keep = torch.zeros(n, dtype=torch.float32, device=merged.device).scatter(0, order, unmerged)
     kept = compact_index(keep, n - m)
     group_of_position = torch.zeros(n, dtype=torch.int64, device=visual.device).scatter(0, order, group)
     values = means.index_select(0, group_of_position.index_select(0, kept))

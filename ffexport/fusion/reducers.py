@@ -60,6 +60,9 @@ class StaticReducer:
     def __init__(self, schedule: Schedule) -> None:
         self.schedule = schedule
 
+    def begin(self) -> None:
+        """A new prefill starts (nothing to reset: the schedule is fixed)."""
+
     def needs_importance(self, layer: int) -> bool:
         stage = self.schedule.at(layer, "after_attention")
         return stage is not None and stage.op == "prune"
@@ -106,6 +109,11 @@ class DynamicReducer:
     merging_done: bool = False
     pruning_done: bool = False
     realized: list[RealizedStep] = field(default_factory=list)
+
+    def begin(self) -> None:
+        """A new prefill starts: forget the previous prompt's state (as the authors' ``prepare``)."""
+        self.sparsity, self.realized = [], []
+        self.merging_done = self.pruning_done = False
 
     def needs_importance(self, layer: int) -> bool:
         return self.merging_done and not self.pruning_done

@@ -134,3 +134,32 @@ def test_decode_positions_continue_the_original_sequence(tiny, cases):
             emb = tiny.adapter.embed_tokens(tiny.model, torch.tensor([[token]]))
             state = dec.decode(emb, torch.full((3, 1), first_position + k), state.presents)
     assert result.generated_ids[0].tolist() == tokens
+
+
+def test_a_dynamic_reducer_can_run_two_prompts(tiny, cases):
+    """Each prefill starts from a fresh FrameFusion state (the authors' ``prepare``)."""
+    from ffexport.fusion.reducers import DynamicReducer
+
+    ref = Reference(tiny, fusion=FusionConfig())
+    inputs = ref.prepare(cases[("moving_object", 8)])
+    reducer = DynamicReducer(FusionConfig(), tiny.num_layers)
+    args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start, inputs.visual_tokens,
+            inputs.patches_per_frame, reducer)
+    with torch.no_grad():
+        first = ref.decoder.prefill(*args)
+        first_schedule = reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame)
+        second = ref.decoder.prefill(*args)
+    assert reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame) == first_schedule
+    assert torch.equal(first.logits, second.logits)
+
+
+def test_bf16_model_runs_and_keeps_parity():
+    from ffexport.models import LoadModel
+
+    tiny16 = LoadModel("qwen2vl-tiny", dtype="bfloat16")()
+    case = tiny16.case_from_video(synthetic_video("pan", frames=8, seed=1), PROMPT)
+    dynamic = Reference(tiny16, fusion=FusionConfig(budget_layers=28), max_new_tokens=3)(case)
+    static = Reference(tiny16, schedule=dynamic.schedule, max_new_tokens=3)(case)
+    assert dynamic.schedule.final_visual_tokens < dynamic.schedule.visual_tokens
+    assert np.abs(dynamic.logits - static.logits).max() == 0.0
+    np.testing.assert_array_equal(dynamic.generated_ids, static.generated_ids)
