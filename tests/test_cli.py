@@ -95,31 +95,23 @@ def test_not_an_npz(tmp_path, capsys):
     assert "not a readable .npz" in _error_line(capsys)
 
 
-def test_invalid_schedule(tmp_path, case_file, capsys):
-    bad = tmp_path / "s.json"
-    bad.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 64, "patches_per_frame": 16,
-                               "stages": [{"layer": 0, "where": "before_attention", "op": "merge", "remove": 60}]}))
-    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(bad), "--out", str(tmp_path / "o.npz")])
+@pytest.mark.parametrize(
+    "visual_tokens, stages, message",
+    [
+        (64, [{"layer": 0, "where": "before_attention", "op": "merge", "remove": 60}], "at most 48"),
+        (32, [], "schedule is for 32 visual tokens"),
+        (64, [{"layer": 9, "where": "after_attention", "op": "prune", "remove": 1}], "unknown layer 9"),
+    ],
+)
+def test_bad_schedules(tmp_path, case_file, capsys, visual_tokens, stages, message):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": visual_tokens,
+                                "patches_per_frame": 16, "stages": stages}))
+    out = tmp_path / "o.npz"
+    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(path), "--out", str(out)])
     assert code == ScheduleError.exit_code
-    assert "at most 48" in _error_line(capsys)
-
-
-def test_schedule_for_another_bucket(tmp_path, case_file, capsys):
-    other = tmp_path / "s.json"
-    other.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 32, "patches_per_frame": 16,
-                                 "stages": []}))
-    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(other), "--out", str(tmp_path / "o.npz")])
-    assert code == ScheduleError.exit_code
-    assert "schedule is for 32 visual tokens" in _error_line(capsys)
-
-
-def test_schedule_with_layers_the_model_lacks(tmp_path, case_file, capsys):
-    bad = tmp_path / "s.json"
-    bad.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 64, "patches_per_frame": 16,
-                               "stages": [{"layer": 9, "where": "after_attention", "op": "prune", "remove": 1}]}))
-    code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(bad), "--out", str(tmp_path / "o.npz")])
-    assert code == ScheduleError.exit_code
-    assert "unknown layer 9" in _error_line(capsys)
+    assert message in _error_line(capsys)
+    assert not out.exists()
 
 
 def test_unknown_model_and_missing_weights(tmp_path, capsys, monkeypatch):

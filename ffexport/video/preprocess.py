@@ -103,7 +103,7 @@ def preprocess_video(
     ``VIDEO_MAX_PIXELS``). ``size=(height, width)`` skips ``smart_resize`` and resizes to exactly
     that size, which must be a multiple of ``patch_size * merge_size`` on both sides.
     """
-    frames = _check_video(frames)
+    frames = check_video(frames)
     _check_patch_args(patch_size, temporal_patch_size, merge_size)
     factor = patch_size * merge_size
     target = _target_size(frames.shape[1], frames.shape[2], factor, min_pixels, max_pixels, size)
@@ -226,7 +226,7 @@ def _patchify(
 # Validation
 
 
-def _check_video(frames: np.ndarray) -> np.ndarray:
+def check_video(frames: np.ndarray) -> np.ndarray:
     """Require a uint8 RGB video ``[T>=1, H, W, 3]``."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:

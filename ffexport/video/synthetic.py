@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ffexport.video.preprocess import check_video
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_KINDS: tuple[str, ...] = ("moving_object", "pan", "scene_cut", "static", "noise")
@@ -70,7 +72,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 4) -> Path:
     (Pillow computes the palette). Returns the path written. PyAV is imported here so that this
     module imports without it.
     """
-    frames = _check_frames(frames)
+    frames = check_video(frames)
     if fps <= 0:
         raise ValueError(f"fps must be a positive integer, got {fps}")
     path = Path(path)
@@ -267,16 +269,6 @@ def _check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-    """Validate a uint8 ``[T, H, W, 3]`` video array and return it as a numpy array."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise ValueError(f"frames must have shape [T>=1, H, W, 3], got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    return frames
 
 
 def _mp4_codec(av_module: object) -> str:
