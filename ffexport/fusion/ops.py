@@ -49,13 +49,44 @@ def chain_similarity(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch
     return torch.cat([head, sim])
 
 
-def top_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """0/1 flags (same dtype as ``scores``) marking the ``count`` largest scores."""
-    flags = torch.zeros_like(scores)
+#: similarities closer than this count as tied
+QUANTUM = 2.0**-20
+#: importances whose log2 differ by less than this count as tied (about 1e-5 relative)
+LOG_QUANTUM = 2.0**-16
+
+
+def quantize(scores: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
+    """Scores on a grid (float32 holding integers below 2**24 exactly).
+
+    Rounding makes a top-k cut through near-equal scores (static content gives similarities of
+    0.99999994, 1.0 and 1.00000012) come out the same whatever rounding the backend's arithmetic
+    did. Similarities use steps of ``QUANTUM``; importances (``relative``: positive softmax means of
+    any magnitude) use steps of ``LOG_QUANTUM`` in log2, a uniform relative resolution.
+    NaN (a zero-norm token) ranks last.
+    """
+    s = scores.to(torch.float32)
+    if relative:
+        levels = torch.round(torch.log2(s.clamp_min(torch.finfo(torch.float32).tiny)) / LOG_QUANTUM)
+    else:
+        levels = torch.round(s / QUANTUM)
+    return torch.where(torch.isnan(levels), torch.full_like(levels, -(2.0**23)), levels)
+
+
+def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> torch.Tensor:
+    """float32 0/1 flags marking the ``count`` highest scores; ties broken by position (lower first).
+
+    Deterministic and backend-stable: the cut level comes from TopK *values* (which do not depend
+    on how a TopK orders ties), and tied tokens at the cut are taken in position order by a
+    cumulative sum. Shapes depend only on ``count``.
+    """
     if count == 0:
-        return flags
-    idx = torch.topk(scores, count).indices
-    return flags.scatter(0, idx, torch.ones_like(idx, dtype=scores.dtype))
+        return torch.zeros(scores.shape[0], dtype=torch.float32, device=scores.device)
+    levels = quantize(scores, relative=relative)
+    cut = torch.topk(levels, count).values[count - 1]
+    above = (levels > cut).to(torch.float32)
+    at_cut = (levels == cut).to(torch.float32)
+    need = count - above.sum()
+    return above + at_cut * (torch.cumsum(at_cut, dim=0) <= need).to(torch.float32)
 
 
 def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
@@ -122,4 +153,4 @@ def last_query_importance(query: torch.Tensor, key: torch.Tensor, num_queries: i
 
 def prune(importance: torch.Tensor, k: int) -> torch.Tensor:
     """Positions (ascending) of the ``k`` most important visual tokens. ``importance`` [n]."""
-    return compact_index(top_flags(importance, k), k)
+    return compact_index(top_flags(importance, k, relative=True), k)

@@ -143,10 +143,15 @@ def qwen2vl_tiny_config() -> Qwen2VLConfig:
     )
 
 
+#: min/max pixels of the released checkpoints' preprocessor_config.json (used for video frames too)
+_RELEASED_PIXELS = (56 * 56, 28 * 28 * 16384)
+
 PRESETS.register("qwen2vl-tiny", Preset(
     "qwen2vl-tiny", "qwen2_vl", "4-layer Qwen2-VL, deterministic random weights, built-in tokenizer (tests, demos)",
     qwen2vl_tiny_config, tiny=True, video_pixels=(56 * 56, 224 * 224)))
 PRESETS.register("qwen2vl-2b", Preset(
-    "qwen2vl-2b", "qwen2_vl", "Qwen2-VL-2B-Instruct", qwen2vl_2b_config, hub_id="Qwen/Qwen2-VL-2B-Instruct"))
+    "qwen2vl-2b", "qwen2_vl", "Qwen2-VL-2B-Instruct", qwen2vl_2b_config, hub_id="Qwen/Qwen2-VL-2B-Instruct",
+    video_pixels=_RELEASED_PIXELS))
 PRESETS.register("qwen2vl-7b", Preset(
-    "qwen2vl-7b", "qwen2_vl", "Qwen2-VL-7B-Instruct", qwen2vl_7b_config, hub_id="Qwen/Qwen2-VL-7B-Instruct"))
+    "qwen2vl-7b", "qwen2_vl", "Qwen2-VL-7B-Instruct", qwen2vl_7b_config, hub_id="Qwen/Qwen2-VL-7B-Instruct",
+    video_pixels=_RELEASED_PIXELS))
