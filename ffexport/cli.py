@@ -7,29 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ffexport.argtypes import non_negative_int, pixel_size
 from ffexport.errors import FFExportError, InputError
 
 log = logging.getLogger("ffexport")
 
-DEFAULT_PROMPT = "Describe what happens in this video."
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels, e.g. 112x112, got {text!r}") from None
-    return h, w
+from ffexport.runtime.defaults import DEFAULT_PROMPT  # noqa: E402  (torch-free)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = ref.add_mutually_exclusive_group()
     mode.add_argument("--static", metavar="SCHEDULE.json", help="run the static-schedule decoder instead")
     mode.add_argument("--no-reduction", action="store_true", help="run the full model (no FrameFusion)")
-    ref.add_argument("--max-new-tokens", type=_positive_int, default=0, metavar="N",
+    ref.add_argument("--max-new-tokens", type=non_negative_int, default=0, metavar="N",
                      help="greedy tokens to generate (default 0)")
     ref.add_argument("--out", required=True, metavar="OUT.npz", help="where to write the outputs")
     ref.add_argument("--schedule-out", metavar="SCHEDULE.json", help="write the schedule used or realized")
@@ -94,14 +77,48 @@ def build_parser() -> argparse.ArgumentParser:
     case.add_argument("--video", default="synthetic:moving_object",
                       help="synthetic:KIND (moving_object, pan, scene_cut, static, noise) "
                            "(default: synthetic:moving_object)")
-    case.add_argument("--frames", type=_positive_int, default=8, help="input frames (default 8)")
-    case.add_argument("--size", type=_size, default=(112, 112), metavar="HxW",
+    case.add_argument("--frames", type=non_negative_int, default=8, help="input frames (default 8)")
+    case.add_argument("--size", type=pixel_size, default=(112, 112), metavar="HxW",
                       help="frame size in pixels for synthetic videos (default 112x112)")
-    case.add_argument("--seed", type=_positive_int, default=0, help="synthetic video seed (default 0)")
+    case.add_argument("--seed", type=non_negative_int, default=0, help="synthetic video seed (default 0)")
     case.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the video")
     case.add_argument("--out", required=True, metavar="CASE.npz")
     case.add_argument("--overwrite", action="store_true", help="replace an existing file")
     case.set_defaults(func=_cmd_case)
+
+    build = sub.add_parser(
+        "build", help="export static-bucket ONNX graphs for a model, verified against PyTorch",
+        description="Export the vision encoder, the FrameFusion-reduced prefill (one per bucket) and the "
+                    "decode step as ONNX graphs sharing one weight file; run each in ONNX Runtime against the "
+                    "PyTorch reference (parity gate) and write DIR/manifest.json. Re-running skips finished, "
+                    "verified buckets.",
+    )
+    _add_model_args(build)
+    build.add_argument("--bucket", action="append", metavar="FxHxW", default=None,
+                       help="video shape: input frames x height x width in pixels (repeatable; default 8x112x112)")
+    build.add_argument("--schedule", metavar="SCHEDULE.json", help="use this schedule (one bucket only)")
+    _add_fusion_args(build)
+    build.add_argument("--precision", default="fp32", choices=["fp32"], help="graph precision (default fp32)")
+    build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
+                       help="longest text (prompt tokens outside the video) the graphs take (default 256)")
+    build.add_argument("--out", required=True, metavar="DIR", help="build directory")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing build in DIR")
+    build.set_defaults(func=_cmd_build)
+
+    from ffexport.runtime.cli import add_run_parser
+
+    add_run_parser(sub)
+
+    video = sub.add_parser("video", help="write a synthetic test video (mp4, webm or gif)",
+                           description="Write one of the synthetic videos ffexport tests with, as a file.")
+    video.add_argument("kind", nargs="?", default="moving_object",
+                       help="moving_object, pan, scene_cut, static or noise (default moving_object)")
+    video.add_argument("--frames", type=non_negative_int, default=16, help="frames (default 16)")
+    video.add_argument("--size", type=pixel_size, default=(112, 112), metavar="HxW", help="pixels (default 112x112)")
+    video.add_argument("--seed", type=non_negative_int, default=0)
+    video.add_argument("--out", required=True, metavar="FILE", help="FILE.mp4, FILE.webm or FILE.gif")
+    video.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    video.set_defaults(func=_cmd_video)
 
     models = sub.add_parser("models", help="list the model presets")
     models.set_defaults(func=_cmd_models)
@@ -187,6 +204,43 @@ def _report(result, loaded, args) -> None:
         text = loaded.tokenizer.decode(ids) if loaded.tokenizer is not None else ""
         log.info("generated %s %r", ids, text)
     log.info("wrote %s", args.out)
+
+
+def _cmd_build(args) -> int:
+    from pathlib import Path
+
+    from ffexport.export.build import Build, BuildConfig
+    from ffexport.fusion.config import FusionConfig
+    from ffexport.fusion.schedule import load_schedule
+
+    buckets = tuple(args.bucket or ["8x112x112"])
+    schedule = load_schedule(args.schedule) if args.schedule else None
+    if schedule is not None and len(buckets) != 1:
+        raise InputError("--schedule fixes one bucket's shape; give exactly one --bucket with it")
+    fusion = FusionConfig(cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
+                          budget_layers=args.budget_layers)
+    loaded = _load(args)
+    config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
+                         schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
+                         precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
+                         quiet=args.quiet)
+    report = Build(loaded, config)()
+    log.info("build %s: %d bucket(s) built, %d already there", args.out, len(report.built), len(report.skipped))
+    return 0
+
+
+def _cmd_video(args) -> int:
+    from ffexport.io import check_writable
+    from ffexport.video import synthetic_video, write_video
+
+    check_writable(args.out, overwrite=args.overwrite)
+    try:
+        clip = synthetic_video(args.kind, frames=args.frames, height=args.size[0], width=args.size[1], seed=args.seed)
+        write_video(clip, args.out)
+    except ValueError as e:
+        raise InputError(f"ffexport video: {e}") from e
+    log.info("wrote %s: %d frames of %dx%d", args.out, args.frames, *args.size)
+    return 0
 
 
 def _cmd_models(args) -> int:

@@ -53,6 +53,13 @@ class CaptureError(FFExportError):
     stage = "capture"
 
 
+class RunError(FFExportError):
+    """A built graph could not be loaded or run (the build is damaged or the runtime lacks something)."""
+
+    exit_code = 8
+    stage = "run"
+
+
 class ValidationError(FFExportError):
     """An artefact does not match the PyTorch reference within its tolerance."""
 

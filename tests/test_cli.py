@@ -21,12 +21,6 @@ def case_file(tmp_path_factory):
     return path
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    assert err[0].startswith("error: ")
-    return err[0]
-
 
 def test_reference_dynamic_then_static(tmp_path, case_file):
     out, sched = tmp_path / "dyn.npz", tmp_path / "s.json"
@@ -51,11 +45,11 @@ def test_default_case_runs_without_inputs(tmp_path):
     assert "logits" in np.load(tmp_path / "o.npz")
 
 
-def test_refuses_to_overwrite(tmp_path, case_file, capsys):
+def test_refuses_to_overwrite(tmp_path, case_file, capsys, error_line):
     out = tmp_path / "o.npz"
     out.write_bytes(b"user data")
     assert main(["-q", "reference", "--inputs", str(case_file), "--out", str(out)]) == InputError.exit_code
-    assert "--overwrite" in _error_line(capsys)
+    assert "--overwrite" in error_line()
     assert out.read_bytes() == b"user data"
 
 
@@ -78,21 +72,21 @@ def _write_case(path, **arrays):
         (lambda a: a.update(pixel_values_videos=a["pixel_values_videos"][:, :10]), "the model expects"),
     ],
 )
-def test_malformed_cases(tmp_path, case_file, capsys, mutate, message):
+def test_malformed_cases(tmp_path, case_file, capsys, mutate, message, error_line):
     arrays = dict(np.load(case_file))
     mutate(arrays)
     bad = _write_case(tmp_path / "bad.npz", **arrays)
     out = tmp_path / "o.npz"
     assert main(["-q", "reference", "--inputs", str(bad), "--out", str(out)]) == InputError.exit_code
-    assert message in _error_line(capsys)
+    assert message in error_line()
     assert not out.exists()
 
 
-def test_not_an_npz(tmp_path, capsys):
+def test_not_an_npz(tmp_path, capsys, error_line):
     bad = tmp_path / "bad.npz"
     bad.write_text("hello")
     assert main(["-q", "reference", "--inputs", str(bad), "--out", str(tmp_path / "o.npz")]) == InputError.exit_code
-    assert "not a readable .npz" in _error_line(capsys)
+    assert "not a readable .npz" in error_line()
 
 
 @pytest.mark.parametrize(
@@ -103,37 +97,37 @@ def test_not_an_npz(tmp_path, capsys):
         (64, [{"layer": 9, "where": "after_attention", "op": "prune", "remove": 1}], "unknown layer 9"),
     ],
 )
-def test_bad_schedules(tmp_path, case_file, capsys, visual_tokens, stages, message):
+def test_bad_schedules(tmp_path, case_file, capsys, visual_tokens, stages, message, error_line):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": visual_tokens,
                                 "patches_per_frame": 16, "stages": stages}))
     out = tmp_path / "o.npz"
     code = main(["-q", "reference", "--inputs", str(case_file), "--static", str(path), "--out", str(out)])
     assert code == ScheduleError.exit_code
-    assert message in _error_line(capsys)
+    assert message in error_line()
     assert not out.exists()
 
 
-def test_unknown_model_and_missing_weights(tmp_path, capsys, monkeypatch):
+def test_unknown_model_and_missing_weights(tmp_path, capsys, monkeypatch, error_line):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert main(["-q", "reference", "--model", "nope", "--out", str(tmp_path / "o.npz")]) == ModelError.exit_code
-    assert "unknown model 'nope'" in _error_line(capsys)
+    assert "unknown model 'nope'" in error_line()
     assert main(["-q", "reference", "--model", "qwen2vl-7b", "--out", str(tmp_path / "o.npz")]) == ModelError.exit_code
-    line = _error_line(capsys)
+    line = error_line()
     assert "weights for qwen2vl-7b not found" in line and "empty-cache" in line
 
 
-def test_bad_option_values(tmp_path, capsys):
+def test_bad_option_values(tmp_path, capsys, error_line):
     assert main(["-q", "reference", "--cost", "0", "--out", str(tmp_path / "o.npz")]) == InputError.exit_code
-    assert "--cost" in _error_line(capsys)
+    assert "--cost" in error_line()
 
 
-def test_cost_too_small_is_one_line(tmp_path, case_file, capsys):
+def test_cost_too_small_is_one_line(tmp_path, case_file, capsys, error_line):
     # many tiny merge steps against a 1-layer budget exhaust it, as in the authors' code
     code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", "--out", str(tmp_path / "o.npz")])
     assert code == 5
-    assert "cost is too small" in _error_line(capsys)
+    assert "cost is too small" in error_line()
     assert not (tmp_path / "o.npz").exists()

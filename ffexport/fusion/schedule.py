@@ -71,8 +71,11 @@ class Schedule:
         return self.visual_tokens - sum(s.remove for s in self.stages)
 
     # ------------------------------------------------------------ validation
-    def validate(self, num_layers: int | None = None) -> "Schedule":
-        """Raise :class:`ScheduleError` when the schedule is impossible; return self otherwise."""
+    def validate(self, num_layers: int | None = None, *, allow_empty: bool = False) -> "Schedule":
+        """Raise :class:`ScheduleError` when the schedule is impossible; return self otherwise.
+
+        ``allow_empty`` accepts a schedule that removes every visual token (the dynamic algorithm
+        can realize one on a tiny video; no deployment wants one)."""
         n_tok, p = self.visual_tokens, self.patches_per_frame
         if not (isinstance(n_tok, int) and isinstance(p, int)) or n_tok <= 0 or p <= 0:
             raise ScheduleError(f"visual_tokens and patches_per_frame must be positive integers, got {n_tok}, {p}")
@@ -108,6 +111,10 @@ class Schedule:
             elif s.remove > n:
                 raise ScheduleError(f"{where}: cannot prune {s.remove} of the {n} visual tokens left")
             n -= s.remove
+        if n == 0 and self.stages and not allow_empty:
+            raise ScheduleError(
+                f"the schedule removes all {n_tok} visual tokens: the video would never reach the model"
+            )
         if merged_total > n_tok - p:
             raise ScheduleError(f"merges remove {merged_total} tokens in all; at most N - P = {n_tok - p} can merge")
         return self

@@ -107,7 +107,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 4) -> Path:
                 container.mux(packet)
         for packet in stream.encode():  # flush the encoder
             container.mux(packet)
-    logger.info("wrote %d frames (%s, %d fps) to %s", len(frames), codec, fps, path)
+    logger.debug("wrote %d frames (%s, %d fps) to %s", len(frames), codec, fps, path)
     return path
 
 

@@ -361,7 +361,7 @@ def test_compact_index(bits):
 # --------------------------------------------------------------------------- prune
 def _well_separated(values):
     """Importances the selection must tell apart: more than a few ops.LOG_QUANTUM apart in log2."""
-    ordered = sorted(math.log2(max(v, 1e-38)) for v in values)
+    ordered = sorted(math.log2(max(v, 2.0**-126)) for v in values)  # quantize clamps at float32's tiny
     return all(b - a > 4 * ops.LOG_QUANTUM for a, b in zip(ordered, ordered[1:]))
 
 

@@ -47,8 +47,10 @@ def test_impossible_schedules_are_refused(stages, message):
         sched(*stages).validate(num_layers=4)
 
 
-def test_prune_may_remove_everything_merges_may_not():
-    sched((0, "after_attention", "prune", 64)).validate(4)
+def test_a_schedule_must_keep_a_visual_token():
+    with pytest.raises(ScheduleError, match="removes all 64 visual tokens"):
+        sched((0, "after_attention", "prune", 64)).validate(4)
+    sched((0, "after_attention", "prune", 63)).validate(4)
     sched((0, "before_attention", "merge", 48)).validate(4)
 
 

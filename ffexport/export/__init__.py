@@ -1,0 +1,1 @@
+"""Export stage: PyTorch modules written for capture, and their capture as ONNX graphs."""

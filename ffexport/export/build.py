@@ -1,0 +1,484 @@
+"""``ffexport build``: a model and a list of buckets -> verified static-bucket ONNX graphs.
+
+For every bucket: a schedule (given, or the default policy), the vision graph for its grid and the
+reduced prefill with the schedule baked in; once per build: the token embedding and the one-token
+decode step. Every graph is captured with torch.onnx (dynamo), its parameters moved to the shared
+``weights.bin``, checked (onnx.checker full, strict shape inference) and run in ONNX Runtime against
+the PyTorch reference (the parity gate). The manifest is rewritten atomically after each bucket,
+and a bucket is marked usable only when all its graphs passed; a re-run skips finished, verified
+buckets. Layout and names: docs/build-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import ffexport
+from ffexport.case import Case
+from ffexport.errors import InputError, ValidationError
+from ffexport.export.buckets import Bucket, parse_bucket
+from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, check_graph
+from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, present_names
+from ffexport.export.manifest import (
+    MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
+)
+from ffexport.export.parity import FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
+from ffexport.export.policy import DefaultPolicy, calibration_case
+from ffexport.export.vision import VisionEncoder
+from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.decoder import ReducedDecoder
+from ffexport.fusion.schedule import Schedule
+from ffexport.io import save_json
+from ffexport.models.loading import LoadedModel
+from ffexport.progress import Steps
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+log = logging.getLogger(__name__)
+
+#: extra parity videos besides the calibration clip: other motion, and static content (tied scores)
+PARITY_VIDEOS = (("pan", 1), ("static", 2))
+PRECISIONS = ("fp32",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    buckets: tuple[str, ...]
+    out: Path
+    schedule: Schedule | None = None
+    schedule_source: str | None = None
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    precision: str = "fp32"
+    max_text: int = 256
+    check_tokens: int = 4
+    overwrite: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Build:
+    """``Build(loaded, config)() -> BuildReport``; raises ValidationError when a bucket fails parity."""
+
+    def __init__(self, loaded: LoadedModel, config: BuildConfig) -> None:
+        if config.precision not in PRECISIONS:
+            raise InputError(f"--precision {config.precision}: this version builds {', '.join(PRECISIONS)} graphs")
+        if config.max_text < 1:
+            raise InputError(f"--max-text must be positive, got {config.max_text}")
+        self.loaded = loaded
+        self.config = config
+        self.out = Path(config.out)
+        vision = loaded.config.vision_config
+        self.buckets = [
+            parse_bucket(b, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                         merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+            for b in dict.fromkeys(config.buckets)
+        ]
+        if not self.buckets:
+            raise InputError("give at least one --bucket FRAMESxHEIGHTxWIDTH")
+        for b in self.buckets:
+            if b.rounded:
+                log.info("bucket %s: %dx%d pixels are resized to %dx%d (the model's resize rule)",
+                         b.name, b.height, b.width, *b.resized)
+            if config.schedule is not None and (config.schedule.visual_tokens, config.schedule.patches_per_frame) != (
+                    b.visual_tokens, b.patches_per_frame):
+                raise InputError(
+                    f"the schedule is for {config.schedule.visual_tokens} visual tokens ({config.schedule.patches_per_frame} "
+                    f"per frame); bucket {b.name} has {b.visual_tokens} ({b.patches_per_frame} per frame)")
+        if config.schedule is not None:
+            config.schedule.validate(loaded.num_layers)
+        self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
+        self.embed = loaded.model.model.language_model.embed_tokens
+        self.capture = CaptureOnnx()
+        self.runner = OrtRunner()
+        self.gate = ParityGate(FP32, runner=self.runner)
+
+    # ================================================================ driver
+    def __call__(self) -> BuildReport:
+        manifest = self._open_directory()
+        report = BuildReport(self.out)
+        store = SharedWeights(self.out)
+        self._save_tokenizer(manifest)
+        todo = [b for b in self.buckets if not self._finished(manifest, b)]
+        for b in self.buckets:
+            if b not in todo:
+                log.info("bucket %s: already built and verified, skipped", b.name)
+                report.skipped.append(b.name)
+        shared_missing = not self._shared_ok(manifest)
+        steps_total = len(todo) * 4 + (2 if shared_missing and todo else 0)
+        with Steps(steps_total, "building", quiet=self.config.quiet) as steps:
+            for b in todo:
+                entry = self._build_bucket(b, store, manifest, steps, shared_missing)
+                shared_missing = False
+                manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [entry]
+                self._record_files(manifest)
+                write_manifest(self.out, manifest)
+                (report.built if entry["usable"] else report.failed).append(b.name)
+        if report.failed:
+            raise ValidationError(
+                f"bucket(s) {', '.join(report.failed)} failed the parity gate (see <bucket>/parity.json); "
+                "they are recorded as not usable")
+        return report
+
+    # ================================================================ directory
+    def _open_directory(self) -> dict[str, Any]:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a directory")
+        manifest = load_manifest(out) if out.exists() else None
+        if manifest is not None and self.config.overwrite:
+            self._clear(manifest)
+            manifest = None
+        if manifest is None:
+            if out.exists() and any(out.iterdir()) and not (out / WEIGHTS_FILE).exists():
+                raise InputError(f"--out {out} is not empty and holds no ffexport build; choose another folder")
+            out.mkdir(parents=True, exist_ok=True)
+            return self._new_manifest()
+        model = manifest["model"]
+        wanted = self._model_facts()
+        if (model.get("name"), model.get("source")) != (wanted["name"], wanted["source"]) or \
+                manifest.get("precision") != self.config.precision or manifest.get("max_text") != self.config.max_text:
+            raise InputError(
+                f"{out} holds a build of {model.get('name')} ({model.get('source')}, {manifest.get('precision')}, "
+                f"max_text {manifest.get('max_text')}); use another --out or pass --overwrite to replace it")
+        return manifest
+
+    def _clear(self, manifest: dict[str, Any]) -> None:
+        for name in list(manifest.get("files", {})) + [MANIFEST, INDEX_FILE]:
+            path = self.out / name
+            if path.is_file():
+                path.unlink()
+        for entry in manifest.get("buckets", []):
+            shutil.rmtree(self.out / entry["name"], ignore_errors=True)
+        shutil.rmtree(self.out / "tokenizer", ignore_errors=True)
+
+    def _model_facts(self) -> dict[str, Any]:
+        cfg, loaded = self.loaded.config, self.loaded
+        text, vision = cfg.text_config, cfg.vision_config
+        tok = loaded.tokenizer
+        eos = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else text.eos_token_id
+        parts = loaded.adapter.decoder_parts(loaded.model)
+        return {
+            "name": loaded.name, "family": loaded.adapter.family, "source": loaded.source,
+            "num_layers": loaded.num_layers, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
+            "num_kv_heads": parts.num_kv_heads, "head_dim": parts.head_dim,
+            "video_token_id": cfg.video_token_id, "vision_start_token_id": cfg.vision_start_token_id,
+            "vision_end_token_id": cfg.vision_end_token_id, "eos_token_id": eos,
+            "spatial_merge_size": vision.spatial_merge_size, "patch_size": vision.patch_size,
+            "temporal_patch_size": vision.temporal_patch_size,
+            "video_pixels": list(loaded.video_pixels) if loaded.video_pixels else None,
+        }
+
+    def _new_manifest(self) -> dict[str, Any]:
+        import onnx
+        import onnxruntime
+        import transformers
+
+        return {
+            "format": MANIFEST_FORMAT, "created": now(), "model": self._model_facts(),
+            "precision": self.config.precision, "max_text": self.config.max_text, "tokenizer": None,
+            "graphs": {}, "buckets": [], "files": {},
+            "tools": {"ffexport": ffexport.__version__, "torch": torch.__version__,
+                      "transformers": transformers.__version__, "onnx": onnx.__version__,
+                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        }
+
+    def _save_tokenizer(self, manifest: dict[str, Any]) -> None:
+        tok = self.loaded.tokenizer
+        if tok is None or manifest.get("tokenizer"):
+            return
+        target = self.out / "tokenizer"
+        tok.save_pretrained(target)
+        manifest["tokenizer"] = "tokenizer"
+
+    def _record_files(self, manifest: dict[str, Any]) -> None:
+        files = {WEIGHTS_FILE: file_record(self.out, WEIGHTS_FILE)}
+        if manifest.get("tokenizer"):
+            for path in sorted((self.out / manifest["tokenizer"]).iterdir()):
+                name = f"{manifest['tokenizer']}/{path.name}"
+                files[name] = file_record(self.out, name)
+        for graph in manifest["graphs"].values():
+            files[graph["file"]] = file_record(self.out, graph["file"])
+        for entry in manifest["buckets"]:
+            for graph in entry["graphs"].values():
+                files[graph["file"]] = file_record(self.out, graph["file"])
+        manifest["files"] = files
+
+    def _finished(self, manifest: dict[str, Any], bucket: Bucket) -> bool:
+        for entry in manifest["buckets"]:
+            if entry["name"] == bucket.name and entry.get("usable"):
+                wanted = self.config.schedule.to_json() if self.config.schedule is not None else None
+                if wanted is not None and entry["schedule"] != wanted:
+                    return False
+                files = manifest["files"]
+                return all(g["file"] in files and file_intact(self.out, g["file"], files[g["file"]])
+                           for g in entry["graphs"].values())
+        return False
+
+    def _shared_ok(self, manifest: dict[str, Any]) -> bool:
+        files = manifest["files"]
+        return all(name in manifest["graphs"] and manifest["graphs"][name]["parity"]["passed"]
+                   and file_intact(self.out, manifest["graphs"][name]["file"], files.get(manifest["graphs"][name]["file"], {"bytes": -1, "sha256": ""}))
+                   for name in ("embed", "decode"))
+
+    # ================================================================ graphs
+    def _save_graph(self, spec: GraphSpec, filename: str, store: SharedWeights) -> Path:
+        model = self.capture(spec)
+        store.externalize(model)
+        final = self.out / filename
+        tmp = self.out / f".{filename}.partial"
+        import onnx
+
+        onnx.save(model, str(tmp))
+        try:
+            check_graph(model, str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, final)
+        return final
+
+    def _prefill_spec(self, module: PrefillGraph, bucket: Bucket, example: "TorchInputs") -> GraphSpec:
+        n = bucket.visual_tokens
+        length = torch.export.Dim("L", min=n + 1, max=n + self.config.max_text)
+        return GraphSpec(
+            "prefill", module, (example.embeds, example.positions, example.start),
+            ["inputs_embeds", "position_ids", "video_start"], ["logits", *present_names(self.loaded.num_layers)],
+            ({1: length}, {1: length}, None),
+        )
+
+    # ================================================================ one bucket
+    def _build_bucket(self, bucket: Bucket, store: SharedWeights, manifest: dict[str, Any], steps: Steps,
+                      shared_missing: bool) -> dict[str, Any]:
+        name = bucket.name
+        steps.start(f"{name}: schedule")
+        if self.config.schedule is not None:
+            schedule, source = self.config.schedule, self.config.schedule_source or "given"
+        else:
+            policy = DefaultPolicy(self.config.fusion)(self.loaded, bucket)
+            schedule, source = policy.schedule, policy.source
+        cases = self._parity_cases(bucket)
+        torch_inputs = [self._torch_inputs(c) for c in cases]
+        for c, ti in zip(cases, torch_inputs):
+            text = c.input_ids.shape[1] - bucket.visual_tokens
+            if text > self.config.max_text:
+                raise InputError(f"the parity prompt has {text} text tokens; --max-text must be at least that")
+        steps.advance()
+
+        steps.start(f"{name}: export vision graph")
+        grid = bucket.grid_thw
+        vision = VisionEncoder(self.loaded.model.model.visual, grid).eval()
+        vision_file = f"{name}.vision.onnx"
+        self._save_graph(GraphSpec("vision", vision, (torch.from_numpy(cases[0].pixel_values_videos),),
+                                   ["pixel_values_videos"], ["video_features"]), vision_file, store)
+        steps.advance()
+
+        steps.start(f"{name}: export prefill graph")
+        prefill = PrefillGraph(self.decoder, schedule).eval()
+        prefill_file = f"{name}.prefill.onnx"
+        self._save_graph(self._prefill_spec(prefill, bucket, torch_inputs[0]), prefill_file, store)
+        steps.advance()
+
+        if shared_missing:
+            self._build_shared(manifest, store, steps, cases[0], torch_inputs[0], prefill)
+
+        steps.start(f"{name}: parity")
+        bucket_dir = self.out / name
+        bucket_dir.mkdir(exist_ok=True)
+        reports, e2e = self._bucket_parity(bucket, schedule, cases, torch_inputs, vision, prefill,
+                                           vision_file, prefill_file, bucket_dir)
+        steps.advance()
+        passed = all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
+        schedule.save(bucket_dir / "schedule.json", overwrite=True)
+        save_json({"bucket": name, "tolerance": {"atol": FP32.atol, "rtol": FP32.rtol},
+                   "cases": [c_name for c_name, _ in self._case_names()],
+                   "graphs": [r.to_json() for r in reports], "end_to_end": e2e, "passed": passed,
+                   "replay": "polygraphy run <graph> --onnxrt --load-inputs parity/<graph>.inputs.json "
+                             f"--load-outputs parity/<graph>.outputs.json --atol {FP32.atol} --rtol 0"},
+                  bucket_dir / "parity.json", overwrite=True)
+        status = "passed" if passed else "FAILED"
+        worst = max(o.max_abs for r in reports for o in r.outputs)
+        log.info("bucket %s: %d -> %d visual tokens, parity %s (worst |diff| %.1e)", name, bucket.visual_tokens,
+                 schedule.final_visual_tokens, status, worst)
+        return {
+            "name": name, "frames": bucket.frames, "height": bucket.height, "width": bucket.width,
+            "resized": list(bucket.resized), "grid_thw": list(grid), "visual_tokens": bucket.visual_tokens,
+            "patches_per_frame": bucket.patches_per_frame, "schedule": schedule.to_json(),
+            "schedule_source": source,
+            "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
+                       "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file)}},
+            "parity": {"file": f"{name}/parity.json", "passed": passed, "validated": True},
+            "usable": passed,
+        }
+
+    # ================================================================ shared graphs
+    def _build_shared(self, manifest, store, steps, case: Case, inputs: "TorchInputs", prefill: PrefillGraph):
+        steps.start("export token embedding graph")
+        embed = EmbedTokens(self.embed).eval()
+        ids = torch.from_numpy(case.input_ids)
+        length = torch.export.Dim("L", min=2, max=32768)
+        self._save_graph(GraphSpec("embed", embed, (ids,), ["input_ids"], ["inputs_embeds"], ({1: length},)),
+                         "embed.onnx", store)
+        steps.advance()
+        steps.start("export decode graph")
+        layers = self.loaded.num_layers
+        with torch.no_grad():
+            logits, *presents = prefill(inputs.embeds, inputs.positions, inputs.start)
+        token = torch.tensor([[int(logits.argmax())]])
+        position = torch.full((3, 1), case.input_ids.shape[1] + inputs.delta, dtype=torch.int64)
+        decode = DecodeStep(self.decoder, self.embed).eval()
+        dims = [torch.export.Dim(f"past_{i}", min=1, max=32768) for i in range(layers)]
+        dynamic = {"input_ids": None, "position_ids": None, "past": tuple({2: dims[i // 2]} for i in range(2 * layers))}
+        past_names = present_names(layers, "past_key_values")
+        self._save_graph(GraphSpec("decode", decode, (token, position, *presents), ["input_ids", "position_ids", *past_names],
+                                   ["logits", *present_names(layers)], dynamic), "decode.onnx", store)
+        steps.advance()
+        parity_dir = self.out / "parity"
+        embed_report, _ = self.gate("embed", self.out / "embed.onnx", {"input_ids": case.input_ids},
+                                    {"inputs_embeds": embed(ids).detach().numpy()}, parity_dir)
+        feeds = {"input_ids": token.numpy(), "position_ids": position.numpy()}
+        feeds.update({n: t.numpy() for n, t in zip(past_names, presents)})
+        with torch.no_grad():
+            expected = decode(token, position, *presents)
+        expected_np = dict(zip(["logits", *present_names(layers)], (t.numpy() for t in expected)))
+        decode_report, _ = self.gate("decode", self.out / "decode.onnx", feeds, expected_np, parity_dir)
+        for name, report in (("embed", embed_report), ("decode", decode_report)):
+            manifest["graphs"][name] = {"file": f"{name}.onnx", **graph_io(self.out / f"{name}.onnx"),
+                                        "parity": report.to_json()}
+            if not report.passed:
+                raise ValidationError(f"the shared {name} graph does not match PyTorch (see manifest.json)")
+
+    # ================================================================ parity
+    def _case_names(self):
+        from ffexport.export.policy import CALIBRATION_KIND, CALIBRATION_SEED
+
+        return [(f"synthetic:{CALIBRATION_KIND}:{CALIBRATION_SEED}", (CALIBRATION_KIND, CALIBRATION_SEED))] + [
+            (f"synthetic:{k}:{s}", (k, s)) for k, s in PARITY_VIDEOS]
+
+    def _parity_cases(self, bucket: Bucket) -> list[Case]:
+        cases = [calibration_case(self.loaded, bucket)]
+        h, w = bucket.resized
+        for kind, seed in PARITY_VIDEOS:
+            clip = synthetic_video(kind, frames=bucket.frames, height=h, width=w, seed=seed)
+            cases.append(self.loaded.case_from_video(clip, "What is in this video?"))
+        return cases
+
+    def _torch_inputs(self, case: Case) -> "TorchInputs":
+        ref = Reference(self.loaded)
+        p = ref.prepare(case)
+        return TorchInputs(p.inputs_embeds, p.position_ids, p.video_start, p.rope_delta)
+
+    def _bucket_parity(self, bucket, schedule, cases, torch_inputs, vision, prefill, vision_file, prefill_file,
+                       bucket_dir) -> tuple[list[GraphReport], list[dict[str, Any]]]:
+        reports: dict[str, GraphReport] = {}
+        e2e = []
+        names = self._case_names()
+        for i, (case, ti) in enumerate(zip(cases, torch_inputs)):
+            save = bucket_dir / "parity" if i == 0 else None
+            pixels = case.pixel_values_videos
+            with torch.no_grad():
+                feats = vision(torch.from_numpy(pixels)).numpy()
+            vis_report, _ = self.gate("vision", self.out / vision_file, {"pixel_values_videos": pixels},
+                                      {"video_features": feats}, save)
+            with torch.no_grad():
+                outs = prefill(ti.embeds, ti.positions, ti.start)
+            expected = dict(zip(["logits", *present_names(self.loaded.num_layers)], (t.numpy() for t in outs)))
+            feeds = {"inputs_embeds": ti.embeds.numpy(), "position_ids": ti.positions.numpy(),
+                     "video_start": ti.start.numpy()}
+            pre_report, _ = self.gate("prefill", self.out / prefill_file, feeds, expected, save)
+            for r in (vis_report, pre_report):
+                reports[r.graph] = _worst(reports.get(r.graph), r)
+            e2e.append(self._end_to_end(names[i][0], bucket, schedule, case, vision_file, prefill_file,
+                                        with_dynamic=(i == 0 and self.config.schedule is None)))
+        return list(reports.values()), e2e
+
+    def _end_to_end(self, case_name, bucket, schedule, case, vision_file, prefill_file, *, with_dynamic: bool):
+        """The whole ONNX Runtime pipeline (embed, vision, prefill, decode) vs the PyTorch static
+        reference: greedy tokens and prefill logits; on the calibration clip also vs the dynamic
+        reference that realized the schedule (the parity contract)."""
+        n_tokens = self.config.check_tokens
+        ort_logits, ort_tokens = run_graphs(self.runner, self.out, case, vision_file, prefill_file,
+                                            self.loaded.config, self.loaded.adapter, n_tokens)
+        static = Reference(self.loaded, schedule=schedule, max_new_tokens=n_tokens)(case)
+        record = {
+            "case": case_name,
+            "logits": compare("logits", ort_logits, static.logits, FP32).__dict__,
+            "tokens_equal": ort_tokens == static.generated_ids[0].tolist(),
+            "generated_ids": ort_tokens,
+        }
+        if with_dynamic:
+            dynamic = Reference(self.loaded, fusion=self.config.fusion, max_new_tokens=n_tokens)(case)
+            record["dynamic_reference"] = {
+                "schedule_equal": dynamic.schedule == schedule,
+                "logits": compare("logits", ort_logits, dynamic.logits, FP32).__dict__,
+                "tokens_equal": ort_tokens == dynamic.generated_ids[0].tolist(),
+            }
+        return record
+
+
+@dataclass(frozen=True)
+class TorchInputs:
+    """A case as the prefill takes it (PyTorch vision features in place)."""
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    start: torch.Tensor
+    delta: int
+
+
+def _worst(a: GraphReport | None, b: GraphReport) -> GraphReport:
+    """Per output, the larger error of two runs of the same graph (and pass only if both passed)."""
+    if a is None:
+        return b
+    merged = GraphReport(a.graph, a.file, a.runtime)
+    for x, y in zip(a.outputs, b.outputs, strict=True):
+        merged.outputs.append(OutputReport(x.name, x.shape, max(x.max_abs, y.max_abs), max(x.max_rel, y.max_rel),
+                                           x.atol, x.rtol, x.passed and y.passed))
+    return merged
+
+
+def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefill_file: str, config, adapter,
+               max_new_tokens: int) -> tuple[np.ndarray, list[int]]:
+    """Run a case through the saved graphs with ONNX Runtime (embed -> vision -> prefill -> decode)."""
+    video_id = adapter.video_token_id(config)
+    start, end = case.video_span(video_id)
+    embeds = runner.run(out / "embed.onnx", {"input_ids": case.input_ids})["inputs_embeds"]
+    feats = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    embeds = embeds.copy()
+    embeds[0, start:end] = feats
+    positions, delta = adapter.position_ids(config, case.input_ids, case.video_grid_thw)
+    outs = runner.run(out / prefill_file, {"inputs_embeds": embeds, "position_ids": positions,
+                                           "video_start": np.array(start, dtype=np.int64)})
+    logits = outs["logits"]
+    layers = adapter.num_layers(config)
+    past = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}
+    tokens: list[int] = []
+    step_logits = logits
+    first = case.input_ids.shape[1] + delta
+    for k in range(max_new_tokens):
+        token = int(step_logits[0].argmax())
+        tokens.append(token)
+        if k == max_new_tokens - 1:
+            break
+        feeds = {"input_ids": np.array([[token]], dtype=np.int64),
+                 "position_ids": np.full((3, 1), first + k, dtype=np.int64), **past}
+        outs = runner.run(out / "decode.onnx", feeds)
+        step_logits = outs["logits"]
+        past = {f"past_key_values.{i}.{kk}": outs[f"present.{i}.{kk}"] for i in range(layers) for kk in ("key", "value")}
+    return logits, tokens

@@ -1,0 +1,98 @@
+"""Capture a PyTorch module as an ONNX graph (torch.onnx, dynamo exporter).
+
+Weights stay raw initializers (never constant-folded into transposed copies), so one shared
+weight file can serve every graph of a build (see :mod:`ffexport.export.weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+
+from ffexport.errors import CaptureError
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+#: constants with more elements than this are never folded (weights keep their identity)
+FOLD_INPUT_LIMIT = 1024
+FOLD_OUTPUT_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What to capture: a module, example inputs, the ecosystem's names, and which sizes vary."""
+
+    name: str
+    module: torch.nn.Module
+    inputs: tuple[Any, ...]
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    dynamic_shapes: Any = None
+
+
+class CaptureOnnx:
+    """``CaptureOnnx(opset=18)(spec) -> onnx.ModelProto`` with weights inline (saved later)."""
+
+    def __init__(self, *, opset: int = OPSET) -> None:
+        self.opset = opset
+
+    def __call__(self, spec: GraphSpec) -> onnx.ModelProto:
+        import onnxscript.optimizer
+
+        log.debug("capturing %s", spec.name)
+        for noisy in ("torch.onnx", "onnxscript", "onnx_ir"):  # e.g. "torchvision is not installed"
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    spec.module, spec.inputs, dynamo=True, opset_version=self.opset, optimize=False,
+                    input_names=list(spec.input_names), output_names=list(spec.output_names),
+                    dynamic_shapes=spec.dynamic_shapes, verbose=False,
+                )
+            model = onnxscript.optimizer.optimize(
+                program.model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
+            )
+            proto = onnx.ModelProto()
+            proto.CopyFrom(_to_proto(model))
+        except Exception as e:  # the exporter raises many types; all mean "this graph did not capture"
+            raise CaptureError(f"capturing the {spec.name} graph failed: {type(e).__name__}: {e}") from e
+        proto.producer_name = "ffexport"
+        _strip_metadata(proto)
+        return proto
+
+
+def _strip_metadata(model: onnx.ModelProto) -> None:
+    """Drop per-node exporter metadata (Python stack traces, FX names): most of a small graph's bytes."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for fn in model.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
+
+
+def _to_proto(model) -> onnx.ModelProto:
+    import onnx_ir
+
+    return onnx_ir.serde.serialize_model(model)
+
+
+def check_graph(model: onnx.ModelProto, path: str) -> None:
+    """onnx.checker (full check) and strict shape inference, on the saved file (external data)."""
+    try:
+        onnx.checker.check_model(path, full_check=True)
+        onnx.shape_inference.infer_shapes_path(path, path + ".inferred", strict_mode=True)
+    except Exception as e:
+        raise CaptureError(f"{path} fails the ONNX checker: {e}") from e
+    finally:
+        import os
+
+        if os.path.exists(path + ".inferred"):
+            os.remove(path + ".inferred")

@@ -1,0 +1,55 @@
+"""The default schedule policy: what ``ffexport build`` uses when no ``--schedule`` is given.
+
+Policy (documented, deliberately simple; calibration from data is a later stage): run the dynamic
+FrameFusion reference with the requested settings (``--cost``, ``--similarity``,
+``--ratio-lower-bound``, ``--budget-layers``) on the built-in calibration clip (a synthetic video
+with a static textured background and a moving object, seed 0) at the bucket's size, with the
+default prompt, and take the schedule it realizes. The same clip is among the parity inputs, so
+the build also proves the parity contract on it: graph == dynamic reference for that video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ffexport.export.buckets import Bucket
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.schedule import Schedule
+from ffexport.models.loading import LoadedModel
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+CALIBRATION_KIND = "moving_object"
+CALIBRATION_SEED = 0
+DEFAULT_PROMPT = "Describe what happens in this video."
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    schedule: Schedule
+    source: str
+
+
+def calibration_case(loaded: LoadedModel, bucket: Bucket, *, kind: str = CALIBRATION_KIND, seed: int = CALIBRATION_SEED):
+    """The calibration clip at the bucket's size, preprocessed for the model."""
+    h, w = bucket.resized
+    clip = synthetic_video(kind, frames=bucket.frames, height=h, width=w, seed=seed)
+    return loaded.case_from_video(clip, DEFAULT_PROMPT)
+
+
+class DefaultPolicy:
+    """``DefaultPolicy(fusion)(loaded, bucket) -> PolicyResult``."""
+
+    def __init__(self, fusion: FusionConfig) -> None:
+        self.fusion = fusion
+
+    def __call__(self, loaded: LoadedModel, bucket: Bucket) -> PolicyResult:
+        case = calibration_case(loaded, bucket)
+        result = Reference(loaded, fusion=self.fusion)(case)
+        f = self.fusion
+        source = (
+            f"default policy: dynamic reference (cost {f.cost}, similarity {f.similarity}, ratio lower bound "
+            f"{f.ratio_lower_bound}, budget layers {f.layers_for(loaded.num_layers)}) on "
+            f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}"
+        )
+        return PolicyResult(result.schedule, source)

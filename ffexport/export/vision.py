@@ -1,0 +1,166 @@
+"""The Qwen2-VL vision encoder + patch merger for one fixed video grid, written for export.
+
+transformers' ``Qwen2VisionTransformerPretrainedModel`` takes ``grid_thw`` at run time and derives
+from it, with ``.tolist()`` and Python loops, the rotary positions of every patch and the frame
+boundaries (``cu_seqlens``) that limit attention to one temporal group. Here the grid is fixed when
+the module is built: the rotary tables are constant buffers, and "attend within each frame" is the
+shape of the computation itself: q/k/v are laid out as ``[t, heads, h*w, head_dim]`` and one batched
+scaled-dot-product attention runs over the ``t`` frames. No mask, no grid-dependent control flow.
+
+Same numerics as transformers (5.x): rotary embedding applied in float32 then cast back, LayerNorm
+as ``torch.nn.LayerNorm`` (float32 statistics), and for float16/bfloat16 the attention softmax in
+float32 (what transformers' eager path does explicitly and its fused SDPA kernels do internally;
+the ONNX decomposition of ``scaled_dot_product_attention`` would run it in half precision).
+
+Patch order is the processor's: frame-major, then ``merge x merge`` blocks row by row, then the
+patches inside a block; the merger turns each run of ``merge**2`` patches into one visual token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: graph input / output names (docs/build-format.md)
+INPUT_NAME = "pixel_values_videos"
+OUTPUT_NAME = "video_features"
+
+
+class VisionEncoder(nn.Module):
+    """``VisionEncoder(visual, grid_thw)(pixel_values_videos [t*h*w, C*tp*p*p]) -> [t*h*w/merge**2, D]``.
+
+    ``visual`` is ``model.model.visual`` of a ``Qwen2VLForConditionalGeneration``; its patch
+    embedding, blocks and merger are reused as submodules (shared weights, no copies). The module
+    works in their dtype; the input may be any float dtype (cast like transformers does).
+    """
+
+    def __init__(self, visual: nn.Module, grid_thw: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.training = visual.training  # the flag only: the shared submodules keep their own state
+        config = visual.config
+        grid = tuple(int(x) for x in grid_thw)
+        merge = int(config.spatial_merge_size)
+        if len(grid) != 3 or min(grid) <= 0:
+            raise ValueError(f"grid_thw must be three positive sizes (t, h, w) in patches; got {tuple(grid_thw)}")
+        t, h, w = grid
+        if h % merge or w % merge:
+            raise ValueError(
+                f"grid {t}x{h}x{w}: height and width (in patches) must be multiples of spatial_merge_size={merge}"
+            )
+        self.grid_thw: tuple[int, int, int] = grid
+        self.merge_size = merge
+        self.num_heads = int(config.num_heads)
+        self.embed_dim = int(config.embed_dim)
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.patch_dim = int(config.in_channels * config.temporal_patch_size * config.patch_size**2)
+        self.out_dim = int(config.hidden_size)
+
+        self.patch_embed = visual.patch_embed
+        self.blocks = visual.blocks
+        self.merger = visual.merger
+
+        # rotary tables: float32 always (re-made on .to()/.half(), see _apply), one frame's worth,
+        # since every frame repeats the same (h, w) positions
+        rope = visual.rotary_pos_emb
+        inv_freq, scaling = rope.compute_axial_rope_parameters(config)
+        self._cos_cpu, self._sin_cpu = _rotary_tables(h, w, merge, inv_freq.float(), float(scaling))
+        self.register_buffer("rotary_cos", self._cos_cpu.clone(), persistent=False)
+        self.register_buffer("rotary_sin", self._sin_cpu.clone(), persistent=False)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_patches(self) -> int:
+        """Rows of ``pixel_values_videos``: ``t*h*w``."""
+        t, h, w = self.grid_thw
+        return t * h * w
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens out (``N``): ``t*h*w / merge**2``."""
+        return self.num_patches // self.merge_size**2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.proj.weight.dtype
+
+    def example_input(self, seed: int = 0) -> torch.Tensor:
+        """Random float32 pixels of the right shape (for capture; values do not matter)."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(self.num_patches, self.patch_dim, generator=gen)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        t, h, w = self.grid_thw
+        if tuple(pixel_values_videos.shape) != (self.num_patches, self.patch_dim):
+            raise ValueError(
+                f"pixel_values_videos has shape {tuple(pixel_values_videos.shape)}; this encoder was built for "
+                f"grid {t}x{h}x{w} and needs [{self.num_patches}, {self.patch_dim}] (t*h*w rows)"
+            )
+        x = self.patch_embed(pixel_values_videos)  # [t*h*w, E] in the module's dtype
+        for block in self.blocks:
+            x = x + self._attention(block.attn, block.norm1(x))
+            x = x + block.mlp(block.norm2(x))
+        return self.merger(x)  # [N, D]
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        t, h, w = self.grid_thw
+        hw = h * w
+        qkv = attn.qkv(x).view(t, hw, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [t, heads, hw, hd] each: one attention batch entry per frame
+        q, k = self._rotate(q), self._rotate(k)
+        if q.dtype == torch.float32:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+        else:  # float32 softmax, like transformers' eager path (and the fused kernels)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+            # an explicit cast: torch.onnx (onnxscript 0.7) exports softmax(x, dtype=float32) as a
+            # half-precision Softmax followed by a Cast, i.e. it drops the float32 softmax
+            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            out = torch.matmul(probs, v)
+        out = out.transpose(1, 2).reshape(t * hw, self.embed_dim)
+        return attn.proj(out)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Vision rotary embedding in float32 (``apply_rotary_pos_emb_vision``), back to x's dtype."""
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+        return (xf * self.rotary_cos + rotated * self.rotary_sin).to(x.dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .half()/.to(dtype) would round the rotary tables; keep them float32 on the new device
+        super()._apply(fn, recurse)
+        device = self.rotary_cos.device
+        self.rotary_cos = self._cos_cpu.to(device)
+        self.rotary_sin = self._sin_cpu.to(device)
+        return self
+
+    def extra_repr(self) -> str:
+        t, h, w = self.grid_thw
+        return f"grid_thw=({t}, {h}, {w}), merge={self.merge_size}, tokens={self.num_tokens}"
+
+
+def vision_position_ids(h: int, w: int, merge: int) -> torch.Tensor:
+    """(row, col) of each patch of one frame in the processor's order: [h*w, 2] int64."""
+    rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(h // merge, merge, w // merge, merge)
+    cols = torch.arange(w).view(1, 1, w // merge, merge).expand(h // merge, merge, w // merge, merge)
+    # block-major: (block row, block col, row in block, col in block)
+    rows = rows.permute(0, 2, 1, 3).reshape(-1)
+    cols = cols.permute(0, 2, 1, 3).reshape(-1)
+    return torch.stack([rows, cols], dim=-1)
+
+
+def _rotary_tables(
+    h: int, w: int, merge: int, inv_freq: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [h*w, head_dim] float32 for one frame (Qwen2VLVisionRotaryEmbedding's layout)."""
+    pos = vision_position_ids(h, w, merge).float()  # [hw, 2]
+    freqs = pos[..., None] * inv_freq  # [hw, 2, head_dim/4]
+    cos, sin = freqs.cos() * scaling, freqs.sin() * scaling
+
+    def layout(f: torch.Tensor) -> torch.Tensor:  # [h freqs | w freqs] twice: rotates the whole head
+        hw = torch.cat([f[:, 0], f[:, 1]], dim=-1)
+        return torch.cat([hw, hw], dim=-1)
+
+    return layout(cos), layout(sin)

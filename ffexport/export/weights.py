@@ -1,0 +1,82 @@
+"""One weight file for a whole build: every graph's parameters stored once, by content.
+
+Graphs are captured with their weights inline; :class:`SharedWeights` moves every initializer of
+at least ``MIN_EXTERNAL_BYTES`` into ``weights.bin`` (ONNX external data), keyed by content, so the
+same tensor in another graph reuses the stored bytes (every prefill and the decode step share the
+decoder; every vision graph shares the encoder). Keying by content rather than by name matters: the
+exporter's optimizer folds a weight's transpose into a new, renamed constant, identical in every
+graph that uses that weight. Small constants stay inline.
+
+The file only grows by appending; its index (content hash -> offset, length) is saved beside it,
+so a resumed build reuses what an earlier run stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import onnx
+
+WEIGHTS_FILE = "weights.bin"
+INDEX_FILE = "weights.index.json"
+#: parameters smaller than this stay inline (norm weights, biases of tiny models)
+MIN_EXTERNAL_BYTES = 1024
+_ALIGN = 64
+
+
+class SharedWeights:
+    """Content-addressed external data for the graphs of one build directory."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / WEIGHTS_FILE
+        self.index_path = self.directory / INDEX_FILE
+        self.index: dict[str, list[int]] = {}
+        if self.index_path.exists():
+            self.index = json.loads(self.index_path.read_text())["tensors"]
+        self.size = max((off + n for off, n in self.index.values()), default=0)
+        if self.path.exists() and self.path.stat().st_size > self.size:
+            # bytes appended by an interrupted run that never recorded them: drop them
+            with open(self.path, "r+b") as f:
+                f.truncate(self.size)
+
+    def externalize(self, model: onnx.ModelProto) -> int:
+        """Move ``model``'s large initializers to the shared file; return bytes newly stored."""
+        added = 0
+        with open(self.path, "ab") as f:
+            for tensor in model.graph.initializer:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    continue
+                data = tensor.raw_data or onnx.numpy_helper.to_array(tensor).tobytes()
+                if len(data) < MIN_EXTERNAL_BYTES:
+                    continue
+                key = f"{tensor.data_type}:{hashlib.sha256(data).hexdigest()}"
+                if key not in self.index:
+                    pad = (-self.size) % _ALIGN
+                    f.write(b"\0" * pad)
+                    f.write(data)
+                    self.index[key] = [self.size + pad, len(data)]
+                    self.size += pad + len(data)
+                    added += len(data)
+                offset, length = self.index[key]
+                _point_to(tensor, WEIGHTS_FILE, offset, length)
+        self._save_index()
+        return added
+
+    def _save_index(self) -> None:
+        tmp = self.index_path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps({"file": WEIGHTS_FILE, "tensors": self.index}))
+        os.replace(tmp, self.index_path)
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value

@@ -1,0 +1,69 @@
+"""The ``ffexport run`` subcommand: answer a prompt about a video with a build, without PyTorch.
+
+``ffexport/cli.py`` calls :func:`add_run_parser`; this module imports only torch-free modules, and
+the runtime itself is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ffexport.argtypes import non_negative_int
+from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT
+
+log = logging.getLogger(__name__)
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``run`` to the ``ffexport`` subcommands and return its parser."""
+    run = subparsers.add_parser(
+        "run", help="answer a prompt about a video with a build (ONNX Runtime, no PyTorch)",
+        description="Run a build directory made by `ffexport build` with ONNX Runtime. With --video, decode the "
+                    "file, pick the bucket that fits it, and print the answer to stdout. With --inputs, run a "
+                    "pre-processed case (case.npz) and write the prefill logits and greedy tokens with --out "
+                    "(the answer is printed too).",
+    )
+    run.add_argument("build", metavar="DIR", help="build directory (holds manifest.json)")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", metavar="FILE", help="a video file (mp4, webm, mkv, gif, ... anything FFmpeg reads)")
+    source.add_argument("--inputs", metavar="CASE.npz", help="a pre-processed case (see `ffexport case`)")
+    run.add_argument("--prompt", help=f"the question about the video (with --video; default: {DEFAULT_PROMPT!r})")
+    run.add_argument("--max-new-tokens", type=non_negative_int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
+                     help=f"greedy tokens to generate at most; stops early at EOS (default {DEFAULT_MAX_NEW_TOKENS})")
+    run.add_argument("--bucket", metavar="NAME",
+                     help="the bucket to use, e.g. 8x112x112 (default: the one that fits the video best)")
+    run.add_argument("--out", metavar="OUT.npz", help="also write logits and generated_ids here")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    run.add_argument("--provider", action="append", dest="providers", metavar="NAME",
+                     help="ONNX Runtime execution provider, repeatable, in order of preference "
+                          "(default: CUDAExecutionProvider when available, then CPUExecutionProvider)")
+    run.add_argument("--verify", action="store_true", help="also check weights.bin's sha256 (slow for big models)")
+    run.set_defaults(func=run_command)
+    return run
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Carry out ``ffexport run``; user mistakes raise :class:`~ffexport.errors.InputError`."""
+    from ffexport.errors import InputError
+    from ffexport.io import check_writable, save_npz
+    from ffexport.runtime.session import Runtime
+
+    if args.inputs is not None and args.prompt is not None:
+        raise InputError("--prompt goes with --video; a case's prompt is already in its input_ids")
+    if args.out is not None:
+        check_writable(args.out, overwrite=args.overwrite)
+    runtime = Runtime(args.build, providers=args.providers, verify=args.verify)
+    if args.video is not None:
+        result = runtime.run_video(args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
+                                   max_new_tokens=args.max_new_tokens, bucket=args.bucket)
+    else:
+        from ffexport.case import load_case
+
+        result = runtime.generate(load_case(args.inputs), args.max_new_tokens, bucket=args.bucket)
+    if args.out is not None:
+        save_npz(result.arrays(), args.out, overwrite=args.overwrite)
+        log.info("wrote %s", args.out)
+    log.info("generated ids: %s", result.generated_ids[0].tolist())
+    print(result.text)
+    return 0

@@ -1,0 +1,4 @@
+"""Defaults shared by the runtime API and ``ffexport run`` (a leaf module: importing it costs nothing)."""
+
+DEFAULT_PROMPT = "Describe what happens in this video."
+DEFAULT_MAX_NEW_TOKENS = 64

@@ -1,0 +1,322 @@
+"""Read and check a build directory's ``manifest.json`` (format ``ffexport.manifest/1``).
+
+:func:`load_manifest` is the only way the runtime learns about a build. It refuses, with one
+:class:`~ffexport.errors.InputError` line naming the file, anything that makes the build unsafe to
+run: no directory or no ``manifest.json`` (a build writes it last, so without it the build did not
+finish), JSON that does not parse, another format, missing fields, and any file listed under
+``"files"`` that is missing or has the wrong size. SHA-256 digests are checked for the graphs
+(``*.onnx``) and the tokenizer files on every load (they are small) and for every other file,
+``weights.bin`` included, only with ``verify=True`` (hashing gigabytes of weights on every start
+would be slow; the size check still catches a truncated copy).
+
+Buckets whose ``usable`` flag is false (a graph failed its parity check, or could not be
+validated) are kept in :attr:`Manifest.all_buckets` for error messages but never offered:
+:attr:`Manifest.buckets` holds only the usable ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ffexport.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "ffexport.manifest/1"
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.bin"
+REBUILD = "the build is corrupt or incomplete; rebuild it with `ffexport build`"
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the runtime needs to know about the exported model (``manifest["model"]``)."""
+
+    name: str
+    family: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_kv_heads: int
+    head_dim: int
+    video_token_id: int
+    eos_token_ids: tuple[int, ...]
+    spatial_merge_size: int
+    patch_size: int
+    temporal_patch_size: int
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per row of ``pixel_values_videos``: RGB x temporal patch x patch x patch."""
+        return 3 * self.temporal_patch_size * self.patch_size**2
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One static video shape of the build: its own vision and prefill graphs and schedule."""
+
+    name: str
+    frames: int
+    height: int
+    width: int
+    resized: tuple[int, int]  # (height, width) every frame is resized to
+    grid_thw: tuple[int, int, int]  # patch grid before merging
+    visual_tokens: int
+    patches_per_frame: int
+    vision: str  # graph files, relative to the build directory
+    prefill: str
+    usable: bool
+    parity_passed: bool | None
+
+    @property
+    def aspect(self) -> float:
+        """Width over height of the frames the graphs see (after resizing)."""
+        return self.resized[1] / self.resized[0]
+
+    def describe(self) -> str:
+        """E.g. ``8x112x112 (8 frames, 112x112)``, plus why it is not offered when unusable."""
+        text = f"{self.name} ({self.frames} frames, {self.height}x{self.width})"
+        if self.usable:
+            return text
+        return text + (" [not usable: failed its parity check]" if self.parity_passed is False
+                       else " [not usable: not validated]")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked build directory. Paths in it are relative to :attr:`root`."""
+
+    root: Path
+    model: ModelFacts
+    precision: str
+    max_text: int
+    tokenizer_file: Path
+    graphs: dict[str, str]  # "embed", "decode" -> file
+    all_buckets: tuple[Bucket, ...]
+    files: dict[str, FileEntry]
+    raw: dict[str, Any]
+
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        """The usable buckets, in manifest order."""
+        return tuple(b for b in self.all_buckets if b.usable)
+
+    def bucket(self, name: str) -> Bucket:
+        """The usable bucket called ``name``; :class:`InputError` listing the buckets otherwise."""
+        for b in self.all_buckets:
+            if b.name == name:
+                if not b.usable:
+                    raise InputError(f"bucket {name} of {self.root} is not usable (its graphs did not pass the parity "
+                                     f"check); buckets: {self.describe_buckets()}")
+                return b
+        raise InputError(f"{self.root} has no bucket {name!r}; buckets: {self.describe_buckets()}")
+
+    def describe_buckets(self) -> str:
+        return ", ".join(b.describe() for b in self.all_buckets) or "none"
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def load_manifest(build_dir: str | os.PathLike[str], *, verify: bool = False) -> Manifest:
+    """Read ``build_dir/manifest.json`` and check the files it lists (see the module docstring).
+
+    ``verify=True`` also checks the SHA-256 of ``weights.bin`` and every other listed file.
+    Raises :class:`InputError` (one line naming the file) for anything missing, truncated or altered.
+    """
+    root = Path(build_dir)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a build directory (no such directory); build one with `ffexport build`")
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise InputError(f"{root} has no {MANIFEST_NAME}: {REBUILD}")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{manifest_path} is not valid JSON ({_one_line(e)}): {REBUILD}") from e
+    if not isinstance(raw, dict):
+        raise InputError(f"{manifest_path} is not a JSON object: {REBUILD}")
+    if raw.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{manifest_path} has format {raw.get('format')!r}; this runtime reads {MANIFEST_FORMAT!r}: "
+                         f"rebuild it with this version's `ffexport build`")
+    reader = _Reader(manifest_path, raw)
+    manifest = reader.manifest(root)
+    _check_files(manifest, verify=verify)
+    log.debug("build %s: model %s, %s, buckets %s", root, manifest.model.name, manifest.precision,
+              ", ".join(b.name for b in manifest.buckets))
+    return manifest
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_bytes(manifest: Manifest, relative: str, data: bytes) -> bytes:
+    """Return ``data`` (a listed file's content) after checking its size and SHA-256 against the manifest."""
+    entry = manifest.files[relative]
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise InputError(f"{manifest.path(relative)} changed since the build was checked: {REBUILD}")
+    return data
+
+
+# ---------------------------------------------------------------- parsing
+class _Reader:
+    """Typed access to the manifest's fields; a missing or mistyped field is a corrupt build."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+        self.path = path
+        self.raw = raw
+
+    def fail(self, where: str, problem: str) -> InputError:
+        return InputError(f"{self.path}: {where} {problem}: {REBUILD}")
+
+    def get(self, obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj:
+            raise self.fail(f"{where}.{key}" if where else key, "is missing")
+        value = obj[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise self.fail(f"{where}.{key}" if where else key, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def positive(self, obj: dict[str, Any], key: str, where: str) -> int:
+        value = self.get(obj, key, int, where)
+        if value < 1:
+            raise self.fail(f"{where}.{key}", f"must be positive, got {value}")
+        return value
+
+    def file(self, obj: dict[str, Any], where: str) -> str:
+        name = self.get(obj, "file", str, where)
+        return self.relative(name, f"{where}.file")
+
+    def relative(self, name: str, where: str) -> str:
+        p = PurePosixPath(name)
+        if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
+            raise self.fail(where, f"names a path outside the build directory ({name!r})")
+        return p.as_posix()
+
+    def manifest(self, root: Path) -> Manifest:
+        raw = self.raw
+        model = self.model(self.get(raw, "model", dict, ""))
+        precision = self.get(raw, "precision", str, "")
+        max_text = self.positive(raw, "max_text", "")
+        tokenizer_dir = self.relative(self.get(raw, "tokenizer", str, ""), "tokenizer")
+        graphs_raw = self.get(raw, "graphs", dict, "")
+        graphs = {name: self.file(self.get(graphs_raw, name, dict, "graphs"), f"graphs.{name}")
+                  for name in ("embed", "decode")}
+        buckets_raw = self.get(raw, "buckets", list, "")
+        buckets = tuple(self.bucket(b, i) for i, b in enumerate(buckets_raw))
+        names = [b.name for b in buckets]
+        if len(set(names)) != len(names):
+            raise self.fail("buckets", f"repeat a name ({', '.join(names)})")
+        files_raw = self.get(raw, "files", dict, "")
+        files = {self.relative(name, f"files[{name!r}]"): self.file_entry(entry, name)
+                 for name, entry in files_raw.items()}
+        needed = [*graphs.values(), *(f for b in buckets for f in (b.vision, b.prefill))]
+        for name in needed:
+            if name not in files:
+                raise self.fail("files", f"does not list the graph {name}")
+        tokenizer_file = root / tokenizer_dir / "tokenizer.json"
+        return Manifest(root=root, model=model, precision=precision, max_text=max_text,
+                        tokenizer_file=tokenizer_file, graphs=graphs, all_buckets=buckets, files=files, raw=raw)
+
+    def model(self, m: dict[str, Any]) -> ModelFacts:
+        eos = self.get(m, "eos_token_id", (int, list), "model")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in eos_ids):
+            raise self.fail("model.eos_token_id", f"must be an integer or a list of integers, got {eos!r}")
+        return ModelFacts(
+            name=self.get(m, "name", str, "model"),
+            family=self.get(m, "family", str, "model"),
+            num_layers=self.positive(m, "num_layers", "model"),
+            hidden_size=self.positive(m, "hidden_size", "model"),
+            vocab_size=self.positive(m, "vocab_size", "model"),
+            num_kv_heads=self.positive(m, "num_kv_heads", "model"),
+            head_dim=self.positive(m, "head_dim", "model"),
+            video_token_id=self.get(m, "video_token_id", int, "model"),
+            eos_token_ids=eos_ids,
+            spatial_merge_size=self.positive(m, "spatial_merge_size", "model"),
+            patch_size=self.positive(m, "patch_size", "model"),
+            temporal_patch_size=self.positive(m, "temporal_patch_size", "model"),
+        )
+
+    def bucket(self, b: dict[str, Any], index: int) -> Bucket:
+        where = f"buckets[{index}]"
+        if not isinstance(b, dict):
+            raise self.fail(where, "is not an object")
+        name = self.get(b, "name", str, where)
+        where = f"bucket {name}"
+        resized = self.get(b, "resized", list, where)
+        grid = self.get(b, "grid_thw", list, where)
+        if len(resized) != 2 or len(grid) != 3 or not all(isinstance(x, int) and x > 0 for x in [*resized, *grid]):
+            raise self.fail(where, f"has a bad resized {resized} or grid_thw {grid}")
+        graphs = self.get(b, "graphs", dict, where)
+        parity = b.get("parity")
+        passed = parity.get("passed") if isinstance(parity, dict) else None
+        usable = self.get(b, "usable", bool, where)
+        return Bucket(
+            name=name,
+            frames=self.positive(b, "frames", where),
+            height=self.positive(b, "height", where),
+            width=self.positive(b, "width", where),
+            resized=(resized[0], resized[1]),
+            grid_thw=(grid[0], grid[1], grid[2]),
+            visual_tokens=self.positive(b, "visual_tokens", where),
+            patches_per_frame=self.positive(b, "patches_per_frame", where),
+            vision=self.file(self.get(graphs, "vision", dict, f"{where}.graphs"), f"{where}.graphs.vision"),
+            prefill=self.file(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
+            usable=usable,
+            parity_passed=passed if isinstance(passed, bool) else None,
+        )
+
+    def file_entry(self, entry: Any, name: str) -> FileEntry:
+        where = f"files[{name!r}]"
+        size = self.get(entry, "bytes", int, where)
+        digest = self.get(entry, "sha256", str, where)
+        if size < 0 or len(digest) != 64:
+            raise self.fail(where, "has a bad size or sha256")
+        return FileEntry(bytes=size, sha256=digest.lower())
+
+
+# ---------------------------------------------------------------- files
+def _always_hashed(name: str, tokenizer_dir: str) -> bool:
+    return name.endswith(".onnx") or name.startswith(tokenizer_dir.rstrip("/") + "/")
+
+
+def _check_files(manifest: Manifest, *, verify: bool) -> None:
+    tokenizer_dir = manifest.tokenizer_file.parent.relative_to(manifest.root).as_posix()
+    for name, entry in manifest.files.items():
+        path = manifest.path(name)
+        if not path.is_file():
+            raise InputError(f"{path} is missing: {REBUILD}")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            what = "truncated" if size < entry.bytes else "larger than built"
+            raise InputError(f"{path} is {size} bytes, the manifest says {entry.bytes} ({what}): {REBUILD}")
+        if verify or _always_hashed(name, tokenizer_dir):
+            if sha256_of(path) != entry.sha256:
+                raise InputError(f"{path} does not match its sha256 in the manifest (altered or damaged): {REBUILD}")
+    if not manifest.tokenizer_file.is_file():
+        raise InputError(f"{manifest.tokenizer_file} is missing: {REBUILD}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

@@ -1,0 +1,186 @@
+"""``ffexport build`` on the tiny model: graphs, shared weights, manifest, parity gate, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from ffexport.cli import main
+from ffexport.errors import InputError, ScheduleError
+from ffexport.export.build import run_graphs
+from ffexport.export.parity import OrtRunner
+from ffexport.fusion.config import FusionConfig
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+BUCKET = "8x112x112"
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "b"
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out), "--max-text", "128"]) == 0
+    return out
+
+
+
+def test_manifest_describes_the_build(build_dir, tiny):
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    assert manifest["format"] == "ffexport.manifest/1"
+    assert manifest["model"]["name"] == "qwen2vl-tiny" and manifest["model"]["num_layers"] == tiny.num_layers
+    (bucket,) = manifest["buckets"]
+    assert bucket["name"] == BUCKET and bucket["usable"] and bucket["parity"]["passed"]
+    assert bucket["grid_thw"] == [4, 8, 8] and bucket["visual_tokens"] == 64
+    prefill = bucket["graphs"]["prefill"]
+    assert [i["name"] for i in prefill["inputs"]] == ["inputs_embeds", "position_ids", "video_start"]
+    outputs = [o["name"] for o in prefill["outputs"]]
+    assert outputs[0] == "logits" and outputs[1:3] == ["present.0.key", "present.0.value"]
+    assert len(outputs) == 1 + 2 * tiny.num_layers
+    decode = manifest["graphs"]["decode"]
+    assert [i["name"] for i in decode["inputs"]][:3] == ["input_ids", "position_ids", "past_key_values.0.key"]
+    # every listed file exists with the recorded size
+    for name, record in manifest["files"].items():
+        assert (build_dir / name).stat().st_size == record["bytes"], name
+    assert {"torch", "transformers", "onnx", "onnxruntime", "opset"} <= set(manifest["tools"])
+
+
+def test_graphs_pass_the_checker_and_share_one_weight_file(build_dir, tiny):
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    files = [g["file"] for g in manifest["graphs"].values()]
+    files += [g["file"] for b in manifest["buckets"] for g in b["graphs"].values()]
+    for name in files:
+        path = str(build_dir / name)
+        onnx.checker.check_model(path, full_check=True)
+        model = onnx.load(path, load_external_data=False)
+        for t in model.graph.initializer:  # no large tensor left inline: weights live in weights.bin
+            inline = len(t.raw_data) if t.data_location != onnx.TensorProto.EXTERNAL else 0
+            assert inline < 1024, (name, t.name)
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                assert {e.key: e.value for e in t.external_data}["location"] == "weights.bin"
+    params = sum(p.numel() * p.element_size() for p in tiny.model.parameters())
+    stored = (build_dir / "weights.bin").stat().st_size
+    assert stored < 1.1 * params  # stored once, not once per graph (4 graphs here)
+
+
+def test_prefill_text_length_varies_without_rebuild(build_dir):
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    shape = manifest["buckets"][0]["graphs"]["prefill"]["inputs"][0]["shape"]
+    assert shape[0] == 1 and isinstance(shape[1], str) and shape[2] == 64
+
+
+def test_parity_report_and_polygraphy_replay(build_dir):
+    report = json.loads((build_dir / BUCKET / "parity.json").read_text())
+    assert report["passed"]
+    for graph in report["graphs"]:
+        for out in graph["outputs"]:
+            assert out["max_abs"] <= out["atol"] == 1e-4
+    first = report["end_to_end"][0]
+    assert first["tokens_equal"] and first["dynamic_reference"]["schedule_equal"]
+    assert first["dynamic_reference"]["tokens_equal"] and first["dynamic_reference"]["logits"]["passed"]
+    assert {c["case"].split(":")[1] for c in report["end_to_end"]} == {"moving_object", "pan", "static"}
+    polygraphy = shutil.which("polygraphy")
+    if polygraphy is None:
+        pytest.skip("polygraphy CLI not installed: replay not checked")
+    replay = subprocess.run(
+        [polygraphy, "run", f"{BUCKET}.prefill.onnx", "--onnxrt", "--load-inputs", f"{BUCKET}/parity/prefill.inputs.json",
+         "--load-outputs", f"{BUCKET}/parity/prefill.outputs.json", "--atol", "1e-4", "--rtol", "0"],
+        cwd=build_dir, capture_output=True, text=True, timeout=300,
+    )
+    assert replay.returncode == 0 and "PASSED" in replay.stdout + replay.stderr, replay.stdout[-2000:]
+
+
+@pytest.mark.parametrize("kind, seed", [("moving_object", 11), ("scene_cut", 12), ("noise", 13)])
+def test_onnx_runtime_equals_the_static_reference_on_new_videos(build_dir, tiny, kind, seed):
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    bucket = manifest["buckets"][0]
+    from ffexport.fusion.schedule import Schedule
+
+    schedule = Schedule.from_json(bucket["schedule"])
+    case = tiny.case_from_video(synthetic_video(kind, frames=8, seed=seed), "Is anything moving here?")
+    logits, tokens = run_graphs(OrtRunner(), build_dir, case, bucket["graphs"]["vision"]["file"],
+                                bucket["graphs"]["prefill"]["file"], tiny.config, tiny.adapter, 5)
+    static = Reference(tiny, schedule=schedule, max_new_tokens=5)(case)
+    assert np.abs(logits - static.logits).max() <= 1e-4
+    assert tokens == static.generated_ids[0].tolist()
+
+
+def test_parity_contract_through_onnx_runtime(tmp_path, tiny):
+    """A build with the schedule the dynamic reference realized for a video reproduces the dynamic
+    reference's logits for that video."""
+    case = tiny.case_from_video(synthetic_video("pan", frames=8, seed=21), "What moves?")
+    dynamic = Reference(tiny, fusion=FusionConfig(similarity=0.8, budget_layers=28), max_new_tokens=4)(case)
+    schedule_file = tmp_path / "s.json"
+    dynamic.schedule.save(schedule_file)
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", BUCKET, "--schedule", str(schedule_file), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    bucket = manifest["buckets"][0]
+    assert bucket["schedule_source"].startswith("given")
+    logits, tokens = run_graphs(OrtRunner(), out, case, bucket["graphs"]["vision"]["file"],
+                                bucket["graphs"]["prefill"]["file"], tiny.config, tiny.adapter, 4)
+    assert np.abs(logits - dynamic.logits).max() <= 1e-4
+    assert tokens == dynamic.generated_ids[0].tolist()
+
+
+def test_rerun_skips_verified_buckets_and_rebuilds_damaged_ones(build_dir, capsys):
+    before = (build_dir / "manifest.json").read_text()
+    assert main(["build", "--bucket", BUCKET, "--out", str(build_dir), "--max-text", "128"]) == 0
+    assert "already built and verified" in capsys.readouterr().err
+    assert json.loads((build_dir / "manifest.json").read_text()) == json.loads(before)
+    (build_dir / f"{BUCKET}.prefill.onnx").write_bytes(b"damaged")
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(build_dir), "--max-text", "128"]) == 0
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    assert manifest["buckets"][0]["usable"]
+    onnx.checker.check_model(str(build_dir / f"{BUCKET}.prefill.onnx"), full_check=True)
+
+
+def test_build_refuses_another_configuration_in_the_same_directory(build_dir, capsys, error_line):
+    code = main(["-q", "build", "--bucket", BUCKET, "--out", str(build_dir), "--max-text", "200"])
+    assert code == InputError.exit_code
+    assert "--overwrite" in error_line()
+
+
+@pytest.mark.parametrize(
+    "bucket, message",
+    [("8x112", "is not FRAMESxHEIGHTxWIDTH"), ("0x112x112", "must be positive"), ("8x28x9000", "cannot take this size")],
+)
+def test_buckets_the_model_cannot_take(tmp_path, capsys, bucket, message, error_line):
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", bucket, "--out", str(out)]) == InputError.exit_code
+    assert message in error_line()
+    assert not out.exists()
+
+
+def test_unknown_precision_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-q", "build", "--precision", "int4", "--out", str(tmp_path / "b")])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_schedule_for_another_bucket_is_refused(tmp_path, capsys, error_line):
+    schedule = tmp_path / "s.json"
+    schedule.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 32, "patches_per_frame": 16,
+                                    "stages": []}))
+    code = main(["-q", "build", "--bucket", BUCKET, "--schedule", str(schedule), "--out", str(tmp_path / "b")])
+    assert code == InputError.exit_code
+    assert "bucket 8x112x112 has 64" in error_line()
+    schedule.write_text(json.dumps({"format": "ffexport.schedule/1", "visual_tokens": 64, "patches_per_frame": 16,
+                                    "stages": [{"layer": 1, "where": "after_attention", "op": "prune", "remove": 64}]}))
+    code = main(["-q", "build", "--bucket", BUCKET, "--schedule", str(schedule), "--out", str(tmp_path / "b")])
+    assert code == ScheduleError.exit_code
+    assert "removes all 64 visual tokens" in error_line()
+
+
+def test_foreign_directory_is_not_touched(tmp_path, capsys, error_line):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["-q", "build", "--out", str(out)]) == InputError.exit_code
+    assert "holds no ffexport build" in error_line()
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

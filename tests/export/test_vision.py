@@ -1,0 +1,192 @@
+"""VisionEncoder: the fixed-grid Qwen2-VL vision encoder computes what transformers computes, and
+exports to a static ONNX graph that attends per frame (no all-patches mask)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from ffexport.export.vision import INPUT_NAME, OUTPUT_NAME, VisionEncoder
+from ffexport.video import synthetic_video
+
+PATCH_DIM = 3 * 2 * 14 * 14  # C * temporal_patch_size * patch_size**2 of the tiny model
+
+#: grids (t, h, w) in patches beside the real video's 4x8x8
+RANDOM_GRIDS = [(1, 4, 6), (2, 8, 8), (3, 6, 10)]
+
+
+@pytest.fixture(scope="module")
+def case(tiny):
+    return tiny.case_from_video(synthetic_video("pan", frames=8), "hi")
+
+
+def _reference(tiny, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    with torch.no_grad():
+        return tiny.adapter.video_features(tiny.model, pixels, torch.tensor([grid]))
+
+
+def _random_pixels(grid: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    t, h, w = grid
+    return torch.randn(t * h * w, PATCH_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------- PyTorch
+def test_matches_transformers_on_a_real_video(tiny, case):
+    pixels = torch.from_numpy(case.pixel_values_videos)
+    encoder = VisionEncoder(tiny.model.model.visual, case.grid)
+    with torch.no_grad():
+        got = encoder(pixels)
+    expected = _reference(tiny, pixels, case.grid)
+    assert got.shape == expected.shape == (encoder.num_tokens, tiny.config.vision_config.hidden_size)
+    # measured: 0.0 (bit-identical: transformers 5.23 runs SDPA per frame; the batch gives the same numbers)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("grid", RANDOM_GRIDS, ids=lambda g: "x".join(map(str, g)))
+def test_matches_transformers_on_other_grids(tiny, grid):
+    pixels = _random_pixels(grid)
+    encoder = VisionEncoder(tiny.model.model.visual, grid)
+    with torch.no_grad():
+        got = encoder(pixels)
+    expected = _reference(tiny, pixels, grid)
+    assert got.shape == expected.shape == (grid[0] * grid[1] * grid[2] // 4, 64)
+    assert (got - expected).abs().max().item() <= 1e-5  # measured: 0.0 on all three grids
+
+
+def test_rotary_tables_are_transformers_for_every_patch(tiny):
+    from transformers.vision_utils import get_vision_position_ids
+
+    visual = tiny.model.model.visual
+    grid = (3, 6, 10)
+    encoder = VisionEncoder(visual, grid)
+    positions = get_vision_position_ids(torch.tensor([grid]), visual.spatial_merge_size)  # processor order
+    cos, sin = visual.rotary_pos_emb(torch.zeros(1), positions)
+    t = grid[0]
+    assert torch.equal(encoder.rotary_cos.repeat(t, 1), cos)  # one frame's table, repeated per frame
+    assert torch.equal(encoder.rotary_sin.repeat(t, 1), sin)
+    assert encoder.rotary_cos.dtype == torch.float32
+
+
+def test_reuses_the_models_modules_and_saves_no_tables(tiny):
+    visual = tiny.model.model.visual
+    encoder = VisionEncoder(visual, (2, 4, 4))
+    assert encoder.patch_embed is visual.patch_embed and encoder.blocks is visual.blocks
+    assert encoder.merger is visual.merger
+    own = {p.data_ptr() for p in encoder.parameters()}
+    assert own <= {p.data_ptr() for p in visual.parameters()}
+    assert not any("rotary" in k for k in encoder.state_dict())  # non-persistent buffers
+    assert encoder.num_patches == 32 and encoder.num_tokens == 8 and encoder.patch_dim == PATCH_DIM
+
+
+def test_half_precision_keeps_rotary_float32_and_stays_close(tiny, case):
+    visual = copy.deepcopy(tiny.model.model.visual)
+    encoder = VisionEncoder(visual, case.grid).to(torch.float16)
+    assert encoder.dtype == torch.float16 and encoder.rotary_cos.dtype == torch.float32
+    pixels = torch.from_numpy(case.pixel_values_videos)
+    with torch.no_grad():
+        got = encoder(pixels)
+    assert got.dtype == torch.float16
+    # measured: 2.6e-3 vs the fp32 reference (transformers' own fp16 path: 2.6e-3)
+    assert (got.float() - _reference(tiny, pixels, case.grid)).abs().max().item() <= 2e-2
+
+
+@pytest.mark.parametrize("grid", [(2, 5, 8), (2, 4, 7), (0, 4, 4), (2, 4)])
+def test_invalid_grid_is_rejected(tiny, grid):
+    with pytest.raises(ValueError, match="grid"):
+        VisionEncoder(tiny.model.model.visual, grid)
+
+
+def test_pixels_that_do_not_fit_the_grid_are_rejected(tiny, case):
+    encoder = VisionEncoder(tiny.model.model.visual, (2, 8, 8))  # 128 rows; the case has 4x8x8 = 256
+    with pytest.raises(ValueError, match=r"grid 2x8x8 and needs \[128, 1176\]"):
+        encoder(torch.from_numpy(case.pixel_values_videos))
+    with pytest.raises(ValueError, match="t\\*h\\*w rows"):
+        encoder(torch.zeros(128, PATCH_DIM - 1))
+
+
+# ---------------------------------------------------------------------- ONNX
+def _export(encoder: VisionEncoder, pixels: torch.Tensor, path) -> onnx.ModelProto:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own LeafSpec deprecation notice
+        program = torch.onnx.export(
+            encoder, (pixels,), dynamo=True, opset_version=18, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], verbose=False,
+        )
+    program.save(str(path))
+    return onnx.load(str(path))
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, case, tmp_path_factory):
+    encoder = VisionEncoder(tiny.model.model.visual, case.grid)
+    pixels = torch.from_numpy(case.pixel_values_videos)
+    path = tmp_path_factory.mktemp("vision") / "vision.onnx"
+    return encoder, pixels, path, _export(encoder, pixels, path)
+
+
+def test_exported_graph_is_valid_static_and_matches_pytorch(exported):
+    import onnxruntime as ort
+
+    encoder, pixels, path, model = exported
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, _dims(inp)) == (INPUT_NAME, [encoder.num_patches, encoder.patch_dim])
+    assert (out.name, _dims(out)) == (OUTPUT_NAME, [encoder.num_tokens, encoder.out_dim])
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: pixels.numpy()})
+    with torch.no_grad():
+        expected = encoder(pixels).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4  # measured: 2.5e-6
+
+
+def test_exported_graph_attends_per_frame_without_a_dense_mask(exported):
+    encoder, _, _, model = exported
+    t, h, w = encoder.grid_thw
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    values = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+    shapes = {v.name: _dims(v) for v in values}
+    shapes.update({i.name: list(i.dims) for i in inferred.initializer})
+    assert all(None not in s and all(isinstance(d, int) for d in s) for s in shapes.values()), "a dynamic dim"
+    all_patches = t * h * w
+    dense = {n: s for n, s in shapes.items() if s.count(all_patches) >= 2}
+    assert not dense, f"a [t*h*w, t*h*w] tensor: {dense}"
+    ops = [n.op_type for n in inferred.node]
+    assert not {"Loop", "If", "Scan", "NonZero"} & set(ops)
+    softmax_inputs = [shapes[n.input[0]] for n in inferred.node if n.op_type == "Softmax"]
+    heads = encoder.num_heads
+    assert softmax_inputs == [[t, heads, h * w, h * w]] * len(encoder.blocks)
+
+
+def test_half_precision_graph_keeps_float32_softmax_and_norm_statistics(tiny, case, tmp_path):
+    # torch.onnx exports torch.softmax(x, dtype=float32) as Softmax(x in fp16) -> Cast: the module
+    # must cast first (see VisionEncoder._attention); this catches a regression
+    encoder = VisionEncoder(copy.deepcopy(tiny.model.model.visual), case.grid).to(torch.float16)
+    model = _export(encoder, torch.from_numpy(case.pixel_values_videos), tmp_path / "vision16.onnx")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.value_info}
+    softmax = [n for n in inferred.node if n.op_type == "Softmax"]
+    assert softmax and all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in softmax)
+    norms = [n for n in inferred.node if n.op_type == "LayerNormalization"]
+    assert norms and all(
+        next((a.i for a in n.attribute if a.name == "stash_type"), 1) == onnx.TensorProto.FLOAT for n in norms
+    )
+    assert inferred.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "vision16.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: case.pixel_values_videos})
+    with torch.no_grad():
+        expected = encoder(torch.from_numpy(case.pixel_values_videos)).float().numpy()
+    assert np.abs(got.astype(np.float32) - expected).max() <= 2e-2  # measured: 2.9e-3
