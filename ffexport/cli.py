@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="video shape: input frames x height x width in pixels (repeatable; default 8x112x112)")
     build.add_argument("--schedule", metavar="SCHEDULE.json", help="use this schedule (one bucket only)")
     _add_fusion_args(build)
-    build.add_argument("--precision", default="fp32", choices=["fp32"], help="graph precision (default fp32)")
+    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                       help="graph precision (default fp32); fp16 keeps norms, softmax and FrameFusion's "
+                            "similarity/importance/averages in fp32")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
     build.add_argument("--out", required=True, metavar="DIR", help="build directory")
@@ -219,6 +221,8 @@ def _cmd_build(args) -> int:
         raise InputError("--schedule fixes one bucket's shape; give exactly one --bucket with it")
     fusion = FusionConfig(cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
                           budget_layers=args.budget_layers)
+    if args.precision == "fp16":
+        args.dtype = "float16"
     loaded = _load(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,

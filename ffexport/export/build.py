@@ -31,7 +31,7 @@ from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, presen
 from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
 )
-from ffexport.export.parity import FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
+from ffexport.export.parity import FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.policy import DefaultPolicy, calibration_case
 from ffexport.export.vision import VisionEncoder
 from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: extra parity videos besides the calibration clip: other motion, and static content (tied scores)
 PARITY_VIDEOS = (("pan", 1), ("static", 2))
-PRECISIONS = ("fp32",)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +79,10 @@ class Build:
     def __init__(self, loaded: LoadedModel, config: BuildConfig) -> None:
         if config.precision not in PRECISIONS:
             raise InputError(f"--precision {config.precision}: this version builds {', '.join(PRECISIONS)} graphs")
+        dtype = next(loaded.model.parameters()).dtype
+        if dtype != PRECISIONS[config.precision]:
+            raise InputError(f"--precision {config.precision} needs the model loaded in {PRECISIONS[config.precision]}, "
+                             f"not {dtype}")
         if config.max_text < 1:
             raise InputError(f"--max-text must be positive, got {config.max_text}")
         self.loaded = loaded
@@ -107,7 +111,8 @@ class Build:
         self.embed = loaded.model.model.language_model.embed_tokens
         self.capture = CaptureOnnx()
         self.runner = OrtRunner()
-        self.gate = ParityGate(FP32, runner=self.runner)
+        self.tolerance = FP32 if config.precision == "fp32" else FP16
+        self.gate = ParityGate(self.tolerance, runner=self.runner)
 
     # ================================================================ driver
     def __call__(self) -> BuildReport:
@@ -304,13 +309,16 @@ class Build:
         reports, e2e = self._bucket_parity(bucket, schedule, cases, torch_inputs, vision, prefill,
                                            vision_file, prefill_file, bucket_dir)
         steps.advance()
-        passed = all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
+        shared = all(manifest["graphs"][g]["parity"]["passed"] for g in ("embed", "decode"))
+        passed = shared and all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
         schedule.save(bucket_dir / "schedule.json", overwrite=True)
-        save_json({"bucket": name, "tolerance": {"atol": FP32.atol, "rtol": FP32.rtol},
+        tol = self.tolerance
+        save_json({"bucket": name, "precision": self.config.precision, "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
                    "cases": [c_name for c_name, _ in self._case_names()],
-                   "graphs": [r.to_json() for r in reports], "end_to_end": e2e, "passed": passed,
+                   "graphs": [r.to_json() for r in reports], "end_to_end": e2e, "shared_graphs_passed": shared,
+                   "passed": passed,
                    "replay": "polygraphy run <graph> --onnxrt --load-inputs parity/<graph>.inputs.json "
-                             f"--load-outputs parity/<graph>.outputs.json --atol {FP32.atol} --rtol 0"},
+                             f"--load-outputs parity/<graph>.outputs.json --atol {tol.atol} --rtol {tol.rtol}"},
                   bucket_dir / "parity.json", overwrite=True)
         status = "passed" if passed else "FAILED"
         worst = max(o.max_abs for r in reports for o in r.outputs)
@@ -362,7 +370,7 @@ class Build:
             manifest["graphs"][name] = {"file": f"{name}.onnx", **graph_io(self.out / f"{name}.onnx"),
                                         "parity": report.to_json()}
             if not report.passed:
-                raise ValidationError(f"the shared {name} graph does not match PyTorch (see manifest.json)")
+                log.warning("the shared %s graph does not match PyTorch (see manifest.json)", name)
 
     # ================================================================ parity
     def _case_names(self):
@@ -418,7 +426,7 @@ class Build:
         static = Reference(self.loaded, schedule=schedule, max_new_tokens=n_tokens)(case)
         record = {
             "case": case_name,
-            "logits": compare("logits", ort_logits, static.logits, FP32).__dict__,
+            "logits": compare("logits", ort_logits, static.logits, self.tolerance).__dict__,
             "tokens_equal": ort_tokens == static.generated_ids[0].tolist(),
             "generated_ids": ort_tokens,
         }
@@ -426,7 +434,7 @@ class Build:
             dynamic = Reference(self.loaded, fusion=self.config.fusion, max_new_tokens=n_tokens)(case)
             record["dynamic_reference"] = {
                 "schedule_equal": dynamic.schedule == schedule,
-                "logits": compare("logits", ort_logits, dynamic.logits, FP32).__dict__,
+                "logits": compare("logits", ort_logits, dynamic.logits, self.tolerance).__dict__,
                 "tokens_equal": ort_tokens == dynamic.generated_ids[0].tolist(),
             }
         return record

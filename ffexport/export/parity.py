@@ -25,8 +25,8 @@ class Tolerance:
 
 #: fp32 graphs: what the issue promises (prefill logits within 1e-4) for every output
 FP32 = Tolerance(atol=1e-4)
-#: fp16 graphs against the fp32 PyTorch reference
-FP16 = Tolerance(atol=5e-2, rtol=5e-2)
+#: fp16 graphs against the same module run in fp16 by PyTorch (different kernels, fp16 rounding)
+FP16 = Tolerance(atol=2e-2, rtol=2e-2)
 
 
 @dataclass

@@ -113,6 +113,19 @@ class ReducedDecoder(nn.Module):
     def _repeat(self, kv: torch.Tensor) -> torch.Tensor:
         return kv if self.groups == 1 else kv.repeat_interleave(self.groups, dim=1)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
+        """Attention over repeated k/v. float32 models use SDPA; fp16/bf16 ones compute the softmax in
+        float32 explicitly (the exporter lowers SDPA to a half-precision Softmax)."""
+        if q.dtype == torch.float32:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.scale)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        if causal:
+            length = q.shape[-2]
+            pos = torch.arange(length, device=q.device)
+            scores = scores.masked_fill(pos.unsqueeze(0) > pos.unsqueeze(1), float("-inf"))
+        probs = torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype)
+        return torch.matmul(probs, v)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden[:, -1, :]))
 
@@ -180,7 +193,7 @@ class ReducedDecoder(nn.Module):
             q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
             presents.append((k, v))
             kr, vr = self._repeat(k), self._repeat(v)
-            attn = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
+            attn = self._attend(q, kr, vr, causal=True)
             attn = attn.transpose(1, 2).reshape(1, hidden.shape[1], -1)
             hidden = hidden + layer.self_attn.o_proj(attn)
             if reducer is not None:
@@ -207,9 +220,7 @@ class ReducedDecoder(nn.Module):
             q, k, v = self._qkv(layer, layer.input_layernorm(hidden), cos, sin)
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
             presents.append((k, v))
-            attn = torch.nn.functional.scaled_dot_product_attention(
-                q, self._repeat(k), self._repeat(v), scale=self.scale
-            )
+            attn = self._attend(q, self._repeat(k), self._repeat(v), causal=False)
             hidden = hidden + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(1, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return PrefillResult(self._logits(hidden), presents)

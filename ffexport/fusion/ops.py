@@ -1,5 +1,10 @@
 """FrameFusion's tensor math, shared by the dynamic reference and the static-schedule decoder.
 
+Numerics: similarities, importances and merge averages are computed in float32 whatever the
+model's dtype (returned values are cast back), so fp16/bf16 graphs keep the precision these
+decisions need. For a float32 model this is exactly the authors' arithmetic; the authors compute
+them in the model's dtype, so bf16 runs can differ from theirs in the last bits.
+
 Everything here works on the current visual span only (``n`` tokens, one row per token, in
 sequence order) and is written for export: shapes depend only on Python ints given by the caller
 (``n``, ``m``, ``k``), never on tensor values; no ``.item()``, no data-dependent branching.
@@ -41,7 +46,7 @@ def chain_similarity(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch
     ``visual`` [n, D]; returns [n] (same dtype): ``cosine(token, previous token of the same patch)``,
     or ``NO_PREDECESSOR`` for the first token of each chain.
     """
-    xs = visual.index_select(0, order)
+    xs = visual.index_select(0, order).to(torch.float32)
     ps = patch_ids.index_select(0, order)
     sim = cosine(xs[1:], xs[:-1])
     sim = torch.where(ps[1:] == ps[:-1], sim, torch.full_like(sim, NO_PREDECESSOR))
@@ -116,14 +121,14 @@ def merge(
     in the span (ascending) and their new values [n - m, D], in that order.
     """
     n = visual.shape[0]
-    xs = visual.index_select(0, order)
+    xs = visual.index_select(0, order).to(torch.float32)
     # group id of every token in patch order: a group is one unmerged token plus the run after it
     group = torch.cumsum(1.0 - merged.to(torch.float32), dim=0).to(torch.int64) - 1  # float32: see compact_index
-    sums = torch.zeros((n - m,) + tuple(visual.shape[1:]), dtype=visual.dtype, device=visual.device)
+    sums = torch.zeros((n - m,) + tuple(visual.shape[1:]), dtype=torch.float32, device=visual.device)
     sums = sums.index_add(0, group, xs)
-    sizes = torch.zeros(n - m, dtype=visual.dtype, device=visual.device)
-    sizes = sizes.index_add(0, group, torch.ones(n, dtype=visual.dtype, device=visual.device))
-    means = sums / sizes.unsqueeze(-1)
+    sizes = torch.zeros(n - m, dtype=torch.float32, device=visual.device)
+    sizes = sizes.index_add(0, group, torch.ones(n, dtype=torch.float32, device=visual.device))
+    means = (sums / sizes.unsqueeze(-1)).to(visual.dtype)
     # back to sequence order: keep[i] for the token at span position i
     unmerged = 1.0 - merged.to(torch.float32)
     keep = torch.zeros(n, dtype=torch.float32, device=merged.device).scatter(0, order, unmerged)
@@ -140,7 +145,8 @@ def last_query_importance(query: torch.Tensor, key: torch.Tensor, num_queries: i
     Causal: the query at position ``L - q + j`` sees keys ``0 .. L - q + j``. Returns [L].
     """
     length = query.shape[-2]
-    q = query[:, :, -num_queries:, :]
+    q = query[:, :, -num_queries:, :].to(torch.float32)
+    key = key.to(torch.float32)
     rows = q.shape[-2]
     scale = 1.0 / (query.shape[-1] ** 0.5)
     scores = torch.matmul(q, key.transpose(-2, -1)) * scale

@@ -184,3 +184,59 @@ def test_foreign_directory_is_not_touched(tmp_path, capsys, error_line):
     assert main(["-q", "build", "--out", str(out)]) == InputError.exit_code
     assert "holds no ffexport build" in error_line()
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_fp16_build_keeps_fp32_where_numerics_need_it(tmp_path, tiny):
+    out = tmp_path / "b16"
+    assert main(["-q", "build", "--precision", "fp16", "--bucket", BUCKET, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    bucket = manifest["buckets"][0]
+    assert manifest["precision"] == "fp16" and bucket["usable"] and bucket["parity"]["validated"]
+    prefill = bucket["graphs"]["prefill"]
+    assert prefill["inputs"][0]["dtype"] == "float16" and prefill["outputs"][0]["dtype"] == "float32"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / prefill["file"]), load_external_data=False))
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    softmax_inputs = {types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"}
+    assert softmax_inputs == {onnx.TensorProto.FLOAT}  # attention and importance softmax in fp32
+    norms = {types.get(n.input[0]) for n in model.graph.node if n.op_type == "ReduceL2"}
+    assert norms == {onnx.TensorProto.FLOAT}  # cosine similarity in fp32
+    # fidelity of the fp16 graphs against the fp32 PyTorch static reference (reported, loose bound)
+    from ffexport.fusion.schedule import Schedule
+
+    case = tiny.case_from_video(synthetic_video("moving_object", frames=8, seed=0), "Describe what happens in this video.")
+    logits, _ = run_graphs(OrtRunner(), out, case, bucket["graphs"]["vision"]["file"], prefill["file"], tiny.config,
+                           tiny.adapter, 1)
+    fp32 = Reference(tiny, schedule=Schedule.from_json(bucket["schedule"]))(case)
+    assert np.abs(logits - fp32.logits).max() < 0.05
+
+
+def test_a_bucket_that_fails_parity_fails_the_build_and_is_not_usable(tmp_path, monkeypatch, error_line):
+    import ffexport.export.build as build_module
+    from ffexport.errors import ValidationError
+    from ffexport.export.parity import Tolerance
+
+    monkeypatch.setattr(build_module, "FP32", Tolerance(atol=0.0))  # nothing can pass a zero tolerance
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out)]) == ValidationError.exit_code
+    assert "failed the parity gate" in error_line()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["buckets"][0]["usable"] is False
+    assert json.loads((out / BUCKET / "parity.json").read_text())["passed"] is False
+
+
+def test_an_interrupted_build_claims_no_usable_bucket(tmp_path, monkeypatch):
+    import ffexport.export.build as build_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module.Build, "_bucket_parity", interrupt)
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out)]) == 130
+    manifest = out / "manifest.json"
+    assert not manifest.exists() or not any(b["usable"] for b in json.loads(manifest.read_text())["buckets"])
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*.partial"))
+    monkeypatch.undo()
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out)]) == 0  # the re-run finishes it
+    assert json.loads(manifest.read_text())["buckets"][0]["usable"]
