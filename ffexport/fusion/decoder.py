@@ -155,7 +155,7 @@ class ReducedDecoder(nn.Module):
         else:  # merged values live in a pool appended after the sequence
             pool = torch.cat([hidden[0], reduction.values.to(hidden.dtype)], dim=0)
             hidden = pool.index_select(0, torch.where(in_span, length + rel, source)).unsqueeze(0)
-        return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids)
+        return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids, span.patches_per_frame, span.frames)
 
     def _step(self, reducer, layer, where, hidden, cos, sin, span, importance):
         if not reducer.acts(layer, where):
@@ -183,7 +183,7 @@ class ReducedDecoder(nn.Module):
         device = hidden.device
         video_start = torch.as_tensor(video_start, dtype=torch.int64, device=device).reshape(())
         patch_ids = torch.arange(visual_tokens, dtype=torch.int64, device=device) % patches_per_frame
-        span = VisualSpan(video_start, visual_tokens, patch_ids)
+        span = VisualSpan(video_start, visual_tokens, patch_ids, patches_per_frame, -(-visual_tokens // patches_per_frame))
         if reducer is not None:
             reducer.begin()
         presents = []

@@ -24,14 +24,26 @@ import torch
 NO_PREDECESSOR = -2.0
 
 
-def patch_order(patch_ids: torch.Tensor) -> torch.Tensor:
-    """Permutation that sorts visual tokens patch-major (stable: by patch id, then by position).
+def patch_order(patch_ids: torch.Tensor, num_patches: int | None = None) -> torch.Tensor:
+    """Permutation that sorts visual tokens patch-major (by patch id, then by position).
 
-    ``patch_ids`` [n] int64. Keys ``patch_id * n + position`` are unique, so a plain sort is stable.
+    ``patch_ids`` [n] int64 in ``[0, num_patches)``. A counting sort with static shapes and no
+    TopK/Sort (TensorRT's TopK stops at K < 3840; a real bucket has 8192 tokens): a token's place is
+    the number of tokens of smaller patch ids plus the number of earlier tokens of its own patch,
+    both from float32 cumulative sums over a one-hot [n, P] matrix; a scatter inverts the places.
+    ``num_patches`` is P (the decoder passes it; eager callers may omit it).
     """
     n = patch_ids.shape[0]
-    key = patch_ids * n + torch.arange(n, dtype=patch_ids.dtype, device=patch_ids.device)
-    return torch.argsort(key)
+    if num_patches is None:
+        num_patches = int(patch_ids.max()) + 1 if n else 1
+    patches = torch.arange(num_patches, dtype=patch_ids.dtype, device=patch_ids.device)
+    onehot = (patch_ids.unsqueeze(1) == patches.unsqueeze(0)).to(torch.float32)  # [n, P]
+    per_patch = onehot.sum(dim=0)
+    before = torch.cumsum(per_patch, dim=0) - per_patch  # tokens of smaller patch ids
+    rank = (torch.cumsum(onehot, dim=0) * onehot).sum(dim=1) - 1.0  # earlier tokens of the same patch
+    place = (before.index_select(0, patch_ids) + rank).to(torch.int64)
+    positions = torch.arange(n, dtype=torch.int64, device=patch_ids.device)
+    return torch.zeros(n, dtype=torch.int64, device=patch_ids.device).scatter(0, place, positions)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,17 +89,30 @@ def quantize(scores: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
     return torch.where(torch.isnan(levels), torch.full_like(levels, -(2.0**23)), levels)
 
 
+#: levels span [-2**23, 2**22): bisection over them takes this many halvings
+_BISECT_STEPS = 24
+
+
 def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> torch.Tensor:
     """float32 0/1 flags marking the ``count`` highest scores; ties broken by position (lower first).
 
-    Deterministic and backend-stable: the cut level comes from TopK *values* (which do not depend
-    on how a TopK orders ties), and tied tokens at the cut are taken in position order by a
-    cumulative sum. Shapes depend only on ``count``.
+    Deterministic and backend-stable: scores are quantized (:func:`quantize`), the cut level is
+    found by bisection over the integer levels (``count(levels >= v) >= count``: 24 compares and
+    sums, exact in float32, no TopK, so no K limit), and tokens tied at the cut are taken in
+    position order by a cumulative sum. Shapes depend only on ``count``.
     """
+    n = scores.shape[0]
     if count == 0:
-        return torch.zeros(scores.shape[0], dtype=torch.float32, device=scores.device)
+        return torch.zeros(n, dtype=torch.float32, device=scores.device)
     levels = quantize(scores, relative=relative)
-    cut = torch.topk(levels, count).values[count - 1]
+    low = torch.full((), -(2.0**23), dtype=torch.float32, device=scores.device)  # count(>= low) = n
+    high = torch.full((), 2.0**22, dtype=torch.float32, device=scores.device)  # count(>= high) = 0
+    for _ in range(_BISECT_STEPS):
+        mid = torch.floor((low + high) / 2)
+        enough = (levels >= mid).to(torch.float32).sum() >= count
+        low = torch.where(enough, mid, low)
+        high = torch.where(enough, high, mid)
+    cut = low
     above = (levels > cut).to(torch.float32)
     at_cut = (levels == cut).to(torch.float32)
     need = count - above.sum()
@@ -110,27 +135,53 @@ def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
     return out.scatter(0, slot, positions)[:count]
 
 
+def segment_sums(values: torch.Tensor, group: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Inclusive running sums within contiguous segments (``group`` nondecreasing), [n, D].
+
+    A Hillis-Steele scan: ``ceil(log2(max_len))`` steps, each adding the row ``2**s`` places back
+    when it lies in the same segment. Gathers and adds only (no scatter-add, which TensorRT runs
+    only as a plugin); pairwise sums, so no cancellation. ``max_len`` bounds a segment's length.
+    """
+    acc = values
+    shift = 1
+    while shift < max_len:
+        pad = torch.zeros((shift,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
+        previous = torch.cat([pad, acc[:-shift]], dim=0)
+        same = torch.cat([torch.zeros(shift, dtype=torch.bool, device=group.device), group[shift:] == group[:-shift]])
+        acc = acc + torch.where(same.unsqueeze(-1), previous, torch.zeros_like(previous))
+        shift *= 2
+    return acc
+
+
 def merge(
-    visual: torch.Tensor, patch_ids: torch.Tensor, order: torch.Tensor, merged: torch.Tensor, m: int
+    visual: torch.Tensor,
+    patch_ids: torch.Tensor,
+    order: torch.Tensor,
+    merged: torch.Tensor,
+    m: int,
+    max_run: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge the flagged tokens into the unmerged token before them in their patch chain.
 
     ``merged`` [n] 0/1 flags in patch order (exactly ``m`` ones; a chain's first token is never
     flagged). Each maximal run of flagged tokens is averaged, with equal weights, together with the
     unflagged token just before it. Returns ``(kept, values)``: the ``n - m`` surviving rows' positions
-    in the span (ascending) and their new values [n - m, D], in that order.
+    in the span (ascending) and their new values [n - m, D], in that order. ``max_run`` bounds a
+    group's size (a patch chain's length: the number of frames); None allows any.
     """
     n = visual.shape[0]
     xs = visual.index_select(0, order).to(torch.float32)
-    # group id of every token in patch order: a group is one unmerged token plus the run after it
-    group = torch.cumsum(1.0 - merged.to(torch.float32), dim=0).to(torch.int64) - 1  # float32: see compact_index
-    sums = torch.zeros((n - m,) + tuple(visual.shape[1:]), dtype=torch.float32, device=visual.device)
-    sums = sums.index_add(0, group, xs)
-    sizes = torch.zeros(n - m, dtype=torch.float32, device=visual.device)
-    sizes = sizes.index_add(0, group, torch.ones(n, dtype=torch.float32, device=visual.device))
-    means = (sums / sizes.unsqueeze(-1)).to(visual.dtype)
-    # back to sequence order: keep[i] for the token at span position i
     unmerged = 1.0 - merged.to(torch.float32)
+    # group id of every token in patch order: a group is one unmerged token plus the run after it;
+    # groups are contiguous in patch order, so their sums are segmented running sums at their ends
+    group = torch.cumsum(unmerged, dim=0).to(torch.int64) - 1  # float32 cumsum: see compact_index
+    running = segment_sums(xs, group, max_run if max_run is not None else n)
+    is_last = torch.cat([group[1:] != group[:-1], torch.ones(1, dtype=torch.bool, device=group.device)])
+    last = compact_index(is_last.to(torch.float32), n - m)  # patch-order position of each group's end
+    first = compact_index(unmerged, n - m)  # and of its start (the unmerged token)
+    sizes = (last - first + 1).to(torch.float32)
+    means = (running.index_select(0, last) / sizes.unsqueeze(-1)).to(visual.dtype)
+    # back to sequence order: keep[i] for the token at span position i
     keep = torch.zeros(n, dtype=torch.float32, device=merged.device).scatter(0, order, unmerged)
     kept = compact_index(keep, n - m)
     group_of_position = torch.zeros(n, dtype=torch.int64, device=visual.device).scatter(0, order, group)

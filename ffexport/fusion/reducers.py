@@ -31,6 +31,8 @@ class VisualSpan:
     start: torch.Tensor
     length: int
     patch_ids: torch.Tensor
+    patches_per_frame: int
+    frames: int
 
     def positions(self) -> torch.Tensor:
         """Sequence positions of the span's tokens, [length] int64."""
@@ -47,10 +49,10 @@ class Reduction:
 
 
 def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tuple[Reduction, int]:
-    order = ops.patch_order(span.patch_ids)
+    order = ops.patch_order(span.patch_ids, span.patches_per_frame)
     sim = ops.chain_similarity(visual, span.patch_ids, order)
     flags, m = flags_for(sim)
-    kept, values = ops.merge(visual, span.patch_ids, order, flags, m)
+    kept, values = ops.merge(visual, span.patch_ids, order, flags, m, max_run=span.frames)
     return Reduction(kept, values), m
 
 

@@ -231,7 +231,7 @@ def test_threshold_is_inclusive():
     p, frames = 2, 3
     n = p * frames
     visual = torch.arange(1, n + 1, dtype=torch.float32).unsqueeze(1)
-    span = VisualSpan(torch.tensor(0), n, torch.arange(n) % p)
+    span = VisualSpan(torch.tensor(0), n, torch.arange(n) % p, p, n // p)
     reducer = DynamicReducer(FusionConfig(similarity=1.0, cost=0.3), 28)  # budget 0.7 > ratio 4/6
     reduction = reducer.step(0, "before_attention", visual, span, None)
     step = reducer.realized[0]
