@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "similarity/importance/averages in fp32")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
+    build.add_argument("--graph-only", action="store_true",
+                       help="capture the graphs' structure without weights (meta device, seconds, little memory) "
+                            "for ffexport lint at real sizes; nothing is validated or usable")
     build.add_argument("--out", required=True, metavar="DIR", help="build directory")
     build.add_argument("--overwrite", action="store_true", help="replace an existing build in DIR")
     build.set_defaults(func=_cmd_build)
@@ -223,11 +226,16 @@ def _cmd_build(args) -> int:
                           budget_layers=args.budget_layers)
     if args.precision == "fp16":
         args.dtype = "float16"
-    loaded = _load(args)
+    if args.graph_only:
+        from ffexport.models import LoadModel
+
+        loaded = LoadModel(args.model, dtype=args.dtype, structure_only=True)()
+    else:
+        loaded = _load(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
                          precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
-                         quiet=args.quiet)
+                         quiet=args.quiet, graph_only=args.graph_only)
     report = Build(loaded, config)()
     log.info("build %s: %d bucket(s) built, %d already there", args.out, len(report.built), len(report.skipped))
     return 0

@@ -63,6 +63,8 @@ class BuildConfig:
     check_tokens: int = 4
     overwrite: bool = False
     quiet: bool = False
+    #: structure only (meta-device model): graphs without weights, for ffexport lint; no parity
+    graph_only: bool = False
 
 
 @dataclass
@@ -107,9 +109,11 @@ class Build:
                     f"per frame); bucket {b.name} has {b.visual_tokens} ({b.patches_per_frame} per frame)")
         if config.schedule is not None:
             config.schedule.validate(loaded.num_layers)
+        if config.graph_only and loaded.tokenizer is not None and next(loaded.model.parameters()).device.type != "meta":
+            raise InputError("--graph-only builds the structure without weights; it takes a preset name")
         self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
         self.embed = loaded.model.model.language_model.embed_tokens
-        self.capture = CaptureOnnx()
+        self.capture = CaptureOnnx(structure_only=config.graph_only)
         self.runner = OrtRunner()
         self.tolerance = FP32 if config.precision == "fp32" else FP16
         self.gate = ParityGate(self.tolerance, runner=self.runner)
@@ -117,6 +121,8 @@ class Build:
     # ================================================================ driver
     def __call__(self) -> BuildReport:
         manifest = self._open_directory()
+        if self.config.graph_only:
+            return self._graph_only(manifest)
         report = BuildReport(self.out)
         store = SharedWeights(self.out)
         self._save_tokenizer(manifest)
@@ -140,6 +146,88 @@ class Build:
                 f"bucket(s) {', '.join(report.failed)} failed the parity gate (see <bucket>/parity.json); "
                 "they are recorded as not usable")
         return report
+
+    # ================================================================ graph only
+    def _graph_only(self, manifest: dict[str, Any]) -> BuildReport:
+        """Capture every graph of every bucket from a meta-device model: structure for ``ffexport
+        lint`` (TensorRT limits) at real sizes, in seconds and without weights. Nothing is validated
+        and no bucket is usable; the manifest says so."""
+        report = BuildReport(self.out)
+        manifest["graph_only"] = True
+        layers, cfg = self.loaded.num_layers, self.loaded.config
+        hidden = cfg.text_config.hidden_size
+        meta = {"device": "meta"}
+        dtype = PRECISIONS[self.config.precision]
+        parts = self.loaded.adapter.decoder_parts(self.loaded.model)
+        with Steps(len(self.buckets) * 2 + 2, "capturing graphs", quiet=self.config.quiet) as steps:
+            for b in self.buckets:
+                if self.config.schedule is not None:
+                    schedule, source = self.config.schedule, self.config.schedule_source or "given"
+                else:
+                    from ffexport.export.policy import nominal_schedule
+
+                    nominal = nominal_schedule(b, self.config.fusion, layers)
+                    schedule, source = nominal.schedule, nominal.source
+                steps.start(f"{b.name}: vision graph")
+                vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw).eval().to("meta")
+                pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
+                vision_file = f"{b.name}.vision.onnx"
+                self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"], ["video_features"]),
+                                     vision_file)
+                steps.advance()
+                steps.start(f"{b.name}: prefill graph")
+                length = b.visual_tokens + min(64, self.config.max_text)
+                example = TorchInputs(torch.zeros(1, length, hidden, dtype=dtype, **meta),
+                                      torch.zeros(3, length, dtype=torch.int64, **meta),
+                                      torch.zeros((), dtype=torch.int64, **meta), 0)
+                prefill_file = f"{b.name}.prefill.onnx"
+                self._save_structure(self._prefill_spec(PrefillGraph(self.decoder, schedule).eval(), b, example),
+                                     prefill_file)
+                steps.advance()
+                manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [{
+                    "name": b.name, "frames": b.frames, "height": b.height, "width": b.width,
+                    "resized": list(b.resized), "grid_thw": list(b.grid_thw), "visual_tokens": b.visual_tokens,
+                    "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
+                    "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
+                               "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file)}},
+                    "parity": {"passed": False, "validated": False,
+                               "note": "graph only: captured without weights; nothing was run"},
+                    "usable": False}]
+                report.built.append(b.name)
+            steps.start("embed graph")
+            ids = torch.zeros(1, 8, dtype=torch.int64, **meta)
+            self._save_structure(GraphSpec("embed", EmbedTokens(self.embed), (ids,), ["input_ids"], ["inputs_embeds"],
+                                           ({1: torch.export.Dim("L", min=2, max=32768)},)), "embed.onnx")
+            steps.advance()
+            steps.start("decode graph")
+            past = [torch.zeros(1, parts.num_kv_heads, 16 + i, parts.head_dim, dtype=dtype, **meta)
+                    for i in range(layers) for _ in range(2)]
+            dims = [torch.export.Dim(f"past_{i}", min=1, max=32768) for i in range(layers)]
+            dynamic = {"input_ids": None, "position_ids": None,
+                       "past": tuple({2: dims[i // 2]} for i in range(2 * layers))}
+            token, position = torch.zeros(1, 1, dtype=torch.int64, **meta), torch.zeros(3, 1, dtype=torch.int64, **meta)
+            self._save_structure(GraphSpec("decode", DecodeStep(self.decoder, self.embed), (token, position, *past),
+                                           ["input_ids", "position_ids", *present_names(layers, "past_key_values")],
+                                           ["logits", *present_names(layers)], dynamic), "decode.onnx")
+            steps.advance()
+        for name in ("embed", "decode"):
+            manifest["graphs"][name] = {"file": f"{name}.onnx", **graph_io(self.out / f"{name}.onnx"),
+                                        "parity": {"passed": False, "validated": False, "note": "graph only"}}
+        manifest["files"] = {g["file"]: file_record(self.out, g["file"]) for g in
+                             [*manifest["graphs"].values(), *(x for e in manifest["buckets"] for x in e["graphs"].values())]}
+        write_manifest(self.out, manifest)
+        log.info("graph-only build %s: %d bucket(s) captured without weights (lint them with: ffexport lint %s)",
+                 self.out, len(report.built), self.out)
+        return report
+
+    def _save_structure(self, spec: GraphSpec, filename: str) -> Path:
+        import onnx
+
+        model = self.capture(spec)
+        tmp = self.out / f".{filename}.partial"
+        onnx.save(model, str(tmp))
+        os.replace(tmp, self.out / filename)
+        return self.out / filename
 
     # ================================================================ directory
     def _open_directory(self) -> dict[str, Any]:

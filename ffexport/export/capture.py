@@ -40,8 +40,10 @@ class GraphSpec:
 class CaptureOnnx:
     """``CaptureOnnx(opset=18)(spec) -> onnx.ModelProto`` with weights inline (saved later)."""
 
-    def __init__(self, *, opset: int = OPSET) -> None:
+    def __init__(self, *, opset: int = OPSET, structure_only: bool = False) -> None:
         self.opset = opset
+        #: meta-device modules: no optimizer pass (it needs values) and no initializers in the result
+        self.structure_only = structure_only
 
     def __call__(self, spec: GraphSpec) -> onnx.ModelProto:
         import onnxscript.optimizer
@@ -57,9 +59,13 @@ class CaptureOnnx:
                     input_names=list(spec.input_names), output_names=list(spec.output_names),
                     dynamic_shapes=spec.dynamic_shapes, verbose=False,
                 )
-            model = onnxscript.optimizer.optimize(
-                program.model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
-            )
+            if self.structure_only:
+                model = program.model
+                model.graph.initializers.clear()
+            else:
+                model = onnxscript.optimizer.optimize(
+                    program.model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
+                )
             proto = onnx.ModelProto()
             proto.CopyFrom(_to_proto(model))
         except Exception as e:  # the exporter raises many types; all mean "this graph did not capture"

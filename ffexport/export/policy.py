@@ -53,3 +53,22 @@ class DefaultPolicy:
             f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}"
         )
         return PolicyResult(result.schedule, source)
+
+
+def nominal_schedule(bucket: Bucket, fusion: FusionConfig, num_layers: int) -> PolicyResult:
+    """A schedule for graph-only builds (no weights, so no reference to run): the shape of a typical
+    FrameFusion run, with both kinds of step. Merge at layer 0 before attention as the authors'
+    top-k branch would (``int(budget * N)`` tokens, at most N - P), then prune half of the rest after
+    layer 1's attention. Only the graph's structure depends on it."""
+    from ffexport.fusion.budget import budget
+    from ffexport.fusion.schedule import Stage
+
+    n, p = bucket.visual_tokens, bucket.patches_per_frame
+    upper = budget([], fusion.cost, fusion.layers_for(num_layers))
+    merge = min(int(upper * n), n - p)
+    prune = (n - merge) // 2
+    stages = [Stage(0, "before_attention", "merge", merge)]
+    if num_layers > 1 and prune > 0:
+        stages.append(Stage(1, "after_attention", "prune", prune))
+    schedule = Schedule(n, p, tuple(stages)).validate(num_layers)
+    return PolicyResult(schedule, f"nominal (graph only): merge {merge} at layer 0, prune {prune} at layer 1")

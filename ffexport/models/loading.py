@@ -87,6 +87,7 @@ class LoadModel:
         weights: str | Path | None = None,
         dtype: str = "float32",
         seed: int = TINY_SEED,
+        structure_only: bool = False,
     ) -> None:
         if dtype not in DTYPES:
             raise ModelError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
@@ -95,11 +96,13 @@ class LoadModel:
         self.weights = Path(weights) if weights is not None else None
         self.dtype = DTYPES[dtype]
         self.seed = seed
+        #: build the preset's architecture on the meta device: shapes and graph structure, no weights
+        self.structure_only = structure_only
 
     def __call__(self) -> LoadedModel:
         preset = PRESETS.get(self.model)
         if preset is not None:
-            if preset.tiny or self.random_weights:
+            if preset.tiny or self.random_weights or self.structure_only:
                 return self._random(preset)
             directory = self.weights or self._find_weights(preset)
             return self._from_directory(directory, name=preset.name)
@@ -116,6 +119,11 @@ class LoadModel:
         adapter = FAMILIES.get(preset.family)
         config = preset.config()
         config._attn_implementation = "sdpa"
+        if self.structure_only:
+            log.info("building %s's structure (no weights, meta device)", preset.name)
+            with torch.device("meta"):
+                model = adapter.model_class._from_config(config, dtype=self.dtype).eval()
+            return LoadedModel(preset.name, adapter, model, None, "structure only (no weights)", preset.video_pixels)
         torch.manual_seed(self.seed)
         log.info("building %s with random weights (seed %d)", preset.name, self.seed)
         model = adapter.model_class._from_config(config, dtype=self.dtype).eval()

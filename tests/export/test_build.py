@@ -240,3 +240,15 @@ def test_an_interrupted_build_claims_no_usable_bucket(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out)]) == 0  # the re-run finishes it
     assert json.loads(manifest.read_text())["buckets"][0]["usable"]
+
+
+def test_graph_only_build_captures_structure_without_weights(tmp_path):
+    out = tmp_path / "g"
+    assert main(["-q", "build", "--graph-only", "--bucket", BUCKET, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["graph_only"] and not manifest["buckets"][0]["usable"]
+    assert manifest["buckets"][0]["parity"]["validated"] is False
+    assert not (out / "weights.bin").exists()
+    model = onnx.load(str(out / f"{BUCKET}.prefill.onnx"), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"CumSum", "ScatterElements"} <= ops and not ops & {"TopK", "ScatterND", "NonZero", "Sort"}
