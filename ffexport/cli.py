@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_run_parser(sub)
 
+    from ffexport.lint.cli import add_lint_parser
+
+    add_lint_parser(sub)
+
     video = sub.add_parser("video", help="write a synthetic test video (mp4, webm or gif)",
                            description="Write one of the synthetic videos ffexport tests with, as a file.")
     video.add_argument("kind", nargs="?", default="moving_object",

@@ -61,7 +61,17 @@ class CaptureOnnx:
                 )
             if self.structure_only:
                 model = program.model
-                model.graph.initializers.clear()
+                # meta tensors have no values: weights become graph inputs (valid ONNX, same structure)
+                for name, value in list(model.graph.initializers.items()):
+                    raw = getattr(value.const_value, "raw", None)
+                    if isinstance(raw, torch.Tensor) and raw.device.type == "meta":
+                        value.const_value = None
+                        model.graph.inputs.append(value)
+                        del model.graph.initializers[name]
+                # the optimizer also rewrites sequence ops (SplitToSequence -> Split) that TensorRT lacks
+                model = onnxscript.optimizer.optimize(
+                    model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
+                )
             else:
                 model = onnxscript.optimizer.optimize(
                     program.model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT

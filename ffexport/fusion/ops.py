@@ -66,57 +66,51 @@ def chain_similarity(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch
     return torch.cat([head, sim])
 
 
-#: similarities closer than this count as tied
-QUANTUM = 2.0**-20
-#: importances whose log2 differ by less than this count as tied (about 1e-5 relative)
-LOG_QUANTUM = 2.0**-16
+#: similarities within this distance of the cut count as tied (about 16 float32 ulps at 1.0)
+SIMILARITY_EPS = 1e-6
+#: importances whose log2 lie within this distance of the cut's count as tied (about 7e-6 relative)
+IMPORTANCE_EPS = 1e-5
+_BISECT_STEPS = 32
 
 
-def quantize(scores: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
-    """Scores on a grid (float32 holding integers below 2**24 exactly).
-
-    Rounding makes a top-k cut through near-equal scores (static content gives similarities of
-    0.99999994, 1.0 and 1.00000012) come out the same whatever rounding the backend's arithmetic
-    did. Similarities use steps of ``QUANTUM``; importances (``relative``: positive softmax means of
-    any magnitude) use steps of ``LOG_QUANTUM`` in log2, a uniform relative resolution.
-    NaN (a zero-norm token) ranks last.
-    """
-    s = scores.to(torch.float32)
+def selection_key(scores: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
+    """The float32 value top-k selection ranks by: the similarity itself, or log2 of an importance
+    (``relative``: positive softmax means of any magnitude, compared by ratio). NaN ranks last."""
+    x = scores.to(torch.float32)
     if relative:
-        levels = torch.round(torch.log2(s.clamp_min(torch.finfo(torch.float32).tiny)) / LOG_QUANTUM)
-    else:
-        levels = torch.round(s / QUANTUM)
-    return torch.where(torch.isnan(levels), torch.full_like(levels, -(2.0**23)), levels)
-
-
-#: levels span [-2**23, 2**22): bisection over them takes this many halvings
-_BISECT_STEPS = 24
+        x = torch.log2(x.clamp_min(torch.finfo(torch.float32).tiny))
+    nan = torch.isnan(x)
+    lowest = torch.where(nan, torch.full_like(x, float("inf")), x).min()
+    return torch.where(nan, lowest - 1.0, x)  # just below every real score: bisection stays fine
 
 
 def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> torch.Tensor:
-    """float32 0/1 flags marking the ``count`` highest scores; ties broken by position (lower first).
+    """float32 0/1 flags marking the ``count`` highest scores; near-ties at the cut go by position.
 
-    Deterministic and backend-stable: scores are quantized (:func:`quantize`), the cut level is
-    found by bisection over the integer levels (``count(levels >= v) >= count``: 24 compares and
-    sums, exact in float32, no TopK, so no K limit), and tokens tied at the cut are taken in
-    position order by a cumulative sum. Shapes depend only on ``count``.
+    Backend-stable: static content gives tokens whose scores differ only in the last bits
+    (similarities 0.99999994, 1.0, 1.00000012), and two backends round them differently. So the
+    cut value ``v`` (the count-th largest) is found by bisection (``count(x >= v) >= count``: 32
+    compare-and-sum steps, no TopK, so no K limit); every score above ``v + eps`` is taken, and
+    the rest come from the scores within ``eps`` of ``v``, lowest positions first (a cumulative sum).
+    ``eps`` is :data:`SIMILARITY_EPS`, or :data:`IMPORTANCE_EPS` in log2 for ``relative`` scores.
+    A token only changes sides if its score lies within rounding of ``v +- eps``.
     """
     n = scores.shape[0]
     if count == 0:
         return torch.zeros(n, dtype=torch.float32, device=scores.device)
-    levels = quantize(scores, relative=relative)
-    low = torch.full((), -(2.0**23), dtype=torch.float32, device=scores.device)  # count(>= low) = n
-    high = torch.full((), 2.0**22, dtype=torch.float32, device=scores.device)  # count(>= high) = 0
+    x = selection_key(scores, relative=relative)
+    eps = IMPORTANCE_EPS if relative else SIMILARITY_EPS
+    low = x.min()  # count(x >= low) = n >= count
+    high = x.max() + 1.0  # count(x >= high) = 0 < count
     for _ in range(_BISECT_STEPS):
-        mid = torch.floor((low + high) / 2)
-        enough = (levels >= mid).to(torch.float32).sum() >= count
+        mid = (low + high) / 2
+        enough = (x >= mid).to(torch.float32).sum() >= count
         low = torch.where(enough, mid, low)
         high = torch.where(enough, high, mid)
-    cut = low
-    above = (levels > cut).to(torch.float32)
-    at_cut = (levels == cut).to(torch.float32)
+    above = (x > low + eps).to(torch.float32)
+    near = (x >= low - eps).to(torch.float32) - above
     need = count - above.sum()
-    return above + at_cut * (torch.cumsum(at_cut, dim=0) <= need).to(torch.float32)
+    return above + near * (torch.cumsum(near, dim=0) <= need).to(torch.float32)
 
 
 def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:

@@ -90,7 +90,11 @@ class RuleRegistry(dict):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def setdefault(self, key, default=None):  # pragma: no cover - keep dict's back door shut
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def setdefault(self, key, default=None):  # keep dict's back door shut
         raise TypeError("use register()")
 
 
@@ -355,8 +359,8 @@ def load_graph(path: str | os.PathLike) -> ModelProto:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:
-        raise InputError(f"{p}: not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                         ) from e
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{p}: not a readable ONNX model ({type(e).__name__}: {detail})") from e
     if not model.HasField("graph") or not model.graph.node:
         raise InputError(f"{p}: not a readable ONNX model (no graph nodes)")
     return model

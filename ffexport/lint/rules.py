@@ -138,6 +138,15 @@ def scatterelements_reduction(node: NodeProto, ctx: LintContext) -> list[Finding
 
 
 
+def _fold_hint(name: str, ctx: LintContext) -> str:
+    """When a non-constant input still follows from constants and static shapes: say so, and what to do."""
+    value = ctx.static_value(name) if name else None
+    if value is None or value.size > 8:
+        return ""
+    return (f"; it folds to {value.reshape(-1).tolist()}: fold constants (onnxscript optimizer, "
+            "polygraphy surgeon sanitize --fold-constants) so it becomes an initializer")
+
+
 # ---------------------------------------------------------------- CumSum, Reduce*
 @rule("TRT005", "CumSum: constant axis, float input",
       sources=(S.ONNX_OPS_10_15, S.ONNX_OPS_10_1, S.IMPORTERS_10_1, S.CUMULATIVE_LAYER, S.PLATFORM),
@@ -147,7 +156,8 @@ def cumsum(node: NodeProto, ctx: LintContext) -> list[Finding]:
     axis = ctx.constant(node.input[1] if len(node.input) > 1 else "")
     if not axis.static:
         found.append(cumsum.finding(node, ctx, f"axis is not an initializer or Constant ({axis.why}); "
-                                                    "TensorRT needs a build-time constant axis"))
+                                               "TensorRT needs a build-time constant axis"
+                                               + _fold_hint(node.input[1] if len(node.input) > 1 else "", ctx)))
     t = ctx.dtype(node.input[0])
     if t is not None and t not in FLOATS and t not in NO_TRT_TYPE:
         found.append(cumsum.finding(node, ctx, f"input '{node.input[0]}' is {type_name(t)}; TensorRT's "
@@ -157,7 +167,7 @@ def cumsum(node: NodeProto, ctx: LintContext) -> list[Finding]:
 
 
 @rule("TRT006", "Reduce*: axes input an initializer or Constant",
-      sources=(S.ONNX_OPS_10_15, S.ONNX_OPS_10_1, S.PLATFORM), op_types=REDUCE_OPS)
+      sources=(S.ONNX_OPS_10_15, S.ONNX_OPS_10_1, S.IMPORTER_UTILS_10_1, S.PLATFORM), op_types=REDUCE_OPS)
 def reduce_axes(node: NodeProto, ctx: LintContext) -> list[Finding]:
     if ctx.opset < REDUCE_AXES_INPUT_SINCE[node.op_type] or len(node.input) < 2 or not node.input[1]:
         return []  # axes is an attribute at this opset, or absent (reduce over all axes)
@@ -165,7 +175,8 @@ def reduce_axes(node: NodeProto, ctx: LintContext) -> list[Finding]:
     if axes.static:
         return []
     return [reduce_axes.finding(node, ctx, f"axes input is not an initializer or Constant ({axes.why}); "
-                                           "TensorRT needs Reduce axes as initializers")]
+                                           "TensorRT needs Reduce axes as initializers"
+                                           + _fold_hint(node.input[1], ctx))]
 
 
 

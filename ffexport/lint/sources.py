@@ -24,6 +24,9 @@ class Source:
 ONNX_OPS_10_1 = Source(
     "10.0/10.1", "onnx-tensorrt docs/operators.md (release/10.1-GA)",
     "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/docs/operators.md")
+# The 10.15 matrix was read from a stored copy of onnx-tensorrt's docs/operators.md whose header reads
+# "TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset 24"; its branch was not
+# pinned, so the URL is the file on main (which moves with newer releases).
 ONNX_OPS_10_15 = Source(
     "10.15", "onnx-tensorrt docs/operators.md (the revision headed 'TensorRT 10.15 supports operators ...')",
     "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md")
@@ -31,6 +34,9 @@ IMPORTERS_10_1 = Source(
     "10.1", "onnx-tensorrt onnxOpImporters.cpp (release/10.1-GA): ScatterND, ScatterElements, CumSum, "
             "fallback plugin importer",
     "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/onnxOpImporters.cpp")
+IMPORTER_UTILS_10_1 = Source(
+    "10.1", "onnx-tensorrt importerUtils.cpp (release/10.1-GA): reduceTensor, 'Axis input must be an initializer!'",
+    "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/importerUtils.cpp")
 TOPK_LAYER = Source(
     "latest (10.x/11.x)", "TensorRT Operators documentation: TopK (k <= 3840)",
     "https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/operators/TopK.html")
