@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "similarity/importance/averages in fp32")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
+    build.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                       help="onnxruntime: ONNX graphs (default); tensorrt: also one TensorRT engine per graph, built "
+                            "strongly typed with Polygraphy and gated against PyTorch (needs TensorRT and a GPU)")
+    build.add_argument("--plugins", action="append", default=[], metavar="LIB.so",
+                       help="TensorRT plugin library to load (repeatable; --backend tensorrt)")
     build.add_argument("--graph-only", action="store_true",
                        help="capture the graphs' structure without weights (meta device, seconds, little memory) "
                             "for ffexport lint at real sizes; nothing is validated or usable")
@@ -222,6 +227,10 @@ def _cmd_build(args) -> int:
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
+    if args.backend == "tensorrt":  # say what is missing before loading anything
+        from ffexport.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
     buckets = tuple(args.bucket or ["8x112x112"])
     schedule = load_schedule(args.schedule) if args.schedule else None
     if schedule is not None and len(buckets) != 1:
@@ -239,7 +248,8 @@ def _cmd_build(args) -> int:
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
                          precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
-                         quiet=args.quiet, graph_only=args.graph_only)
+                         quiet=args.quiet, graph_only=args.graph_only, backend=args.backend,
+                         plugins=tuple(args.plugins))
     report = Build(loaded, config)()
     log.info("build %s: %d bucket(s) built, %d already there", args.out, len(report.built), len(report.skipped))
     return 0

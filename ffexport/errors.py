@@ -53,6 +53,13 @@ class CaptureError(FFExportError):
     stage = "capture"
 
 
+class BuildError(FFExportError):
+    """An engine cannot be built here (TensorRT missing, no GPU, the builder refused the graph)."""
+
+    exit_code = 9
+    stage = "build"
+
+
 class RunError(FFExportError):
     """A built graph could not be loaded or run (the build is damaged or the runtime lacks something)."""
 

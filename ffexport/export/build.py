@@ -65,6 +65,11 @@ class BuildConfig:
     quiet: bool = False
     #: structure only (meta-device model): graphs without weights, for ffexport lint; no parity
     graph_only: bool = False
+    #: "onnxruntime" (graphs only) or "tensorrt" (also one engine per graph, gated the same way)
+    backend: str = "onnxruntime"
+    plugins: tuple[str, ...] = ()
+    #: generated tokens the decode engine's cache profile allows beyond the prompt
+    max_new_tokens: int = 512
 
 
 @dataclass
@@ -115,6 +120,14 @@ class Build:
         self.embed = loaded.model.model.language_model.embed_tokens
         self.capture = CaptureOnnx(structure_only=config.graph_only)
         self.runner = OrtRunner()
+        self.engines = None
+        if config.backend == "tensorrt":  # fail before any work when TensorRT or the GPU is missing
+            from ffexport.export.tensorrt import EngineFromGraph, gpu_record
+
+            gpu_record()
+            self.engines = EngineFromGraph(timing_cache=self.out / "timing.cache", plugins=config.plugins)
+        elif config.backend != "onnxruntime":
+            raise InputError(f"--backend {config.backend}: use onnxruntime or tensorrt")
         self.tolerance = FP32 if config.precision == "fp32" else FP16
         self.gate = ParityGate(self.tolerance, runner=self.runner)
 
@@ -309,8 +322,10 @@ class Build:
         for graph in manifest["graphs"].values():
             files[graph["file"]] = file_record(self.out, graph["file"])
         for entry in manifest["buckets"]:
-            for graph in entry["graphs"].values():
+            for graph in [*entry["graphs"].values(), *entry.get("engines", {}).values()]:
                 files[graph["file"]] = file_record(self.out, graph["file"])
+        for engine in manifest.get("engines", {}).values():
+            files[engine["file"]] = file_record(self.out, engine["file"])
         manifest["files"] = files
 
     def _finished(self, manifest: dict[str, Any], bucket: Bucket) -> bool:
@@ -408,6 +423,11 @@ class Build:
                    "replay": "polygraphy run <graph> --onnxrt --load-inputs parity/<graph>.inputs.json "
                              f"--load-outputs parity/<graph>.outputs.json --atol {tol.atol} --rtol {tol.rtol}"},
                   bucket_dir / "parity.json", overwrite=True)
+        engines = {}
+        if self.engines is not None and passed:
+            engines, engine_passed = self._build_engines(bucket, manifest, cases, torch_inputs, vision, prefill,
+                                                         vision_file, prefill_file)
+            passed = passed and engine_passed
         status = "passed" if passed else "FAILED"
         worst = max(o.max_abs for r in reports for o in r.outputs)
         log.info("bucket %s: %d -> %d visual tokens, parity %s (worst |diff| %.1e)", name, bucket.visual_tokens,
@@ -420,8 +440,61 @@ class Build:
             "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                        "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file)}},
             "parity": {"file": f"{name}/parity.json", "passed": passed, "validated": True},
+            "engines": engines,
             "usable": passed,
         }
+
+    # ================================================================ TensorRT
+    def _build_engines(self, bucket, manifest, cases, torch_inputs, vision, prefill, vision_file, prefill_file):
+        """One engine per graph of the bucket (and the shared graphs once), each run with TensorRT on
+        the calibration clip and compared with PyTorch like the ONNX Runtime gate."""
+        from ffexport.export.tensorrt import ProfileShape, run_engine
+
+        n, layers = bucket.visual_tokens, self.loaded.num_layers
+        hidden = self.loaded.config.text_config.hidden_size
+        parts = self.loaded.adapter.decoder_parts(self.loaded.model)
+        low, opt, high = n + 1, n + min(64, self.config.max_text), n + self.config.max_text
+        pixels = cases[0].pixel_values_videos
+        profiles = {
+            "vision": [ProfileShape("pixel_values_videos", pixels.shape, pixels.shape, pixels.shape)],
+            "prefill": [ProfileShape("inputs_embeds", (1, low, hidden), (1, opt, hidden), (1, high, hidden)),
+                        ProfileShape("position_ids", (3, low), (3, opt), (3, high)),
+                        ProfileShape("video_start", (), (), ())],
+        }
+        engines, passed = {}, True
+        for graph, file in (("vision", vision_file), ("prefill", prefill_file)):
+            engine_file = self.out / file.replace(".onnx", ".engine")
+            record = self.engines(self.out / file, engine_file, profiles[graph])
+            ti = torch_inputs[0]
+            with torch.no_grad():
+                if graph == "vision":
+                    feeds = {"pixel_values_videos": pixels}
+                    expected = {"video_features": vision(torch.from_numpy(pixels)).numpy()}
+                else:
+                    feeds = {"inputs_embeds": ti.embeds.numpy(), "position_ids": ti.positions.numpy(),
+                             "video_start": ti.start.numpy()}
+                    expected = dict(zip(["logits", *present_names(layers)],
+                                        (t.numpy() for t in prefill(ti.embeds, ti.positions, ti.start))))
+            got = run_engine(engine_file, feeds)
+            outputs = [compare(k, got[k], v, self.tolerance).__dict__ for k, v in expected.items()]
+            record["parity"] = {"passed": all(o["passed"] for o in outputs), "outputs": outputs}
+            passed = passed and record["parity"]["passed"]
+            engines[graph] = record
+        if "engines" not in manifest:  # the shared graphs, once per build
+            longest = max(b.visual_tokens for b in self.buckets) + self.config.max_text
+            kv = (1, parts.num_kv_heads)
+            past = [ProfileShape(f"past_key_values.{i}.{k}", (*kv, 1, parts.head_dim), (*kv, opt, parts.head_dim),
+                                 (*kv, longest + self.config.max_new_tokens, parts.head_dim))
+                    for i in range(layers) for k in ("key", "value")]
+            shared = {
+                "embed": self.engines(self.out / "embed.onnx", self.out / "embed.engine",
+                                      [ProfileShape("input_ids", (1, 1), (1, opt), (1, longest))]),
+                "decode": self.engines(self.out / "decode.onnx", self.out / "decode.engine",
+                                       [ProfileShape("input_ids", (1, 1), (1, 1), (1, 1)),
+                                        ProfileShape("position_ids", (3, 1), (3, 1), (3, 1)), *past]),
+            }
+            manifest["engines"] = shared
+        return engines, passed
 
     # ================================================================ shared graphs
     def _build_shared(self, manifest, store, steps, case: Case, inputs: "TorchInputs", prefill: PrefillGraph):
