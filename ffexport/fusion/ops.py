@@ -66,11 +66,29 @@ def chain_similarity(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch
     return torch.cat([head, sim])
 
 
-#: similarities within this distance of the cut count as tied (about 16 float32 ulps at 1.0)
-SIMILARITY_EPS = 1e-6
+def chain_closeness(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The key top-M merge selection ranks by, in patch order: ``-|a/|a| - b/|b||^2 / 2`` for a token
+    ``a`` and its chain predecessor ``b`` (``NO_PREDECESSOR * 4`` for a chain's first token).
+
+    Mathematically ``cos(a, b) - 1``, so it ranks like the similarity; numerically it resolves
+    near-duplicates: for static content ``1 - cos`` is ~1e-6 and the cosine carries it with two
+    digits at best, while the distance of the normalized rows keeps its relative precision, so two
+    backends agree on the order (see :func:`top_flags`).
+    """
+    xs = visual.index_select(0, order).to(torch.float32)
+    ps = patch_ids.index_select(0, order)
+    unit = xs / torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
+    gap = -0.5 * ((unit[1:] - unit[:-1]) ** 2).sum(dim=-1)
+    gap = torch.where(ps[1:] == ps[:-1], gap, torch.full_like(gap, 4 * NO_PREDECESSOR))
+    head = torch.full((1,), 4 * NO_PREDECESSOR, dtype=gap.dtype, device=gap.device)
+    return torch.cat([head, gap])
+
+
+#: merge keys (``chain_closeness``) within this distance of the cut count as tied
+SIMILARITY_EPS = 1e-9
 #: importances whose log2 lie within this distance of the cut's count as tied (about 7e-6 relative)
 IMPORTANCE_EPS = 1e-5
-_BISECT_STEPS = 32
+_BISECT_STEPS = 40
 
 
 def selection_key(scores: torch.Tensor, *, relative: bool = False) -> torch.Tensor:
@@ -92,7 +110,8 @@ def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> to
     cut value ``v`` (the count-th largest) is found by bisection (``count(x >= v) >= count``: 32
     compare-and-sum steps, no TopK, so no K limit); every score above ``v + eps`` is taken, and
     the rest come from the scores within ``eps`` of ``v``, lowest positions first (a cumulative sum).
-    ``eps`` is :data:`SIMILARITY_EPS`, or :data:`IMPORTANCE_EPS` in log2 for ``relative`` scores.
+    ``eps`` is :data:`SIMILARITY_EPS` (for merge keys from :func:`chain_closeness`), or
+    :data:`IMPORTANCE_EPS` in log2 for ``relative`` scores.
     A token only changes sides if its score lies within rounding of ``v +- eps``.
     """
     n = scores.shape[0]
@@ -107,8 +126,11 @@ def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> to
         enough = (x >= mid).to(torch.float32).sum() >= count
         low = torch.where(enough, mid, low)
         high = torch.where(enough, high, mid)
-    above = (x > low + eps).to(torch.float32)
-    near = (x >= low - eps).to(torch.float32) - above
+    # compare distances to the cut with eps (not x with low + eps): the ONNX optimizer treats an Add
+    # of a constant below ~1e-8 as an Add of zero and drops it
+    distance = x - low
+    above = (distance > eps).to(torch.float32)
+    near = (distance >= -eps).to(torch.float32) - above
     need = count - above.sum()
     return above + near * (torch.cumsum(near, dim=0) <= need).to(torch.float32)
 

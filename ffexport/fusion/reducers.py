@@ -49,9 +49,12 @@ class Reduction:
 
 
 def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tuple[Reduction, int]:
+    """``flags_for(sim, key) -> (flags, m)`` decides; the authors' cosine ``sim`` for thresholds, the
+    better-resolved ``key`` (:func:`ops.chain_closeness`) for top-M cuts."""
     order = ops.patch_order(span.patch_ids, span.patches_per_frame)
     sim = ops.chain_similarity(visual, span.patch_ids, order)
-    flags, m = flags_for(sim)
+    key = ops.chain_closeness(visual, span.patch_ids, order)
+    flags, m = flags_for(sim, key)
     kept, values = ops.merge(visual, span.patch_ids, order, flags, m, max_run=span.frames)
     return Reduction(kept, values), m
 
@@ -80,7 +83,7 @@ class StaticReducer:
         if stage is None or stage.remove == 0:
             return None
         if stage.op == "merge":
-            reduction, _ = _merge(visual, span, lambda sim: (ops.top_flags(sim, stage.remove), stage.remove))
+            reduction, _ = _merge(visual, span, lambda sim, key: (ops.top_flags(key, stage.remove), stage.remove))
             return reduction
         keep = span.length - stage.remove
         return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
@@ -151,7 +154,7 @@ class DynamicReducer:
         upper = self._budget()
         decision: dict[str, object] = {}
 
-        def flags_for(sim: torch.Tensor) -> tuple[torch.Tensor, int]:
+        def flags_for(sim: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, int]:
             candidates = sim >= self.config.similarity
             count = int(candidates.sum())
             ratio = count / n
@@ -161,7 +164,7 @@ class DynamicReducer:
                 return candidates.to(sim.dtype), count
             decision["branch"] = "top-k"
             m = int(upper * n)
-            return ops.top_flags(sim, m), m
+            return ops.top_flags(key, m), m
 
         reduction, m = _merge(visual, span, flags_for)
         ratio = float(decision["ratio"])

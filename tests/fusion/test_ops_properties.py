@@ -377,16 +377,45 @@ def test_prune_distinct_importances(values, data):
 
 
 def test_near_ties_are_broken_by_position():
-    """Scores within the quantum of each other are one level: the earlier position wins, so the
-    choice does not depend on last-bit rounding (static content gives such similarities)."""
-    one = torch.tensor(1.0)
-    below, above = torch.nextafter(one, torch.tensor(0.0)), torch.nextafter(one, torch.tensor(2.0))
-    for order in ([above, one, below], [below, one, above], [one, above, below]):
-        flags = ops.top_flags(torch.stack(order + [torch.tensor(0.5)]), 2)
+    """Keys within ops.SIMILARITY_EPS of the cut are one tie: the earlier position wins, so the
+    choice does not depend on last-bit rounding (static content gives such keys)."""
+    base = -1e-6
+    near = [base + 3e-10, base, base - 3e-10]
+    for order in (near, near[::-1], [near[1], near[0], near[2]]):
+        flags = ops.top_flags(torch.tensor(order + [-0.5]), 2)
         assert flags.tolist() == [1.0, 1.0, 0.0, 0.0]
     importance = torch.tensor([1e-4, 1e-4 * (1 + 2**-23), 5e-5, 1e-4 * (1 - 2**-23)])
     assert ops.prune(importance, 2).tolist() == [0, 1]
     assert ops.prune(importance.flip(0), 2).tolist() == [0, 2]
+
+
+@SETTINGS
+@given(visual_spans())
+def test_chain_closeness_ranks_like_the_cosine(span):
+    rows, pids, _ = span
+    pid_t = torch.tensor(pids, dtype=torch.int64)
+    order = ops.patch_order(pid_t)
+    x = to_f32(rows)
+    sim = ops.chain_similarity(x, pid_t, order)
+    key = ops.chain_closeness(x, pid_t, order)
+    chained = sim > -2
+    assert torch.equal(chained, key > -8)
+    # key = cos - 1 up to float32 rounding of the cosine
+    assert torch.allclose(key[chained], sim[chained] - 1, atol=1e-5)
+
+
+def test_chain_closeness_resolves_near_duplicates():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, generator=g)
+    rows = torch.stack([a, a + 1e-4 * torch.randn(256, generator=g), a, a + 2e-4 * torch.randn(256, generator=g)])
+    pid = torch.tensor([0, 1, 0, 1])
+    order = ops.patch_order(pid)
+    key = ops.chain_closeness(rows, pid, order)
+    sim = ops.chain_similarity(rows, pid, order)
+    # the two 1e-4 / 2e-4 perturbations differ by 4x in 1 - cos: the key sees it with full precision
+    gaps = -key[key > -8]
+    assert gaps.max() / gaps.min() > 3.5
+    assert (1 - sim[sim > -2]).min() < 1e-6  # where the cosine itself is down to a few ulps
 
 
 def test_nan_scores_rank_last():
