@@ -17,11 +17,11 @@ from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.schedule import Schedule
 from ffexport.models.loading import LoadedModel
 from ffexport.reference import Reference
+from ffexport.runtime.defaults import DEFAULT_PROMPT
 from ffexport.video import synthetic_video
 
 CALIBRATION_KIND = "moving_object"
 CALIBRATION_SEED = 0
-DEFAULT_PROMPT = "Describe what happens in this video."
 
 
 @dataclass(frozen=True)

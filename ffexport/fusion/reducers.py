@@ -49,12 +49,11 @@ class Reduction:
 
 
 def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tuple[Reduction, int]:
-    """``flags_for(sim, key) -> (flags, m)`` decides; the authors' cosine ``sim`` for thresholds, the
-    better-resolved ``key`` (:func:`ops.chain_closeness`) for top-M cuts."""
+    """``flags_for(key, similarity) -> (flags, m)`` decides: ``key`` (:func:`ops.chain_closeness`)
+    ranks top-M cuts; ``similarity()`` computes the authors' cosine, only where a threshold needs it."""
     order = ops.patch_order(span.patch_ids, span.patches_per_frame)
-    sim = ops.chain_similarity(visual, span.patch_ids, order)
     key = ops.chain_closeness(visual, span.patch_ids, order)
-    flags, m = flags_for(sim, key)
+    flags, m = flags_for(key, lambda: ops.chain_similarity(visual, span.patch_ids, order))
     kept, values = ops.merge(visual, span.patch_ids, order, flags, m, max_run=span.frames)
     return Reduction(kept, values), m
 
@@ -83,7 +82,7 @@ class StaticReducer:
         if stage is None or stage.remove == 0:
             return None
         if stage.op == "merge":
-            reduction, _ = _merge(visual, span, lambda sim, key: (ops.top_flags(key, stage.remove), stage.remove))
+            reduction, _ = _merge(visual, span, lambda key, _: (ops.top_flags(key, stage.remove), stage.remove))
             return reduction
         keep = span.length - stage.remove
         return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
@@ -154,7 +153,8 @@ class DynamicReducer:
         upper = self._budget()
         decision: dict[str, object] = {}
 
-        def flags_for(sim: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, int]:
+        def flags_for(key: torch.Tensor, similarity) -> tuple[torch.Tensor, int]:
+            sim = similarity()
             candidates = sim >= self.config.similarity
             count = int(candidates.sum())
             ratio = count / n
