@@ -15,6 +15,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive integer, got 0")
+    return value
+
+
 def pixel_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(x) for x in text.lower().split("x"))

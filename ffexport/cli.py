@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ffexport.argtypes import non_negative_int, pixel_size
+from ffexport.argtypes import non_negative_int, pixel_size, positive_int
 from ffexport.errors import FFExportError, InputError
 
 log = logging.getLogger("ffexport")
@@ -26,6 +26,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="build the preset's full architecture with random weights (structure and speed work)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights and activations dtype of the PyTorch reference (default: float32)")
+    g.add_argument("--layers", type=positive_int, default=None, metavar="N",
+                   help="random weights only: keep the first N decoder layers (full width, less depth)")
+    g.add_argument("--vision-layers", type=positive_int, default=None, metavar="N",
+                   help="random weights only: keep the first N vision blocks")
 
 
 def _add_fusion_args(p: argparse.ArgumentParser) -> None:
@@ -143,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args):
     from ffexport.models import LoadModel
 
-    return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype)()
+    return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
+                     layers=args.layers, vision_layers=args.vision_layers)()
 
 
 def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: int, prompt: str):
@@ -242,7 +247,8 @@ def _cmd_build(args) -> int:
     if args.graph_only:
         from ffexport.models import LoadModel
 
-        loaded = LoadModel(args.model, dtype=args.dtype, structure_only=True)()
+        loaded = LoadModel(args.model, dtype=args.dtype, structure_only=True, layers=args.layers,
+                           vision_layers=args.vision_layers)()
     else:
         loaded = _load(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,

@@ -88,6 +88,8 @@ class LoadModel:
         dtype: str = "float32",
         seed: int = TINY_SEED,
         structure_only: bool = False,
+        layers: int | None = None,
+        vision_layers: int | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ModelError(f"unknown dtype {dtype!r}; use one of {sorted(set(DTYPES))}")
@@ -98,12 +100,21 @@ class LoadModel:
         self.seed = seed
         #: build the preset's architecture on the meta device: shapes and graph structure, no weights
         self.structure_only = structure_only
+        #: random/structure-only presets: keep the first ``layers`` decoder layers and the first
+        #: ``vision_layers`` vision blocks (full width, less depth: benchmarks and parity of big models)
+        for name, value in (("layers", layers), ("vision layers", vision_layers)):
+            if value is not None and value < 1:
+                raise ModelError(f"{name} must be at least 1, got {value}")
+        self.layers = layers
+        self.vision_layers = vision_layers
 
     def __call__(self) -> LoadedModel:
         preset = PRESETS.get(self.model)
         if preset is not None:
             if preset.tiny or self.random_weights or self.structure_only:
                 return self._random(preset)
+            if self.layers is not None or self.vision_layers is not None:
+                raise ModelError("--layers/--vision-layers truncate random-weight models only (add --random-weights)")
             directory = self.weights or self._find_weights(preset)
             return self._from_directory(directory, name=preset.name)
         path = Path(self.model)
@@ -119,11 +130,13 @@ class LoadModel:
         adapter = FAMILIES.get(preset.family)
         config = preset.config()
         config._attn_implementation = "sdpa"
+        depth_note = self._truncate(config)
         if self.structure_only:
             log.info("building %s's structure (no weights, meta device)", preset.name)
             with torch.device("meta"):
                 model = adapter.model_class._from_config(config, dtype=self.dtype).eval()
-            return LoadedModel(preset.name, adapter, model, None, "structure only (no weights)", preset.video_pixels)
+            return LoadedModel(preset.name, adapter, model, None, f"structure only (no weights){depth_note}",
+                               preset.video_pixels)
         torch.manual_seed(self.seed)
         log.info("building %s with random weights (seed %d)", preset.name, self.seed)
         model = adapter.model_class._from_config(config, dtype=self.dtype).eval()
@@ -134,8 +147,26 @@ class LoadModel:
             tokenizer = build_tiny_tokenizer()
         elif preset.hub_id and (snapshot := _hub_snapshot(preset.hub_id)) is not None:
             tokenizer = _load_tokenizer(snapshot)
-        return LoadedModel(preset.name, adapter, model, tokenizer, f"random weights (seed {self.seed})",
+        return LoadedModel(preset.name, adapter, model, tokenizer, f"random weights (seed {self.seed}){depth_note}",
                            preset.video_pixels)
+
+    def _truncate(self, config) -> str:
+        """Apply ``layers``/``vision_layers`` to a preset's config; return a note for the model's source."""
+        notes = []
+        text, vision = config.text_config, config.vision_config
+        if self.layers is not None:
+            if self.layers > text.num_hidden_layers:
+                raise ModelError(f"--layers {self.layers}: the model has only {text.num_hidden_layers} decoder layers")
+            text.num_hidden_layers = self.layers
+            if getattr(text, "layer_types", None) is not None:
+                text.layer_types = text.layer_types[: self.layers]
+            notes.append(f"first {self.layers} decoder layers")
+        if self.vision_layers is not None:
+            if self.vision_layers > vision.depth:
+                raise ModelError(f"--vision-layers {self.vision_layers}: the model has only {vision.depth} vision blocks")
+            vision.depth = self.vision_layers
+            notes.append(f"first {self.vision_layers} vision blocks")
+        return f", {', '.join(notes)}" if notes else ""
 
     def _find_weights(self, preset: Preset) -> Path:
         snapshot = _hub_snapshot(preset.hub_id) if preset.hub_id else None

@@ -77,3 +77,27 @@ def test_preset_weights_from_a_directory(tmp_path):
 def test_unknown_dtype():
     with pytest.raises(ModelError, match="unknown dtype"):
         LoadModel("qwen2vl-tiny", dtype="int3")
+
+
+def test_truncated_depth_keeps_width():
+    loaded = LoadModel("qwen2vl-7b", structure_only=True, layers=2, vision_layers=1)()
+    assert loaded.num_layers == 2
+    assert len(loaded.model.model.language_model.layers) == 2
+    assert len(loaded.model.model.visual.blocks) == 1
+    assert loaded.config.text_config.hidden_size == 3584
+    assert "first 2 decoder layers" in loaded.source and "first 1 vision blocks" in loaded.source
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layers": 0}, "layers must be at least 1"),
+    ({"layers": 5}, "only 4 decoder layers"),
+    ({"vision_layers": 3}, "only 2 vision blocks"),
+])
+def test_truncated_depth_errors(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        LoadModel("qwen2vl-tiny", **kwargs)()
+
+
+def test_truncation_needs_random_weights(tmp_path):
+    with pytest.raises(ModelError, match="random-weight models only"):
+        LoadModel("qwen2vl-2b", weights=tmp_path, layers=2)()
