@@ -39,6 +39,11 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                      help="ONNX Runtime execution provider, repeatable, in order of preference "
                           "(default: CUDAExecutionProvider when available, then CPUExecutionProvider)")
     run.add_argument("--verify", action="store_true", help="also check weights.bin's sha256 (slow for big models)")
+    run.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                     help="onnxruntime: run the ONNX graphs (default); tensorrt: run the engines of a build made with "
+                          "--backend tensorrt (same TensorRT version and GPU architecture as the build)")
+    run.add_argument("--plugins", action="append", default=[], metavar="LIB.so",
+                     help="TensorRT plugin library to load first (repeatable; --backend tensorrt)")
     run.set_defaults(func=run_command)
     return run
 
@@ -53,7 +58,10 @@ def run_command(args: argparse.Namespace) -> int:
         raise InputError("--prompt goes with --video; a case's prompt is already in its input_ids")
     if args.out is not None:
         check_writable(args.out, overwrite=args.overwrite)
-    runtime = Runtime(args.build, providers=args.providers, verify=args.verify)
+    if args.plugins and args.backend != "tensorrt":
+        raise InputError("--plugins loads TensorRT plugin libraries; it goes with --backend tensorrt")
+    runtime = Runtime(args.build, providers=args.providers, verify=args.verify, backend=args.backend,
+                      plugins=args.plugins)
     if args.video is not None:
         result = runtime.run_video(args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
                                    max_new_tokens=args.max_new_tokens, bucket=args.bucket)

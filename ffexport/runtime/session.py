@@ -48,6 +48,9 @@ from ffexport.runtime.video import probe_video, read_video, sample_frames
 log = logging.getLogger(__name__)
 
 
+#: What runs the graphs: ONNX Runtime on the .onnx files, or TensorRT on the engines built from them.
+BACKENDS = ("onnxruntime", "tensorrt")
+
 #: A bucket fits a video when their aspect ratios (width / height) differ by at most this factor.
 ASPECT_TOLERANCE = 1.25
 
@@ -92,9 +95,15 @@ class Runtime:
         *,
         providers: Sequence[str] | None = None,
         verify: bool = False,
+        backend: str = "onnxruntime",
+        plugins: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.manifest: Manifest = load_manifest(build_dir, verify=verify)
-        self.providers = _resolve_providers(providers)
+        self.backend = backend
+        self.plugins = tuple(plugins)
+        self.providers = _resolve_providers(providers) if backend == "onnxruntime" else []
         self._tokenizer: BuildTokenizer | None = None
         self._graphs: dict[str, _Graph] = {}
 
@@ -202,7 +211,7 @@ class Runtime:
 
         t0 = time.perf_counter()
         embeds = self._graph("embed", self.manifest.graphs["embed"]).run(input_ids=ids)["inputs_embeds"]
-        features = self._graph("vision", b.vision).run(pixel_values_videos=case.pixel_values_videos)["video_features"]
+        features = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)["video_features"]
         if embeds.shape != (1, length, m.hidden_size) or features.shape != (end - start, m.hidden_size):
             raise RunError(f"the graphs of {self.manifest.root} returned embeddings {list(embeds.shape)} and video features "
                              f"{list(features.shape)} for {length} tokens ({end - start} video): {REBUILD}")
@@ -210,7 +219,7 @@ class Runtime:
         embeds[0, start:end] = features.astype(embeds.dtype, copy=False)
         positions, delta = mrope_position_ids(ids, case.video_grid_thw, video_token_id=m.video_token_id,
                                               spatial_merge_size=m.spatial_merge_size)
-        out = self._graph("prefill", b.prefill).run(inputs_embeds=embeds, position_ids=positions,
+        out = self._graph("prefill", b.prefill, b.name).run(inputs_embeds=embeds, position_ids=positions,
                                                      video_start=np.array(start, dtype=np.int64))
         logits = np.asarray(out["logits"], dtype=np.float32).reshape(1, -1)
         t1 = time.perf_counter()
@@ -298,10 +307,17 @@ class Runtime:
         if text < 1:
             raise InputError("the case has no text tokens around the video")
 
-    def _graph(self, kind: str, relative: str) -> _Graph:
+    def _graph(self, kind: str, relative: str, bucket: str | None = None):
+        """The session for one graph: ONNX Runtime over the ``.onnx`` file, or (backend ``tensorrt``)
+        the engine built from it, after checking it was built for this TensorRT and GPU."""
         graph = self._graphs.get(relative)
         if graph is None:
-            graph = _Graph(self.manifest, relative, kind, self.providers)
+            if self.backend == "tensorrt":
+                from ffexport.runtime.engines import EngineGraph, engine_record
+
+                graph = EngineGraph(self.manifest, engine_record(self.manifest, kind, bucket), plugins=self.plugins)
+            else:
+                graph = _Graph(self.manifest, relative, kind, self.providers)
             self._graphs[relative] = graph
         return graph
 

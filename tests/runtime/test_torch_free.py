@@ -26,7 +26,9 @@ def _heavy_modules(body: str) -> list[str]:
 def test_importing_the_runtime_loads_neither_torch_nor_transformers():
     body = (
         "import ffexport.runtime as rt\n"
-        "import ffexport.runtime.cli, ffexport.runtime.manifest, ffexport.runtime.session, ffexport.runtime.video\n"
+        "import importlib, pkgutil\n"
+        "for m in pkgutil.iter_modules(rt.__path__): importlib.import_module('ffexport.runtime.' + m.name)\n"
+        "assert 'ffexport.runtime.engines' in sys.modules\n"
         "for name in rt.__all__: getattr(rt, name)\n"
     )
     assert _heavy_modules(body) == []
