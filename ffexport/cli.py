@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="video shape: input frames x height x width in pixels (repeatable; default 8x112x112)")
     build.add_argument("--schedule", metavar="SCHEDULE.json", help="use this schedule (one bucket only)")
     _add_fusion_args(build)
-    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                       help="graph precision (default fp32); fp16 keeps norms, softmax and FrameFusion's "
-                            "similarity/importance/averages in fp32")
+    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="graph precision (default fp32); fp16 and bf16 keep norms, softmax and FrameFusion's "
+                            "similarity/importance/averages in fp32; bf16 needs --backend tensorrt or --graph-only "
+                            "(ONNX Runtime on CPU has no bf16 kernels)")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
     build.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
@@ -228,7 +229,7 @@ def _report(result, loaded, args) -> None:
 def _cmd_build(args) -> int:
     from pathlib import Path
 
-    from ffexport.export.build import Build, BuildConfig
+    from ffexport.export.build import BF16_NEEDS_TENSORRT, Build, BuildConfig
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
@@ -236,14 +237,16 @@ def _cmd_build(args) -> int:
         from ffexport.export.tensorrt import require_tensorrt
 
         require_tensorrt()
+    elif args.precision == "bf16" and not args.graph_only:
+        raise InputError(BF16_NEEDS_TENSORRT)
     buckets = tuple(args.bucket or ["8x112x112"])
     schedule = load_schedule(args.schedule) if args.schedule else None
     if schedule is not None and len(buckets) != 1:
         raise InputError("--schedule fixes one bucket's shape; give exactly one --bucket with it")
     fusion = FusionConfig(cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
                           budget_layers=args.budget_layers)
-    if args.precision == "fp16":
-        args.dtype = "float16"
+    if args.precision != "fp32":
+        args.dtype = {"fp16": "float16", "bf16": "bfloat16"}[args.precision]
     if args.graph_only:
         from ffexport.models import LoadModel
 

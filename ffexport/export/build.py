@@ -31,7 +31,7 @@ from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, presen
 from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
 )
-from ffexport.export.parity import FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
+from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.policy import DefaultPolicy, calibration_case
 from ffexport.export.vision import VisionEncoder
 from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
@@ -48,7 +48,12 @@ log = logging.getLogger(__name__)
 
 #: extra parity videos besides the calibration clip: other motion, and static content (tied scores)
 PARITY_VIDEOS = (("pan", 1), ("static", 2))
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOLERANCES = {"fp32": FP32, "fp16": FP16, "bf16": BF16}
+#: why bf16 graphs are not built for the onnxruntime backend
+BF16_NEEDS_TENSORRT = ("bf16 graphs cannot be validated here: ONNX Runtime's CPU provider has no bfloat16 kernels; "
+                       "build them with --backend tensorrt (TensorRT runs the parity gate) or --graph-only "
+                       "(structure for ffexport lint), or use --precision fp16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +97,8 @@ class Build:
                              f"not {dtype}")
         if config.max_text < 1:
             raise InputError(f"--max-text must be positive, got {config.max_text}")
+        if config.precision == "bf16" and config.backend == "onnxruntime" and not config.graph_only:
+            raise InputError(BF16_NEEDS_TENSORRT)
         self.loaded = loaded
         self.config = config
         self.out = Path(config.out)
@@ -128,7 +135,7 @@ class Build:
             self.engines = EngineFromGraph(timing_cache=self.out / "timing.cache", plugins=config.plugins)
         elif config.backend != "onnxruntime":
             raise InputError(f"--backend {config.backend}: use onnxruntime or tensorrt")
-        self.tolerance = FP32 if config.precision == "fp32" else FP16
+        self.tolerance = TOLERANCES[config.precision]
         self.gate = ParityGate(self.tolerance, runner=self.runner)
 
     # ================================================================ driver
@@ -469,12 +476,11 @@ class Build:
             with torch.no_grad():
                 if graph == "vision":
                     feeds = {"pixel_values_videos": pixels}
-                    expected = {"video_features": vision(torch.from_numpy(pixels)).numpy()}
+                    expected = {"video_features": vision(torch.from_numpy(pixels))}  # torch: bf16 has no numpy
                 else:
-                    feeds = {"inputs_embeds": ti.embeds.numpy(), "position_ids": ti.positions.numpy(),
-                             "video_start": ti.start.numpy()}
-                    expected = dict(zip(["logits", *present_names(layers)],
-                                        (t.numpy() for t in prefill(ti.embeds, ti.positions, ti.start))))
+                    # torch tensors (Polygraphy's TrtRunner takes them): bf16 has no numpy dtype
+                    feeds = {"inputs_embeds": ti.embeds, "position_ids": ti.positions, "video_start": ti.start}
+                    expected = dict(zip(["logits", *present_names(layers)], prefill(ti.embeds, ti.positions, ti.start)))
             got = run_engine(engine_file, feeds)
             outputs = [compare(k, got[k], v, self.tolerance).__dict__ for k, v in expected.items()]
             record["parity"] = {"passed": all(o["passed"] for o in outputs), "outputs": outputs}

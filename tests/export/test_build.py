@@ -252,3 +252,24 @@ def test_graph_only_build_captures_structure_without_weights(tmp_path):
     model = onnx.load(str(out / f"{BUCKET}.prefill.onnx"), load_external_data=False)
     ops = {n.op_type for n in model.graph.node}
     assert {"CumSum", "ScatterElements"} <= ops and not ops & {"TopK", "ScatterND", "NonZero", "Sort"}
+
+
+def test_bf16_graphs_keep_fp32_where_numerics_need_it(tmp_path, error_line):
+    # ONNX Runtime's CPU provider has no bf16 kernels: bf16 builds are validated by TensorRT only
+    assert main(["build", "--precision", "bf16", "--bucket", BUCKET, "--out", str(tmp_path / "x")]) == 2
+    assert "no bfloat16 kernels" in error_line() and not (tmp_path / "x").exists()
+    out = tmp_path / "g"
+    assert main(["-q", "build", "--graph-only", "--precision", "bf16", "--bucket", BUCKET, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    prefill = manifest["buckets"][0]["graphs"]["prefill"]
+    assert prefill["inputs"][0]["dtype"] == "bfloat16" and prefill["outputs"][0]["dtype"] == "float32"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / prefill["file"]), load_external_data=False))
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    softmax_inputs = {types.get(n.input[0]) for n in model.graph.node if n.op_type == "Softmax"}
+    assert softmax_inputs == {onnx.TensorProto.FLOAT}
+    assert {types.get(n.input[0]) for n in model.graph.node if n.op_type == "ReduceL2"} == {onnx.TensorProto.FLOAT}
+    assert onnx.TensorProto.BFLOAT16 in set(types.values())
+    from ffexport.lint import lint_model
+
+    assert lint_model(model, target="trt11") == []
