@@ -160,6 +160,7 @@ def segment_sums(values: torch.Tensor, group: torch.Tensor, max_len: int) -> tor
     """
     acc = values
     shift = 1
+    max_len = min(max_len, values.shape[0])  # no segment is longer than the rows (a thinned span)
     while shift < max_len:
         pad = torch.zeros((shift,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
         previous = torch.cat([pad, acc[:-shift]], dim=0)
