@@ -97,8 +97,13 @@ def case_from_video(
 
 
 def load_case(path: str | os.PathLike[str]) -> Case:
-    """Read ``case.npz``; any structural problem becomes one :class:`InputError` line."""
+    """Read ``case.npz`` (or a case folder of ``.npy`` files, :mod:`ffexport.casedir`); any structural
+    problem becomes one :class:`InputError` line."""
     p = Path(path)
+    if p.is_dir():
+        from ffexport.casedir import load_case_dir
+
+        return load_case_dir(p)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     try:

@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="frame size in pixels for synthetic videos (default 112x112)")
     case.add_argument("--seed", type=non_negative_int, default=0, help="synthetic video seed (default 0)")
     case.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the video")
-    case.add_argument("--out", required=True, metavar="CASE.npz")
+    case.add_argument("--out", required=True, metavar="CASE.npz|DIR")
+    case.add_argument("--format", choices=["npz", "npy"], default=None,
+                      help="npz: one case.npz file; npy: a folder of .npy files, for the C++ runtime "
+                           "(default: npy when --out ends with '/', else npz)")
     case.add_argument("--overwrite", action="store_true", help="replace an existing file")
     case.set_defaults(func=_cmd_case)
 
@@ -168,7 +171,12 @@ def _cmd_case(args) -> int:
     loaded = _load(args)
     case = _make_case(loaded, video=args.video, frames=args.frames, size=args.size, seed=args.seed,
                       prompt=args.prompt)
-    case.save(args.out, overwrite=args.overwrite)
+    if (args.format or ("npy" if args.out.endswith("/") else "npz")) == "npy":
+        from ffexport.casedir import save_case_dir
+
+        save_case_dir(case, args.out, overwrite=args.overwrite)
+    else:
+        case.save(args.out, overwrite=args.overwrite)
     t, h, w = case.grid
     log.info("wrote %s: %d tokens, video grid %dx%dx%d", args.out, case.input_ids.shape[1], t, h, w)
     return 0

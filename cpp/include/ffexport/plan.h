@@ -1,0 +1,115 @@
+// The runtime's arithmetic, free of TensorRT and CUDA (compiled and tested on any machine):
+// M-RoPE position ids (the released Qwen2-VL rule, a port of ffexport/mrope.py), which bucket a case
+// runs in, the prefill/decode positions, the decode cache budget, and whether an engine recorded in
+// the manifest can run on this machine.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ffexport/inputs.h"
+#include "ffexport/manifest.h"
+
+namespace ffexport {
+
+// Maximal runs [start, end) of `video_token_id` in `ids`.
+std::vector<std::pair<int64_t, int64_t>> video_spans(const std::vector<int64_t>& ids, int64_t video_token_id);
+
+struct Positions {
+  std::vector<int64_t> ids;  // [3, L] row-major: temporal, height, width axes
+  int64_t delta = 0;         // max(position) + 1 - L
+};
+
+// Position ids for one sequence with one video per row of `grids` (ffexport/mrope.py,
+// mrope_position_ids): text counts up by one; a video's tokens get (t, h, w) grid positions offset
+// by where the video starts; text after a video continues at the largest position it used plus one.
+// InputError when the spans do not match the grids.
+Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<std::array<int64_t, 3>>& grids,
+                             int64_t video_token_id, int64_t spatial_merge_size);
+
+// What the runtime does with one case (everything decided before any engine runs).
+struct Plan {
+  const Bucket* bucket = nullptr;  // points into the manifest
+  int64_t length = 0;              // L: prompt tokens, text + video
+  int64_t video_start = 0;         // the video features go to [video_start, video_end)
+  int64_t video_end = 0;
+  Positions positions;
+
+  // Position of generated token k (0-based) on all three axes: L + k + delta. Token 0 comes from the
+  // prefill logits; token k >= 1 is produced by the decode step fed token k-1 at position
+  // decode_position(k - 1).
+  int64_t decode_position(int64_t k) const { return length + k + positions.delta; }
+};
+
+// Check `inputs` against the build (grid valid for merging, one video span of the grid's size,
+// pixel rows and values per row, ids inside the vocabulary, text length 1..max_text) and pick the
+// first usable bucket whose grid equals the case's (like ffexport/runtime/session.py). InputError
+// otherwise, listing the buckets.
+Plan plan_case(const Manifest& manifest, const Inputs& inputs);
+
+// Generated tokens 1..n-1 each need one decode step; step k reads per-layer caches of
+// prefill_lengths[i] + k - 1 tokens. InputError when the longest exceeds `max_cache` (the decode
+// engine's profile maximum); max_new_tokens 0 or 1 needs no decode step.
+void check_decode_budget(const std::vector<int64_t>& prefill_lengths, int64_t max_new_tokens, int64_t max_cache);
+
+// True when `token` ends generation.
+bool is_eos(const ModelFacts& model, int64_t token);
+
+// The first index of the largest value; a NaN wins, like numpy.argmax.
+int64_t argmax(const std::vector<float>& values);
+
+// Greedy decoding as in ffexport/runtime/session.py: token 0 = argmax(prefill_logits); while fewer
+// than max_new_tokens tokens and the last is not an EOS token, token k = argmax(step(token k-1,
+// position L + (k-1) + delta)). `step` runs one decode step and returns its logits.
+template <typename Step>
+std::vector<int64_t> greedy_decode(const Plan& plan, const ModelFacts& model, std::vector<float> prefill_logits,
+                                   int64_t max_new_tokens, Step&& step) {
+  std::vector<int64_t> tokens;
+  std::vector<float> logits = std::move(prefill_logits);
+  for (int64_t k = 0; k < max_new_tokens; ++k) {
+    const int64_t token = argmax(logits);
+    tokens.push_back(token);
+    if (is_eos(model, token) || k == max_new_tokens - 1) break;
+    logits = step(token, plan.decode_position(k));
+  }
+  return tokens;
+}
+
+// ---------------------------------------------------------------- engines vs this machine
+struct Version {
+  int major = 0, minor = 0, patch = 0;
+  bool operator==(const Version& o) const { return major == o.major && minor == o.minor && patch == o.patch; }
+  std::string str() const;
+};
+
+// "10.14.1" or "10.14.1.48" (the build number is ignored) -> {10, 14, 1}; nullopt when unparsable.
+std::optional<Version> parse_version(const std::string& text);
+// getInferLibVersion()'s integer ((major * 100 + minor) * 100 + patch) -> Version.
+Version version_from_int(int32_t lib_version);
+
+struct Machine {
+  std::optional<Version> tensorrt;        // nullopt: no TensorRT library
+  std::string gpu_name;                   // empty: no GPU visible
+  std::string compute_capability;         // "9.0"; empty: no GPU visible
+};
+
+// Why the engine `record` cannot run on `machine` (one line), or nullopt when it can: the TensorRT
+// major.minor.patch must be equal, the GPU's compute capability must be equal (the name may differ).
+std::optional<std::string> engine_mismatch(const EngineRecord& record, const Machine& machine);
+
+// The plugin libraries an engine or the build needs: InputError when `record` lists plugins or the
+// build's prefill uses plugin ops (manifest "ops": "plugin") and none were given.
+void check_plugins(const Manifest& manifest, const EngineRecord& record, const std::vector<std::string>& given);
+
+// Everything checked before TensorRT is asked to deserialize the engines of the build (embed,
+// decode) and of `bucket` (vision, prefill; nullptr: every usable bucket): each has a record
+// (InputError), matches `machine` (RunError with engine_mismatch's line), has its plugin libraries
+// (InputError) and its file (RunError).
+void check_engines(const Manifest& manifest, const Bucket* bucket, const Machine& machine,
+                   const std::vector<std::string>& plugins);
+
+}  // namespace ffexport

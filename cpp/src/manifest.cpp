@@ -1,0 +1,296 @@
+// manifest.json -> ffexport::Manifest, with the same checks as ffexport/runtime/manifest.py.
+#include "ffexport/manifest.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "ffexport/errors.h"
+#include "files.h"
+
+namespace ffexport {
+namespace {
+
+using json = nlohmann::json;
+
+std::string one_line(std::string text) {
+  for (char& c : text) {
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  }
+  return text;
+}
+
+// Typed access to the manifest's fields; a missing or mistyped field is a corrupt build.
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const std::string& where, const std::string& problem) const {
+    throw InputError(source_ + ": " + where + " " + problem + ": " + kRebuild);
+  }
+
+  static std::string at(const std::string& where, const std::string& key) {
+    return where.empty() ? key : where + "." + key;
+  }
+
+  const json& get(const json& obj, const std::string& key, const std::string& where) const {
+    if (!obj.is_object() || !obj.contains(key)) fail(at(where, key), "is missing");
+    return obj.at(key);
+  }
+
+  const json& object(const json& obj, const std::string& key, const std::string& where) const {
+    const json& value = get(obj, key, where);
+    if (!value.is_object()) fail(at(where, key), "has the wrong type (" + std::string(value.type_name()) + ")");
+    return value;
+  }
+
+  const json& array(const json& obj, const std::string& key, const std::string& where) const {
+    const json& value = get(obj, key, where);
+    if (!value.is_array()) fail(at(where, key), "has the wrong type (" + std::string(value.type_name()) + ")");
+    return value;
+  }
+
+  std::string string(const json& obj, const std::string& key, const std::string& where) const {
+    const json& value = get(obj, key, where);
+    if (!value.is_string()) fail(at(where, key), "has the wrong type (" + std::string(value.type_name()) + ")");
+    return value.get<std::string>();
+  }
+
+  int64_t integer(const json& obj, const std::string& key, const std::string& where) const {
+    const json& value = get(obj, key, where);
+    if (!value.is_number_integer()) fail(at(where, key), "has the wrong type (" + std::string(value.type_name()) + ")");
+    return value.get<int64_t>();
+  }
+
+  int64_t positive(const json& obj, const std::string& key, const std::string& where) const {
+    const int64_t value = integer(obj, key, where);
+    if (value < 1) fail(at(where, key), "must be positive, got " + std::to_string(value));
+    return value;
+  }
+
+  bool boolean(const json& obj, const std::string& key, const std::string& where) const {
+    const json& value = get(obj, key, where);
+    if (!value.is_boolean()) fail(at(where, key), "has the wrong type (" + std::string(value.type_name()) + ")");
+    return value.get<bool>();
+  }
+
+  // A path inside the build directory (no absolute paths, no "..", no backslashes).
+  std::string relative(const std::string& name, const std::string& where) const {
+    bool outside = name.empty() || name[0] == '/' || name.find('\\') != std::string::npos;
+    size_t start = 0;
+    while (!outside && start <= name.size()) {
+      const size_t end = std::min(name.find('/', start), name.size());
+      if (name.compare(start, end - start, "..") == 0 && end - start == 2) outside = true;
+      start = end + 1;
+    }
+    if (outside) fail(where, "names a path outside the build directory ('" + name + "')");
+    return name;
+  }
+
+  std::string file(const json& obj, const std::string& where) const {
+    return relative(string(obj, "file", where), where + ".file");
+  }
+
+  ModelFacts model(const json& m) const {
+    const std::string w = "model";
+    ModelFacts f;
+    const json& eos = get(m, "eos_token_id", w);
+    if (eos.is_number_integer()) {
+      f.eos_token_ids.push_back(eos.get<int64_t>());
+    } else if (eos.is_array() && !eos.empty()) {
+      for (const json& x : eos) {
+        if (!x.is_number_integer()) fail("model.eos_token_id", "must be an integer or a list of integers");
+        f.eos_token_ids.push_back(x.get<int64_t>());
+      }
+    } else {
+      fail("model.eos_token_id", "must be an integer or a list of integers");
+    }
+    f.name = string(m, "name", w);
+    f.family = string(m, "family", w);
+    f.num_layers = positive(m, "num_layers", w);
+    f.hidden_size = positive(m, "hidden_size", w);
+    f.vocab_size = positive(m, "vocab_size", w);
+    f.num_kv_heads = positive(m, "num_kv_heads", w);
+    f.head_dim = positive(m, "head_dim", w);
+    f.video_token_id = integer(m, "video_token_id", w);
+    f.spatial_merge_size = positive(m, "spatial_merge_size", w);
+    f.patch_size = positive(m, "patch_size", w);
+    f.temporal_patch_size = positive(m, "temporal_patch_size", w);
+    return f;
+  }
+
+  EngineRecord engine(const json& r, const std::string& graph, const std::string& where) const {
+    EngineRecord e;
+    e.graph = graph;
+    e.file = file(r, where);
+    e.tensorrt = string(r, "tensorrt", where);
+    const json& gpu = object(r, "gpu", where);
+    e.gpu_name = gpu.contains("name") && gpu.at("name").is_string() ? gpu.at("name").get<std::string>() : "";
+    e.compute_capability = string(gpu, "compute_capability", where + ".gpu");
+    if (r.contains("plugins")) {
+      const json& plugins = r.at("plugins");
+      if (!plugins.is_array()) fail(where + ".plugins", "must be a list of strings");
+      for (const json& p : plugins) {
+        if (!p.is_string()) fail(where + ".plugins", "must be a list of strings");
+        e.plugins.push_back(p.get<std::string>());
+      }
+    }
+    return e;
+  }
+
+  std::map<std::string, EngineRecord> engines(const json& obj, const std::string& where) const {
+    std::map<std::string, EngineRecord> out;
+    if (!obj.contains("engines") || obj.at("engines").is_null()) return out;
+    const json& engines = obj.at("engines");
+    if (!engines.is_object()) fail(at(where, "engines"), "is not an object");
+    for (auto it = engines.begin(); it != engines.end(); ++it) {
+      const std::string w = at(where, "engines." + it.key());
+      if (!it.value().is_object()) fail(w, "is not an object");
+      out.emplace(it.key(), engine(it.value(), it.key(), w));
+    }
+    return out;
+  }
+
+  Bucket bucket(const json& b, size_t index) const {
+    std::string where = "buckets[" + std::to_string(index) + "]";
+    if (!b.is_object()) fail(where, "is not an object");
+    Bucket out;
+    out.name = string(b, "name", where);
+    where = "bucket " + out.name;
+    const json& resized = array(b, "resized", where);
+    const json& grid = array(b, "grid_thw", where);
+    bool ok = resized.size() == 2 && grid.size() == 3;
+    for (const json* list : {&resized, &grid}) {
+      for (const json& x : *list) ok = ok && x.is_number_integer() && x.get<int64_t>() > 0;
+    }
+    if (!ok) fail(where, "has a bad resized " + resized.dump() + " or grid_thw " + grid.dump());
+    for (size_t i = 0; i < 3; ++i) out.grid_thw[i] = grid[i].get<int64_t>();
+    const json& graphs = object(b, "graphs", where);
+    out.vision = file(object(graphs, "vision", where + ".graphs"), where + ".graphs.vision");
+    out.prefill = file(object(graphs, "prefill", where + ".graphs"), where + ".graphs.prefill");
+    if (b.contains("parity") && b.at("parity").is_object() && b.at("parity").contains("passed") &&
+        b.at("parity").at("passed").is_boolean()) {
+      out.parity_passed = b.at("parity").at("passed").get<bool>();
+    }
+    out.usable = boolean(b, "usable", where);
+    out.frames = positive(b, "frames", where);
+    out.height = positive(b, "height", where);
+    out.width = positive(b, "width", where);
+    out.visual_tokens = positive(b, "visual_tokens", where);
+    out.patches_per_frame = positive(b, "patches_per_frame", where);
+    out.engines = engines(b, where);
+    return out;
+  }
+
+  FileEntry file_entry(const json& entry, const std::string& name) const {
+    const std::string where = "files['" + name + "']";
+    FileEntry f;
+    f.bytes = integer(entry, "bytes", where);
+    f.sha256 = string(entry, "sha256", where);
+    if (f.bytes < 0 || f.sha256.size() != 64) fail(where, "has a bad size or sha256");
+    return f;
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+std::string Bucket::describe() const {
+  std::string text = name + " (" + std::to_string(frames) + " frames, " + std::to_string(height) + "x" +
+                     std::to_string(width) + ")";
+  if (usable) return text;
+  return text + (parity_passed == false ? " [not usable: failed its parity check]" : " [not usable: not validated]");
+}
+
+std::string Manifest::path(const std::string& relative) const { return join_path(root, relative); }
+
+std::string Manifest::describe_buckets() const {
+  std::string text;
+  for (const Bucket& b : buckets) text += (text.empty() ? "" : ", ") + b.describe();
+  return text.empty() ? "none" : text;
+}
+
+const EngineRecord& Manifest::engine(const std::string& graph, const Bucket* bucket) const {
+  const auto& records = bucket ? bucket->engines : engines;
+  const auto it = records.find(graph);
+  if (it == records.end()) {
+    const std::string where = bucket ? "bucket " + bucket->name : "the build";
+    throw InputError(root + ": " + where + " has no TensorRT engine for its " + graph +
+                     " graph (it was built with --backend onnxruntime?); rebuild with "
+                     "`ffexport build --backend tensorrt`");
+  }
+  return it->second;
+}
+
+Manifest parse_manifest(const std::string& text, const std::string& root, const std::string& source) {
+  json raw;
+  try {
+    raw = json::parse(text);
+  } catch (const json::exception& e) {
+    throw InputError(source + " is not valid JSON (" + one_line(e.what()) + "): " + kRebuild);
+  }
+  if (!raw.is_object()) throw InputError(source + " is not a JSON object: " + kRebuild);
+  const std::string format = raw.contains("format") ? (raw.at("format").is_string()
+                                                           ? "'" + raw.at("format").get<std::string>() + "'"
+                                                           : raw.at("format").dump())
+                                                    : "None";
+  if (!raw.contains("format") || raw.at("format") != kManifestFormat) {
+    throw InputError(source + " has format " + format + "; this runtime reads '" + kManifestFormat +
+                     "': rebuild it with this version's `ffexport build`");
+  }
+  const Reader r(source);
+  Manifest m;
+  m.root = root;
+  m.model = r.model(r.object(raw, "model", ""));
+  m.precision = r.string(raw, "precision", "");
+  m.max_text = r.positive(raw, "max_text", "");
+  m.ops = raw.contains("ops") && raw.at("ops").is_string() ? raw.at("ops").get<std::string>() : "standard";
+  const json& graphs = r.object(raw, "graphs", "");
+  for (const char* name : {"embed", "decode"}) {
+    m.graphs[name] = r.file(r.object(graphs, name, "graphs"), std::string("graphs.") + name);
+  }
+  const json& buckets = r.array(raw, "buckets", "");
+  std::set<std::string> names;
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    m.buckets.push_back(r.bucket(buckets[i], i));
+    if (!names.insert(m.buckets.back().name).second) r.fail("buckets", "repeat the name " + m.buckets.back().name);
+  }
+  m.engines = r.engines(raw, "");
+  const json& files = r.object(raw, "files", "");
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    const std::string name = r.relative(it.key(), "files['" + it.key() + "']");
+    m.files.emplace(name, r.file_entry(it.value(), name));
+  }
+  std::vector<std::string> needed = {m.graphs["embed"], m.graphs["decode"]};
+  for (const Bucket& b : m.buckets) {
+    needed.push_back(b.vision);
+    needed.push_back(b.prefill);
+  }
+  for (const std::string& name : needed) {
+    if (!m.files.count(name)) r.fail("files", "does not list the graph " + name);
+  }
+  return m;
+}
+
+Manifest load_manifest(const std::string& build_dir) {
+  if (!is_directory(build_dir)) {
+    throw InputError(build_dir + " is not a build directory (no such directory); build one with `ffexport build`");
+  }
+  const std::string path = join_path(build_dir, "manifest.json");
+  if (!is_file(path)) throw InputError(build_dir + " has no manifest.json: " + kRebuild);
+  Manifest m = parse_manifest(read_file(path), build_dir, path);
+  for (const auto& [name, entry] : m.files) {
+    const std::string file = m.path(name);
+    const int64_t size = file_size(file);
+    if (size < 0 || !is_file(file)) throw InputError(file + " is missing: " + kRebuild);
+    if (size != entry.bytes) {
+      throw InputError(file + " is " + std::to_string(size) + " bytes, the manifest says " +
+                       std::to_string(entry.bytes) + (size < entry.bytes ? " (truncated): " : " (larger than built): ") +
+                       kRebuild);
+    }
+  }
+  return m;
+}
+
+}  // namespace ffexport

@@ -1,0 +1,254 @@
+// Positions, bucket choice, decode budget and engine checks: pure C++ (no TensorRT, no CUDA).
+#include "ffexport/plan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <sstream>
+
+#include "ffexport/errors.h"
+#include "files.h"
+
+namespace ffexport {
+namespace {
+
+std::string grid_text(const std::array<int64_t, 3>& g) {
+  return std::to_string(g[0]) + "x" + std::to_string(g[1]) + "x" + std::to_string(g[2]);
+}
+
+// Python's Case.check (ffexport/case.py): the case fits a model with these parameters.
+std::pair<int64_t, int64_t> check_case(const ModelFacts& m, const Inputs& in) {
+  const auto& g = in.video_grid_thw;
+  const int64_t merge = m.spatial_merge_size;
+  if (std::min({g[0], g[1], g[2]}) <= 0 || g[1] % merge || g[2] % merge) {
+    throw InputError("video_grid_thw " + grid_text(g) + " is not a valid grid for " + std::to_string(merge) + "x" +
+                     std::to_string(merge) + " patch merging");
+  }
+  const auto spans = video_spans(in.input_ids, m.video_token_id);
+  if (spans.size() != 1) {
+    throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
+                     std::to_string(m.video_token_id) + "); found " + std::to_string(spans.size()));
+  }
+  const auto [start, end] = spans[0];
+  const int64_t expected = g[0] * g[1] * g[2] / (merge * merge);
+  if (end - start != expected) {
+    throw InputError("the video span in input_ids has " + std::to_string(end - start) + " tokens but video_grid_thw " +
+                     grid_text(g) + " gives " + std::to_string(expected));
+  }
+  if (in.pixel_rows != g[0] * g[1] * g[2]) {
+    throw InputError("pixel_values_videos has " + std::to_string(in.pixel_rows) + " rows; video_grid_thw " +
+                     grid_text(g) + " needs " + std::to_string(g[0] * g[1] * g[2]));
+  }
+  if (in.pixel_cols != m.patch_dim()) {
+    throw InputError("pixel_values_videos rows have " + std::to_string(in.pixel_cols) + " values; the model expects " +
+                     std::to_string(m.patch_dim()));
+  }
+  return spans[0];
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> video_spans(const std::vector<int64_t>& ids, int64_t video_token_id) {
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  for (int64_t i = 0; i < n;) {
+    if (ids[i] != video_token_id) {
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && ids[j] == video_token_id) ++j;
+    spans.emplace_back(i, j);
+    i = j;
+  }
+  return spans;
+}
+
+Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<std::array<int64_t, 3>>& grids,
+                             int64_t video_token_id, int64_t spatial_merge_size) {
+  const auto spans = video_spans(ids, video_token_id);
+  if (spans.size() != grids.size()) {
+    throw InputError(std::to_string(spans.size()) + " video token spans but " + std::to_string(grids.size()) +
+                     " rows in video_grid_thw");
+  }
+  const int64_t length = static_cast<int64_t>(ids.size());
+  Positions p;
+  p.ids.assign(static_cast<size_t>(3 * length), 0);
+  auto set = [&](int64_t index, int64_t t, int64_t h, int64_t w) {
+    p.ids[index] = t;
+    p.ids[length + index] = h;
+    p.ids[2 * length + index] = w;
+  };
+  int64_t cursor = 0, next = 0, largest = -1;
+  for (size_t v = 0; v < spans.size(); ++v) {
+    const auto [start, end] = spans[v];
+    const auto [t, h, w] = grids[v];
+    const int64_t gh = h / spatial_merge_size, gw = w / spatial_merge_size;
+    if (end - start != t * gh * gw) {
+      throw InputError("video span of " + std::to_string(end - start) + " tokens does not match grid " +
+                       std::to_string(t) + "x" + std::to_string(h) + "x" + std::to_string(w) + " (" +
+                       std::to_string(t * gh * gw) + " tokens after " + std::to_string(spatial_merge_size) + "x" +
+                       std::to_string(spatial_merge_size) + " merging)");
+    }
+    for (int64_t i = cursor; i < start; ++i) set(i, next + i - cursor, next + i - cursor, next + i - cursor);
+    const int64_t base = next + (start - cursor);
+    int64_t index = start;
+    for (int64_t a = 0; a < t; ++a) {
+      for (int64_t b = 0; b < gh; ++b) {
+        for (int64_t c = 0; c < gw; ++c) set(index++, base + a, base + b, base + c);
+      }
+    }
+    next = base + std::max({t - 1, gh - 1, gw - 1}) + 1;
+    largest = std::max(largest, next - 1);
+    cursor = end;
+  }
+  for (int64_t i = cursor; i < length; ++i) {
+    set(i, next + i - cursor, next + i - cursor, next + i - cursor);
+    largest = std::max(largest, next + i - cursor);
+  }
+  p.delta = length ? largest + 1 - length : 0;
+  return p;
+}
+
+Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
+  const ModelFacts& m = manifest.model;
+  const auto [start, end] = check_case(m, inputs);
+  const Bucket* chosen = nullptr;
+  for (const Bucket& b : manifest.buckets) {
+    if (b.usable && b.grid_thw == inputs.video_grid_thw) {
+      chosen = &b;
+      break;
+    }
+  }
+  if (!chosen) {
+    std::string listing;
+    for (const Bucket& b : manifest.buckets) {
+      listing += (listing.empty() ? "" : ", ") + b.describe() + " grid " + grid_text(b.grid_thw);
+    }
+    throw InputError("the case's video grid " + grid_text(inputs.video_grid_thw) + " matches no usable bucket of " +
+                     manifest.root + "; buckets: " + (listing.empty() ? "none" : listing));
+  }
+  for (int64_t id : inputs.input_ids) {
+    if (id < 0 || id >= m.vocab_size) {
+      throw InputError("input_ids hold token ids outside the model's vocabulary [0, " + std::to_string(m.vocab_size) + ")");
+    }
+  }
+  const int64_t length = static_cast<int64_t>(inputs.input_ids.size());
+  const int64_t text = length - chosen->visual_tokens;
+  if (text > manifest.max_text) {
+    throw InputError("prompt is " + std::to_string(text) + " tokens; this build takes at most " +
+                     std::to_string(manifest.max_text));
+  }
+  if (text < 1) throw InputError("the case has no text tokens around the video");
+  Plan plan;
+  plan.bucket = chosen;
+  plan.length = length;
+  plan.video_start = start;
+  plan.video_end = end;
+  plan.positions = mrope_position_ids(inputs.input_ids, {inputs.video_grid_thw}, m.video_token_id, m.spatial_merge_size);
+  return plan;
+}
+
+void check_decode_budget(const std::vector<int64_t>& prefill_lengths, int64_t max_new_tokens, int64_t max_cache) {
+  if (max_new_tokens < 2 || prefill_lengths.empty()) return;
+  const int64_t longest = *std::max_element(prefill_lengths.begin(), prefill_lengths.end());
+  const int64_t needed = longest + max_new_tokens - 2;
+  if (needed > max_cache) {
+    throw InputError(std::to_string(max_new_tokens) + " new tokens need decode caches of up to " +
+                     std::to_string(needed) + " tokens; this build's decode engine takes at most " +
+                     std::to_string(max_cache) + ": ask for at most " + std::to_string(max_cache - longest + 2) +
+                     " new tokens");
+  }
+}
+
+bool is_eos(const ModelFacts& model, int64_t token) {
+  return std::find(model.eos_token_ids.begin(), model.eos_token_ids.end(), token) != model.eos_token_ids.end();
+}
+
+int64_t argmax(const std::vector<float>& values) {
+  int64_t best = 0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (std::isnan(values[i])) return static_cast<int64_t>(i);
+    if (values[i] > values[best]) best = static_cast<int64_t>(i);
+  }
+  return best;
+}
+
+std::string Version::str() const {
+  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+}
+
+std::optional<Version> parse_version(const std::string& text) {
+  std::vector<int> parts;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, '.')) {
+    if (item.empty() || item.size() > 6 || !std::all_of(item.begin(), item.end(), [](unsigned char c) {
+          return std::isdigit(c);
+        })) {
+      return std::nullopt;
+    }
+    parts.push_back(std::stoi(item));
+  }
+  if (parts.size() < 3 || parts.size() > 4) return std::nullopt;
+  return Version{parts[0], parts[1], parts[2]};
+}
+
+Version version_from_int(int32_t lib_version) {
+  return Version{lib_version / 10000, (lib_version / 100) % 100, lib_version % 100};
+}
+
+std::optional<std::string> engine_mismatch(const EngineRecord& record, const Machine& machine) {
+  const std::string& name = record.file;
+  const std::string rebuild = ": rebuild the engines here with `ffexport build --backend tensorrt`";
+  if (!machine.tensorrt) return name + " needs TensorRT " + record.tensorrt + "; no TensorRT library is loaded";
+  const auto built = parse_version(record.tensorrt);
+  if (!built) {
+    return name + " records the TensorRT version '" + record.tensorrt + "', which is not a version: " + kRebuild;
+  }
+  if (!(*built == *machine.tensorrt)) {
+    return name + " was built by TensorRT " + record.tensorrt + "; this machine has TensorRT " +
+           machine.tensorrt->str() + rebuild;
+  }
+  if (machine.compute_capability.empty()) {
+    return name + " needs an NVIDIA GPU (built for " + record.gpu_name + "); none is visible here";
+  }
+  if (record.compute_capability != machine.compute_capability) {
+    return name + " was built for " + record.gpu_name + " (compute capability " + record.compute_capability +
+           "); this GPU is " + machine.gpu_name + " (compute capability " + machine.compute_capability + ")" + rebuild;
+  }
+  return std::nullopt;
+}
+
+void check_plugins(const Manifest& manifest, const EngineRecord& record, const std::vector<std::string>& given) {
+  if (!given.empty()) return;
+  if (!record.plugins.empty()) {
+    std::string listing;
+    for (const std::string& p : record.plugins) listing += (listing.empty() ? "" : ", ") + p;
+    throw InputError(record.file + " was built with the plugin libraries " + listing + "; pass them with --plugins");
+  }
+  if (manifest.ops == "plugin" && record.graph == "prefill") {
+    throw InputError(record.file + " uses the FrameFusion plugin ops (the build was made with --ops plugin); pass "
+                     "the plugin library with --plugins (build/libffexport_plugins.so)");
+  }
+}
+
+void check_engines(const Manifest& manifest, const Bucket* bucket, const Machine& machine,
+                   const std::vector<std::string>& plugins) {
+  std::vector<const EngineRecord*> records = {&manifest.engine("embed", nullptr), &manifest.engine("decode", nullptr)};
+  for (const Bucket& b : manifest.buckets) {
+    if (bucket ? &b == bucket : b.usable) {
+      records.push_back(&manifest.engine("vision", &b));
+      records.push_back(&manifest.engine("prefill", &b));
+    }
+  }
+  for (const EngineRecord* record : records) {
+    if (const auto problem = engine_mismatch(*record, machine)) throw RunError(*problem);
+    check_plugins(manifest, *record, plugins);
+    if (!is_file(manifest.path(record->file))) {
+      throw RunError(manifest.path(record->file) + " is missing: " + kRebuild);
+    }
+  }
+}
+
+}  // namespace ffexport

@@ -1,0 +1,178 @@
+// Unit checks of ffexport_core (no TensorRT, no CUDA): run by ctest and by tests/cpp/test_cpp_runtime.py.
+// Prints each failed check and exits non-zero when any failed.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <string>
+
+#include "ffexport/errors.h"
+#include "ffexport/manifest.h"
+#include "ffexport/npy.h"
+#include "ffexport/plan.h"
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(cond)                                                           \
+  do {                                                                        \
+    if (!(cond)) {                                                            \
+      ++failures;                                                             \
+      std::cerr << __FILE__ << ":" << __LINE__ << ": failed: " #cond << "\n"; \
+    }                                                                         \
+  } while (0)
+
+// The message of the ffexport::Error `body` throws ("" when it throws nothing).
+std::string error_of(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const ffexport::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+void test_half() {
+  using ffexport::float_to_half;
+  using ffexport::half_to_float;
+  CHECK(float_to_half(1.0f) == 0x3c00);
+  CHECK(float_to_half(-2.0f) == 0xc000);
+  CHECK(float_to_half(65504.0f) == 0x7bff);
+  CHECK(float_to_half(65520.0f) == 0x7c00);            // ties to even: rounds up to infinity
+  CHECK(float_to_half(1.0f + 1.0f / 2048) == 0x3c00);  // halfway, even stays
+  CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);
+  CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);  // halfway to the smallest subnormal: even (0)
+  CHECK(half_to_float(0x3555) == 0.333251953125f);
+  CHECK(std::isnan(half_to_float(float_to_half(NAN))));
+  for (uint32_t h = 0; h < 0x7c00; ++h) {  // every finite half survives the round trip
+    if (float_to_half(half_to_float(static_cast<uint16_t>(h))) != h) {
+      CHECK(false && "half round trip");
+      break;
+    }
+  }
+}
+
+void test_npy(const std::string& dir) {
+  const std::string path = dir + "/a.npy";
+  ffexport::write_npy(path, {2, 3}, std::vector<int64_t>{1, 2, 3, 4, 5, -6});
+  const ffexport::NpyArray a = ffexport::read_npy(path);
+  CHECK(a.describe() == "int64 [2, 3]");
+  CHECK(a.to_int64("a") == (std::vector<int64_t>{1, 2, 3, 4, 5, -6}));
+  CHECK(contains(error_of([&] { a.to_float32("a"); }), "a must hold floats, got int64 [2, 3]"));
+  CHECK(contains(error_of([&] { ffexport::write_npy(path, {1}, std::vector<int64_t>{1}); }), "already exists"));
+  CHECK(contains(error_of([&] { ffexport::read_npy(dir + "/missing.npy"); }), "no such file"));
+  ffexport::write_npy(dir + "/s.npy", {}, std::vector<float>{2.5f});
+  const ffexport::NpyArray s = ffexport::read_npy(dir + "/s.npy");
+  CHECK(s.shape.empty() && s.size() == 1 && s.to_float32("s")[0] == 2.5f);
+}
+
+void test_versions() {
+  using ffexport::parse_version;
+  CHECK(parse_version("10.14.1")->str() == "10.14.1");
+  CHECK(parse_version("10.14.1.48") == parse_version("10.14.1"));
+  CHECK(!parse_version("10.14"));
+  CHECK(!parse_version("ten.14.1"));
+  CHECK(ffexport::version_from_int(101401).str() == "10.14.1");
+  CHECK(ffexport::version_from_int(110100).str() == "11.1.0");
+
+  ffexport::EngineRecord r;
+  r.graph = "decode";
+  r.file = "decode.engine";
+  r.tensorrt = "10.14.1.48";
+  r.gpu_name = "NVIDIA H100 80GB HBM3";
+  r.compute_capability = "9.0";
+  ffexport::Machine here{ffexport::Version{10, 14, 1}, "NVIDIA H200", "9.0"};
+  CHECK(!ffexport::engine_mismatch(r, here));  // same architecture, other name: runs
+  here.tensorrt = ffexport::Version{10, 9, 0};
+  CHECK(contains(ffexport::engine_mismatch(r, here).value_or(""),
+                 "decode.engine was built by TensorRT 10.14.1.48; this machine has TensorRT 10.9.0: rebuild"));
+  here = {ffexport::Version{10, 14, 1}, "NVIDIA A100", "8.0"};
+  CHECK(contains(ffexport::engine_mismatch(r, here).value_or(""),
+                 "built for NVIDIA H100 80GB HBM3 (compute capability 9.0); this GPU is NVIDIA A100 (compute capability 8.0)"));
+  here = {ffexport::Version{10, 14, 1}, "", ""};
+  CHECK(contains(ffexport::engine_mismatch(r, here).value_or(""), "needs an NVIDIA GPU"));
+}
+
+void test_positions_and_budget() {
+  // 2 text tokens, a video of grid (2, 4, 6) -> 2*2*3 = 12 tokens, 3 text tokens.
+  std::vector<int64_t> ids = {1, 2};
+  ids.insert(ids.end(), 12, 9);
+  ids.insert(ids.end(), {3, 4, 5});
+  const auto p = ffexport::mrope_position_ids(ids, {{2, 4, 6}}, 9, 2);
+  const int64_t L = static_cast<int64_t>(ids.size());
+  CHECK(p.ids[0] == 0 && p.ids[1] == 1);
+  CHECK(p.ids[2] == 2 && p.ids[L + 2] == 2 && p.ids[2 * L + 2] == 2);     // first video token
+  CHECK(p.ids[13] == 3 && p.ids[L + 13] == 3 && p.ids[2 * L + 13] == 4);  // last: t=1, h=1, w=2
+  CHECK(p.ids[14] == 5 && p.ids[L + 16] == 7);                            // text after: max(2+2) + 1
+  CHECK(p.delta == 8 - L);
+  CHECK(contains(error_of([&] { ffexport::mrope_position_ids(ids, {{2, 4, 4}}, 9, 2); }),
+                 "video span of 12 tokens does not match grid 2x4x4"));
+
+  ffexport::check_decode_budget({10, 7}, 5, 13);  // step 4 reads 10 + 3 = 13 cached tokens
+  CHECK(contains(error_of([] { ffexport::check_decode_budget({10, 7}, 6, 13); }), "ask for at most 5 new tokens"));
+  ffexport::check_decode_budget({100}, 1, 13);  // one token: prefill only
+}
+
+void test_greedy_decode() {
+  ffexport::ModelFacts model;
+  model.eos_token_ids = {7, 9};
+  ffexport::Plan plan;
+  plan.length = 20;
+  plan.positions.delta = -5;
+  auto one_hot = [](int64_t index) {
+    std::vector<float> v(10, -1.0f);
+    v[index] = 3.0f;
+    return v;
+  };
+  std::vector<std::pair<int64_t, int64_t>> calls;  // (token fed, position)
+  auto step = [&](int64_t token, int64_t position) {
+    calls.emplace_back(token, position);
+    return one_hot(token == 4 ? 9 : token + 1);  // 2 -> 3 -> 4 -> 9 (EOS)
+  };
+  CHECK(ffexport::greedy_decode(plan, model, one_hot(2), 10, step) == (std::vector<int64_t>{2, 3, 4, 9}));
+  CHECK(calls == (std::vector<std::pair<int64_t, int64_t>>{{2, 15}, {3, 16}, {4, 17}}));  // L + k + delta
+  calls.clear();
+  CHECK(ffexport::greedy_decode(plan, model, one_hot(2), 2, step) == (std::vector<int64_t>{2, 3}));
+  CHECK(calls.size() == 1);  // the budget's last token needs no further step
+  CHECK(ffexport::greedy_decode(plan, model, one_hot(7), 5, step) == (std::vector<int64_t>{7}));
+  CHECK(ffexport::greedy_decode(plan, model, one_hot(2), 0, step).empty());
+  CHECK(ffexport::argmax({1.0f, 3.0f, 3.0f}) == 1);
+  CHECK(ffexport::argmax({1.0f, NAN, 5.0f}) == 1);
+}
+
+void test_manifest_errors() {
+  CHECK(contains(error_of([] { ffexport::parse_manifest("{\"format\": \"ffexport.manifest/2\"}", "b", "b/manifest.json"); }),
+                 "b/manifest.json has format 'ffexport.manifest/2'; this runtime reads 'ffexport.manifest/1'"));
+  CHECK(contains(error_of([] { ffexport::parse_manifest("{not json", "b", "m"); }), "m is not valid JSON"));
+  CHECK(contains(error_of([] { ffexport::parse_manifest("{\"format\": \"ffexport.manifest/1\"}", "b", "m"); }),
+                 "m: model is missing"));
+  CHECK(contains(error_of([] { ffexport::load_manifest("/nonexistent/build"); }), "is not a build directory"));
+}
+
+}  // namespace
+
+int main() {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("ffexport_core_test." + std::to_string(std::rand()) +
+                                                 std::to_string(reinterpret_cast<uintptr_t>(&failures))))
+          .string();
+  std::filesystem::create_directories(dir);
+  test_half();
+  test_npy(dir);
+  test_versions();
+  test_positions_and_budget();
+  test_greedy_decode();
+  test_manifest_errors();
+  std::filesystem::remove_all(dir);
+  if (failures) {
+    std::cerr << failures << " check(s) failed\n";
+    return 1;
+  }
+  std::cout << "ffexport_core_test: all checks passed\n";
+  return 0;
+}

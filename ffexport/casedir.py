@@ -1,0 +1,82 @@
+"""A case as a folder of ``.npy`` files, for runtimes without a zip reader (the C++ runtime, ``cpp/``).
+
+::
+
+    DIR/input_ids.npy             int64   [1, L]
+    DIR/pixel_values_videos.npy   float32 [t*h*w, C*temporal_patch*patch*patch]
+    DIR/video_grid_thw.npy        int64   [1, 3]
+
+The same arrays, names, dtypes and checks as ``case.npz`` (:mod:`ffexport.case`); M-RoPE positions
+are not stored (every runtime computes them from ``input_ids`` and ``video_grid_thw``).
+``ffexport case --format npy --out DIR`` writes one; :func:`ffexport.case.load_case` reads either form.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ffexport.case import CASE_KEYS, Case, case_from_arrays
+from ffexport.errors import InputError
+from ffexport.io import check_writable, write_atomic
+
+
+def case_dir_files(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """``{array name: DIR/name.npy}`` for the arrays of a case."""
+    return {key: Path(path) / f"{key}.npy" for key in CASE_KEYS}
+
+
+def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``case`` as ``path/<array>.npy``; refuses to replace existing files unless ``overwrite``.
+
+    A new folder appears complete or not at all (written beside it, then renamed); in an existing
+    folder each file is replaced atomically.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} exists and is not a directory; a case folder needs a directory")
+    files = case_dir_files(target)
+    for file in files.values():
+        check_writable(file, overwrite=overwrite)
+    arrays = {key: np.ascontiguousarray(getattr(case, key)) for key in CASE_KEYS}
+    if target.is_dir():
+        for key, file in files.items():
+            write_atomic(file, lambda f, a=arrays[key]: np.save(f, a, allow_pickle=False), overwrite=overwrite)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        for key, array in arrays.items():
+            np.save(tmp / f"{key}.npy", array, allow_pickle=False)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_case_dir(path: str | os.PathLike[str]) -> Case:
+    """Read a case folder; a missing or malformed array is one :class:`InputError` line."""
+    files = case_dir_files(path)
+    missing = [f.name for f in files.values() if not f.is_file()]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)} (a case folder holds "
+                         f"{', '.join(f.name for f in files.values())})")
+    arrays = {}
+    for key, file in files.items():
+        try:
+            arrays[key] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise InputError(f"{file} is not a readable .npy file ({e})") from e
+    return case_from_arrays(arrays, source=str(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,46 @@
+"""The C++ runtime's TensorRT-free side (cpp/, ``ffexport-inspect``) on a real `ffexport build` of the tiny
+model and a case folder written by `ffexport case --format npy` (tests/cpp has the rest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp"))
+from cpp_support import build_cpp  # noqa: E402
+
+from ffexport.case import load_case  # noqa: E402
+from ffexport.cli import main  # noqa: E402
+from ffexport.mrope import mrope_position_ids  # noqa: E402
+from ffexport.runtime.manifest import load_manifest  # noqa: E402
+
+
+@pytest.mark.slow
+def test_cpp_reads_a_real_build_and_case_folder(real_build_dir, real_bucket, tmp_path, tmp_path_factory):
+    cpp = build_cpp(tmp_path_factory)
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--video", "synthetic:pan", "--seed", "2", "--format", "npy", "--out", str(case)]) == 0
+    done = cpp.run_inspect(real_build_dir, case, "--dump", tmp_path / "dump", "--max-new-tokens", 3)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    manifest = load_manifest(real_build_dir)
+    m = manifest.model
+    assert {k: out["manifest"]["model"][k] for k in ("name", "num_layers", "hidden_size", "vocab_size", "num_kv_heads",
+                                                      "head_dim", "video_token_id")} == {
+        "name": m.name, "num_layers": m.num_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
+        "num_kv_heads": m.num_kv_heads, "head_dim": m.head_dim, "video_token_id": m.video_token_id}
+    assert [b["name"] for b in out["manifest"]["buckets"] if b["usable"]] == [real_bucket]
+    c = load_case(case)
+    positions, delta = mrope_position_ids(c.input_ids, c.video_grid_thw, video_token_id=m.video_token_id,
+                                          spatial_merge_size=m.spatial_merge_size)
+    assert np.array_equal(np.load(tmp_path / "dump" / "position_ids.npy"), positions)
+    assert np.array_equal(np.load(tmp_path / "dump" / "pixel_values_videos.npy"), c.pixel_values_videos)
+    assert np.array_equal(np.load(tmp_path / "dump" / "input_ids.npy"), c.input_ids)
+    length = c.input_ids.shape[1]
+    start, end = c.video_span(m.video_token_id)
+    assert out["plan"] == {"bucket": real_bucket, "length": length, "video_start": start, "video_end": end,
+                           "delta": delta, "decode_positions": [length + delta, length + 1 + delta]}
