@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--bucket", action="append", metavar="FxHxW", default=None,
                        help="video shape: input frames x height x width in pixels (repeatable; default 8x112x112)")
     build.add_argument("--schedule", metavar="SCHEDULE.json", help="use this schedule (one bucket only)")
+    build.add_argument("--no-shipped-schedule", action="store_true",
+                       help="without --schedule, use the default policy even where a calibrated schedule ships for "
+                            "this model, bucket and FrameFusion settings (docs/calibration.md)")
+    build.add_argument("--fidelity", action="store_true",
+                       help="also write <bucket>/fidelity.json: the schedule vs the dynamic reference on the parity "
+                            "videos (greedy tokens, first-token KL, kept-token overlap, cost)")
     _add_fusion_args(build)
     build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                        help="graph precision (default fp32); fp16 and bf16 keep norms, softmax and FrameFusion's "
@@ -116,9 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "strongly typed with Polygraphy and gated against PyTorch (needs TensorRT and a GPU)")
     build.add_argument("--plugins", action="append", default=[], metavar="LIB.so",
                        help="TensorRT plugin library to load (repeatable; --backend tensorrt)")
+    build.add_argument("--ops", default="standard", choices=["standard", "plugin"],
+                       help="standard: FrameFusion's merge/prune steps in standard ONNX ops (default); plugin: one "
+                            "FrameFusionMerge/FrameFusionPrune node per step (ONNX Runtime runs them through "
+                            "onnxruntime-extensions in fp32; TensorRT needs --plugins libffexport_plugins.so)")
     build.add_argument("--graph-only", action="store_true",
                        help="capture the graphs' structure without weights (meta device, seconds, little memory) "
                             "for ffexport lint at real sizes; nothing is validated or usable")
+    build.add_argument("--streamed", action="store_true",
+                       help="capture from a meta-device model and stream the weights tensor by tensor into "
+                            "weights.bin; parity on a truncated copy (default: chosen when the parameters need more "
+                            "than 40%% of the available memory)")
     build.add_argument("--out", required=True, metavar="DIR", help="build directory")
     build.add_argument("--overwrite", action="store_true", help="replace an existing build in DIR")
     build.set_defaults(func=_cmd_build)
@@ -131,10 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lint_parser(sub)
 
+    from ffexport.calibrate.cli import add_calibrate_parser, add_explain_parser
+
+    add_calibrate_parser(sub)
+    add_explain_parser(sub)
+
+    from ffexport.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
+
     video = sub.add_parser("video", help="write a synthetic test video (mp4, webm or gif)",
                            description="Write one of the synthetic videos ffexport tests with, as a file.")
     video.add_argument("kind", nargs="?", default="moving_object",
-                       help="moving_object, pan, scene_cut, static or noise (default moving_object)")
+                       help="moving_object, pan, scene_cut, static, noise, zoom or slideshow (default moving_object)")
     video.add_argument("--frames", type=non_negative_int, default=16, help="frames (default 16)")
     video.add_argument("--size", type=pixel_size, default=(112, 112), metavar="HxW", help="pixels (default 112x112)")
     video.add_argument("--seed", type=non_negative_int, default=0)
@@ -238,9 +261,12 @@ def _cmd_build(args) -> int:
     from pathlib import Path
 
     from ffexport.export.build import BF16_NEEDS_TENSORRT, Build, BuildConfig
+    from ffexport.export.plugin_mode import check_ops
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
+    check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
+              graph_only=args.graph_only)
     if args.backend == "tensorrt":  # say what is missing before loading anything
         from ffexport.export.tensorrt import require_tensorrt
 
@@ -261,15 +287,33 @@ def _cmd_build(args) -> int:
         loaded = LoadModel(args.model, dtype=args.dtype, structure_only=True, layers=args.layers,
                            vision_layers=args.vision_layers)()
     else:
-        loaded = _load(args)
+        from ffexport.export.streamed import streamed_model
+
+        streamed = streamed_model(model=args.model, random_weights=args.random_weights, weights=args.weights,
+                                  dtype=args.dtype, layers=args.layers, vision_layers=args.vision_layers,
+                                  force=args.streamed)
+        loaded = streamed[0] if streamed else _load(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
                          precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
                          quiet=args.quiet, graph_only=args.graph_only, backend=args.backend,
-                         plugins=tuple(args.plugins))
-    report = Build(loaded, config)()
+                         plugins=tuple(args.plugins), ops=args.ops,
+                         schedule_origin=_given_origin(args.schedule) if args.schedule else None,
+                         shipped_schedules=not args.no_shipped_schedule, fidelity=args.fidelity)
+    if not args.graph_only and streamed:
+        from ffexport.export.streamed import StreamedBuild
+
+        report = StreamedBuild(Build(loaded, config), streamed[1])()
+    else:
+        report = Build(loaded, config)()
     log.info("build %s: %d bucket(s) built, %d already there", args.out, len(report.built), len(report.skipped))
     return 0
+
+
+def _given_origin(path: str) -> dict:
+    from ffexport.calibrate.choose import given_origin
+
+    return given_origin(path)
 
 
 def _cmd_video(args) -> int:

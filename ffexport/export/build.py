@@ -32,7 +32,8 @@ from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
-from ffexport.export.policy import DefaultPolicy, calibration_case
+from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
+from ffexport.export.policy import calibration_case
 from ffexport.export.vision import VisionEncoder
 from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
@@ -73,8 +74,17 @@ class BuildConfig:
     #: "onnxruntime" (graphs only) or "tensorrt" (also one engine per graph, gated the same way)
     backend: str = "onnxruntime"
     plugins: tuple[str, ...] = ()
+    #: "standard" (merge/prune steps in standard ONNX ops) or "plugin" (one FrameFusionMerge /
+    #: FrameFusionPrune node per step; ffexport/export/plugin_mode.py)
+    ops: str = "standard"
     #: generated tokens the decode engine's cache profile allows beyond the prompt
     max_new_tokens: int = 512
+    #: where a given schedule came from (its calibration record; ffexport.calibrate.choose)
+    schedule_origin: dict[str, Any] | None = None
+    #: without a given schedule, use the shipped calibrated one that fits (ffexport.calibrate.shipped)
+    shipped_schedules: bool = True
+    #: also write <bucket>/fidelity.json: static schedule vs dynamic reference on the parity videos
+    fidelity: bool = False
 
 
 @dataclass
@@ -99,6 +109,8 @@ class Build:
             raise InputError(f"--max-text must be positive, got {config.max_text}")
         if config.precision == "bf16" and config.backend == "onnxruntime" and not config.graph_only:
             raise InputError(BF16_NEEDS_TENSORRT)
+        check_ops(ops=config.ops, precision=config.precision, backend=config.backend, plugins=config.plugins,
+                  graph_only=config.graph_only)
         self.loaded = loaded
         self.config = config
         self.out = Path(config.out)
@@ -124,6 +136,7 @@ class Build:
         if config.graph_only and loaded.tokenizer is not None and next(loaded.model.parameters()).device.type != "meta":
             raise InputError("--graph-only builds the structure without weights; it takes a preset name")
         self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
+        self.steps, self.translations = prefill_steps(config.ops)
         self.embed = loaded.model.model.language_model.embed_tokens
         self.capture = CaptureOnnx(structure_only=config.graph_only)
         self.runner = OrtRunner()
@@ -201,15 +214,16 @@ class Build:
                                       torch.zeros(3, length, dtype=torch.int64, **meta),
                                       torch.zeros((), dtype=torch.int64, **meta), 0)
                 prefill_file = f"{b.name}.prefill.onnx"
-                self._save_structure(self._prefill_spec(PrefillGraph(self.decoder, schedule).eval(), b, example),
-                                     prefill_file)
+                prefill = PrefillGraph(self.decoder, schedule, steps=self.steps).eval()
+                self._save_structure(self._prefill_spec(prefill, b, example), prefill_file)
                 steps.advance()
                 manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [{
                     "name": b.name, "frames": b.frames, "height": b.height, "width": b.width,
                     "resized": list(b.resized), "grid_thw": list(b.grid_thw), "visual_tokens": b.visual_tokens,
                     "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
                     "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
-                               "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file)}},
+                               "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
+                                   **plugin_record(self.out / prefill_file)}},
                     "parity": {"passed": False, "validated": False,
                                "note": "graph only: captured without weights; nothing was run"},
                     "usable": False}]
@@ -270,6 +284,10 @@ class Build:
             raise InputError(
                 f"{out} holds a build of {model.get('name')} ({model.get('source')}, {manifest.get('precision')}, "
                 f"max_text {manifest.get('max_text')}); use another --out or pass --overwrite to replace it")
+        built_ops = manifest.get("ops", "standard")
+        if built_ops != self.config.ops:  # one build never mixes standard and plugin prefill graphs
+            raise InputError(f"{out} holds a build with --ops {built_ops}; use another --out, or pass --overwrite to "
+                             f"rebuild it with --ops {self.config.ops}")
         return manifest
 
     def _clear(self, manifest: dict[str, Any]) -> None:
@@ -305,7 +323,8 @@ class Build:
 
         return {
             "format": MANIFEST_FORMAT, "created": now(), "model": self._model_facts(),
-            "precision": self.config.precision, "max_text": self.config.max_text, "tokenizer": None,
+            "precision": self.config.precision, "max_text": self.config.max_text, "ops": self.config.ops,
+            "tokenizer": None,
             "graphs": {}, "buckets": [], "files": {},
             "tools": {"ffexport": ffexport.__version__, "torch": torch.__version__,
                       "transformers": transformers.__version__, "onnx": onnx.__version__,
@@ -375,7 +394,7 @@ class Build:
         return GraphSpec(
             "prefill", module, (example.embeds, example.positions, example.start),
             ["inputs_embeds", "position_ids", "video_start"], ["logits", *present_names(self.loaded.num_layers)],
-            ({1: length}, {1: length}, None),
+            ({1: length}, {1: length}, None), translations=self.translations,
         )
 
     # ================================================================ one bucket
@@ -383,11 +402,12 @@ class Build:
                       shared_missing: bool) -> dict[str, Any]:
         name = bucket.name
         steps.start(f"{name}: schedule")
-        if self.config.schedule is not None:
-            schedule, source = self.config.schedule, self.config.schedule_source or "given"
-        else:
-            policy = DefaultPolicy(self.config.fusion)(self.loaded, bucket)
-            schedule, source = policy.schedule, policy.source
+        from ffexport.calibrate.choose import ChooseSchedule
+
+        chosen = ChooseSchedule(self.config.fusion, given=self.config.schedule, given_source=self.config.schedule_source,
+                                given_origin=self.config.schedule_origin,
+                                shipped=self.config.shipped_schedules)(self.loaded, bucket)
+        schedule, source = chosen.schedule, chosen.source
         cases = self._parity_cases(bucket)
         torch_inputs = [self._torch_inputs(c) for c in cases]
         for c, ti in zip(cases, torch_inputs):
@@ -405,7 +425,7 @@ class Build:
         steps.advance()
 
         steps.start(f"{name}: export prefill graph")
-        prefill = PrefillGraph(self.decoder, schedule).eval()
+        prefill = PrefillGraph(self.decoder, schedule, steps=self.steps).eval()
         prefill_file = f"{name}.prefill.onnx"
         self._save_graph(self._prefill_spec(prefill, bucket, torch_inputs[0]), prefill_file, store)
         steps.advance()
@@ -422,6 +442,13 @@ class Build:
         shared = all(manifest["graphs"][g]["parity"]["passed"] for g in ("embed", "decode"))
         passed = shared and all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
         schedule.save(bucket_dir / "schedule.json", overwrite=True)
+        fidelity = {}
+        if self.config.fidelity:  # static schedule vs dynamic reference on the parity videos (a figure, not a gate)
+            from ffexport.calibrate.report import bucket_fidelity
+
+            fidelity = {"fidelity": bucket_fidelity(self.loaded, schedule, self.config.fusion, cases,
+                                                    [n for n, _ in self._case_names()], bucket_dir / "fidelity.json",
+                                                    max_new_tokens=self.config.check_tokens)}
         tol = self.tolerance
         save_json({"bucket": name, "precision": self.config.precision, "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
                    "cases": [c_name for c_name, _ in self._case_names()],
@@ -443,11 +470,12 @@ class Build:
             "name": name, "frames": bucket.frames, "height": bucket.height, "width": bucket.width,
             "resized": list(bucket.resized), "grid_thw": list(grid), "visual_tokens": bucket.visual_tokens,
             "patches_per_frame": bucket.patches_per_frame, "schedule": schedule.to_json(),
-            "schedule_source": source,
+            "schedule_source": source, "schedule_origin": chosen.origin,
             "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
-                       "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file)}},
+                       "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
+                                   **plugin_record(self.out / prefill_file)}},
             "parity": {"file": f"{name}/parity.json", "passed": passed, "validated": True},
-            "engines": engines,
+            "engines": engines, **fidelity,
             "usable": passed,
         }
 

@@ -35,15 +35,24 @@ class GraphSpec:
     input_names: Sequence[str]
     output_names: Sequence[str]
     dynamic_shapes: Any = None
+    #: ``custom_translation_table`` for torch.onnx (custom ops -> ONNX nodes), e.g. plugin_ops.TRANSLATIONS
+    translations: Any = None
 
 
 class CaptureOnnx:
     """``CaptureOnnx(opset=18)(spec) -> onnx.ModelProto`` with weights inline (saved later)."""
 
-    def __init__(self, *, opset: int = OPSET, structure_only: bool = False) -> None:
+    def __init__(self, *, opset: int = OPSET, structure_only: bool = False, keep_metadata: bool = False,
+                 constants: Any = None) -> None:
         self.opset = opset
         #: meta-device modules: no optimizer pass (it needs values) and no initializers in the result
         self.structure_only = structure_only
+        #: structure only: ``constants(tensor) -> tensor | None`` decides for every captured tensor (meta
+        #: or real): a value keeps it a constant, None makes it a graph input (weights that
+        #: :mod:`ffexport.export.streamed` writes); without it, meta tensors become inputs
+        self.constants = constants
+        #: keep the exporter's per-node metadata (stack traces: ``ffexport bench`` attributes profiled time)
+        self.keep_metadata = keep_metadata
 
     def __call__(self, spec: GraphSpec) -> onnx.ModelProto:
         import onnxscript.optimizer
@@ -58,13 +67,22 @@ class CaptureOnnx:
                     spec.module, spec.inputs, dynamo=True, opset_version=self.opset, optimize=False,
                     input_names=list(spec.input_names), output_names=list(spec.output_names),
                     dynamic_shapes=spec.dynamic_shapes, verbose=False,
+                    custom_translation_table=spec.translations,
                 )
             if self.structure_only:
                 model = program.model
                 # meta tensors have no values: weights become graph inputs (valid ONNX, same structure)
                 for name, value in list(model.graph.initializers.items()):
                     raw = getattr(value.const_value, "raw", None)
-                    if isinstance(raw, torch.Tensor) and raw.device.type == "meta":
+                    if isinstance(raw, torch.Tensor) and (raw.device.type == "meta" or self.constants is not None):
+                        real = self.constants(raw) if self.constants is not None else None
+                        if real is raw:
+                            continue
+                        if real is not None:
+                            import onnx_ir
+
+                            value.const_value = onnx_ir.Tensor(real.detach().cpu().contiguous().numpy(), name=name)
+                            continue
                         value.const_value = None
                         model.graph.inputs.append(value)
                         del model.graph.initializers[name]
@@ -81,7 +99,8 @@ class CaptureOnnx:
         except Exception as e:  # the exporter raises many types; all mean "this graph did not capture"
             raise CaptureError(f"capturing the {spec.name} graph failed: {type(e).__name__}: {e}") from e
         proto.producer_name = "ffexport"
-        _strip_metadata(proto)
+        if not self.keep_metadata:
+            _strip_metadata(proto)
         return proto
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ffexport.fusion.decoder import ReducedDecoder, StaticPrefill
+from ffexport.fusion.reducers import StepOps
 from ffexport.fusion.schedule import Schedule
 
 
@@ -29,11 +30,12 @@ class EmbedTokens(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """The static-schedule prefill; logits always float32."""
+    """The static-schedule prefill; logits always float32. ``steps``: how merge/prune steps compute
+    (None: standard ops; ``ffexport.export.plugin_ops.PluginSteps()``: one plugin node per step)."""
 
-    def __init__(self, decoder: ReducedDecoder, schedule: Schedule) -> None:
+    def __init__(self, decoder: ReducedDecoder, schedule: Schedule, *, steps: StepOps | None = None) -> None:
         super().__init__()
-        self.prefill = StaticPrefill(decoder, schedule)
+        self.prefill = StaticPrefill(decoder, schedule, steps=steps)
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor):
         logits, *presents = self.prefill(inputs_embeds, position_ids, video_start)

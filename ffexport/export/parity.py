@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ffexport.plugins import plugins_in_file
+
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +99,12 @@ class OrtRunner:
         if key not in self._sessions:
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            self._sessions[key] = ort.InferenceSession(key, options, providers=["CPUExecutionProvider"])
+            if plugins_in_file(key):  # FrameFusion plugin nodes: numpy kernels via onnxruntime-extensions
+                from ffexport.export.plugin_mode import plugin_session
+
+                self._sessions[key] = plugin_session(key, options)
+            else:
+                self._sessions[key] = ort.InferenceSession(key, options, providers=["CPUExecutionProvider"])
         return self._sessions[key]
 
     def run(self, path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

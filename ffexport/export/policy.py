@@ -1,6 +1,7 @@
-"""The default schedule policy: what ``ffexport build`` uses when no ``--schedule`` is given.
+"""The default schedule policy: what ``ffexport build`` uses when no ``--schedule`` is given and no
+calibrated schedule ships for the model, weights, bucket and settings (:mod:`ffexport.calibrate`).
 
-Policy (documented, deliberately simple; calibration from data is a later stage): run the dynamic
+Policy (documented, deliberately simple; ``ffexport calibrate`` chooses from many videos): run the dynamic
 FrameFusion reference with the requested settings (``--cost``, ``--similarity``,
 ``--ratio-lower-bound``, ``--budget-layers``) on the built-in calibration clip (a synthetic video
 with a static textured background and a moving object, seed 0) at the bucket's size, with the

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ffexport.fusion import ops
-from ffexport.fusion.reducers import Reduction, StaticReducer, VisualSpan
+from ffexport.fusion.reducers import Reduction, StaticReducer, StepOps, VisualSpan
 from ffexport.fusion.schedule import Schedule
 
 #: queries whose attention ranks visual tokens for pruning (the authors' choice)
@@ -233,10 +233,11 @@ class StaticPrefill(nn.Module):
     Outputs: ``logits`` [1, vocab] then ``present.{i}.key`` / ``present.{i}.value`` per layer.
     """
 
-    def __init__(self, decoder: ReducedDecoder, schedule: Schedule) -> None:
+    def __init__(self, decoder: ReducedDecoder, schedule: Schedule, *, steps: StepOps | None = None) -> None:
         super().__init__()
         self.decoder = decoder
         self.schedule = schedule.validate(decoder.num_layers)
+        self.steps = steps  # None: standard ops; see StaticReducer
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor):
         result = self.decoder.prefill(
@@ -245,7 +246,7 @@ class StaticPrefill(nn.Module):
             video_start,
             self.schedule.visual_tokens,
             self.schedule.patches_per_frame,
-            StaticReducer(self.schedule),
+            StaticReducer(self.schedule, steps=self.steps),
         )
         flat = [t for kv in result.presents for t in kv]
         return (result.logits, *flat)

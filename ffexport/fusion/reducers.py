@@ -10,6 +10,7 @@ and records the schedule it realized; :class:`StaticReducer` follows a schedule 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -58,11 +59,41 @@ def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tup
     return Reduction(kept, values), m
 
 
-class StaticReducer:
-    """Applies a fixed :class:`Schedule`: top-M similarities merge, top-K importances survive a prune."""
+class StepOps(Protocol):
+    """How a static step computes: the standard ops (:class:`StandardSteps`) or one plugin node per
+    step (``ffexport.export.plugin_ops.PluginSteps``). Same inputs, same outputs (``ffexport/plugins.py``)."""
 
-    def __init__(self, schedule: Schedule) -> None:
+    def merge(self, visual: torch.Tensor, patch_ids: torch.Tensor, remove: int, patches_per_frame: int,
+              max_run: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def prune(self, importance: torch.Tensor, keep: int) -> torch.Tensor: ...
+
+
+class StandardSteps:
+    """Static steps in standard ops: what the FrameFusionMerge / FrameFusionPrune plugins compute."""
+
+    def merge(self, visual: torch.Tensor, patch_ids: torch.Tensor, remove: int, patches_per_frame: int,
+              max_run: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``remove`` merge: ``(kept, values)``, ``kept`` span positions ascending [n - remove],
+        ``values`` their run averages [n - remove, D] in ``visual``'s dtype."""
+        order = ops.patch_order(patch_ids, patches_per_frame)
+        key = ops.chain_closeness(visual, patch_ids, order)
+        return ops.merge(visual, patch_ids, order, ops.top_flags(key, remove), remove, max_run=max_run)
+
+    def prune(self, importance: torch.Tensor, keep: int) -> torch.Tensor:
+        """Span positions (ascending) of the ``keep`` most important tokens; ``importance`` [n] float32."""
+        return ops.prune(importance, keep)
+
+
+class StaticReducer:
+    """Applies a fixed :class:`Schedule`: top-M similarities merge, top-K importances survive a prune.
+
+    ``steps`` computes each step (default :class:`StandardSteps`; plugin-mode export injects nodes).
+    """
+
+    def __init__(self, schedule: Schedule, *, steps: StepOps | None = None) -> None:
         self.schedule = schedule
+        self.steps = steps if steps is not None else StandardSteps()
 
     def begin(self) -> None:
         """A new prefill starts (nothing to reset: the schedule is fixed)."""
@@ -82,10 +113,10 @@ class StaticReducer:
         if stage is None or stage.remove == 0:
             return None
         if stage.op == "merge":
-            reduction, _ = _merge(visual, span, lambda key, _: (ops.top_flags(key, stage.remove), stage.remove))
-            return reduction
+            kept, values = self.steps.merge(visual, span.patch_ids, stage.remove, span.patches_per_frame, span.frames)
+            return Reduction(kept, values)
         keep = span.length - stage.remove
-        return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
+        return Reduction(self.steps.prune(importance.index_select(0, span.positions()), keep))
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ffexport.lint.tables import (
     type_list,
     type_name,
 )
+from ffexport.plugins import PLUGIN_LIBRARY, plugin_of
 
 TOPK_K_LIMIT = 3840  # K must be < 3840 (parser matrix); the layer documentation says k <= 3840.
 
@@ -233,6 +234,13 @@ def unsupported_op(node: NodeProto, ctx: LintContext) -> list[Finding]:
       sources=(S.IMPORTERS_10_1, S.TRT_11_0_RELEASE, S.PLATFORM))
 def custom_domain(node: NodeProto, ctx: LintContext) -> list[Finding]:
     if node.domain in DEFAULT_DOMAINS or node.domain == ML_DOMAIN or _is_sort_like(node, ctx):
+        return []
+    ours = plugin_of(node)
+    if ours is not None:  # FrameFusionMerge/Prune (ffexport/plugins.py): libffexport_plugins.so provides them
+        missing = [a for a in ours.int_attributes if not isinstance(ctx.attr(node, a), int)]
+        if missing:
+            return [custom_domain.finding(node, ctx, f"the {PLUGIN_LIBRARY} plugin needs the int attribute(s) "
+                                                   f"{', '.join(missing)}")]
         return []
     if node.op_type in SUPPORTED_OPS[ctx.target] and node.op_type not in SUPPORTED_OPS_TRT10 | {"Swish"}:
         return []  # TRT_* operators the TensorRT 11 parser imports natively

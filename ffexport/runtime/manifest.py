@@ -75,6 +75,8 @@ class Bucket:
     prefill: str
     usable: bool
     parity_passed: bool | None
+    #: FrameFusion plugin ops the prefill graph holds (``ffexport build --ops plugin``), by name
+    prefill_plugins: tuple[str, ...] = ()
 
     @property
     def aspect(self) -> float:
@@ -285,7 +287,15 @@ class _Reader:
             prefill=self.file(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
             usable=usable,
             parity_passed=passed if isinstance(passed, bool) else None,
+            prefill_plugins=self.plugins(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
         )
+
+    def plugins(self, graph: dict[str, Any], where: str) -> tuple[str, ...]:
+        """Names of the plugin ops a graph entry lists (``"plugins"``: absent for standard graphs)."""
+        listed = graph.get("plugins", [])
+        if not isinstance(listed, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in listed):
+            raise self.fail(f"{where}.plugins", "is not a list of {\"name\", \"version\", \"namespace\"} objects")
+        return tuple(x["name"] for x in listed)
 
     def file_entry(self, entry: Any, name: str) -> FileEntry:
         where = f"files[{name!r}]"

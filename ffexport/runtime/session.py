@@ -317,7 +317,8 @@ class Runtime:
 
                 graph = EngineGraph(self.manifest, engine_record(self.manifest, kind, bucket), plugins=self.plugins)
             else:
-                graph = _Graph(self.manifest, relative, kind, self.providers)
+                plugins = any(b.prefill == relative and b.prefill_plugins for b in self.manifest.all_buckets)
+                graph = _Graph(self.manifest, relative, kind, self.providers, plugins=plugins)
             self._graphs[relative] = graph
         return graph
 
@@ -325,7 +326,8 @@ class Runtime:
 class _Graph:
     """One ONNX Runtime session over a graph file of the build, loaded from the checked bytes."""
 
-    def __init__(self, manifest: Manifest, relative: str, kind: str, providers: Sequence[str]) -> None:
+    def __init__(self, manifest: Manifest, relative: str, kind: str, providers: Sequence[str], *,
+                 plugins: bool = False) -> None:
         import onnxruntime as ort
 
         path = manifest.path(relative)
@@ -335,6 +337,10 @@ class _Graph:
         options.log_severity_level = 3  # errors only; warnings would clutter the one-line CLI output
         # The graph was read from bytes: tell ONNX Runtime where its external data (weights.bin) lives.
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+        if plugins:  # FrameFusion plugin nodes (--ops plugin): numpy kernels through onnxruntime-extensions
+            from ffexport.runtime.plugins import session_options
+
+            session_options(options)
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(data, sess_options=options, providers=list(providers))

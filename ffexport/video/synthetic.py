@@ -10,6 +10,9 @@ depends on how much of a video changes from frame to frame. Each kind here stres
   boundary).
 * ``static``: every frame identical (a slideshow: maximal redundancy).
 * ``noise``: i.i.d. uniform noise per frame (no redundancy at all).
+* ``zoom``: a camera zooming into a textured scene (every token changes, smoothly, more at the borders).
+* ``slideshow``: flat presentation-like slides (solid shapes on a plain background), each held for eight
+  frames, hard cuts between them (almost everything merges).
 
 Textures are built from smooth gradients, low-frequency waves and random filled shapes so that
 patches have structure (as in real video) rather than being pure noise. Everything is numpy only;
@@ -27,7 +30,7 @@ from ffexport.video.preprocess import check_video
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_KINDS: tuple[str, ...] = ("moving_object", "pan", "scene_cut", "static", "noise")
+SYNTHETIC_KINDS: tuple[str, ...] = ("moving_object", "pan", "scene_cut", "static", "noise", "zoom", "slideshow")
 
 # Offsets mixed into the seed so that the kinds do not share random streams by accident.
 _KIND_SALT = {kind: index for index, kind in enumerate(SYNTHETIC_KINDS)}
@@ -58,6 +61,8 @@ def synthetic_video(
         "scene_cut": _scene_cut,
         "static": _static,
         "noise": _noise,
+        "zoom": _zoom,
+        "slideshow": _slideshow,
     }[kind]
     video = builder(rng, frames, height, width)
     logger.debug("synthetic video %s seed=%d -> shape %s", kind, seed, video.shape)
@@ -163,6 +168,39 @@ def _static(rng: np.random.Generator, frames: int, height: int, width: int) -> n
 def _noise(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
     """Independent uniform noise in every pixel of every frame."""
     return rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
+
+
+def _zoom(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
+    """A window shrinking around a random centre of a larger texture, resized back to full size: a
+    zoom in by ``1.06x`` per frame (bilinear, like a camera's optical zoom)."""
+    from PIL import Image
+
+    canvas = _texture(rng, 2 * height, 2 * width)
+    cy, cx = rng.uniform(0.4, 0.6, size=2)
+    image = Image.fromarray(canvas)
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for t in range(frames):
+        scale = 1.06**t
+        h, w = 2 * height / scale, 2 * width / scale
+        top = min(max(cy * 2 * height - h / 2, 0.0), 2 * height - h)
+        left = min(max(cx * 2 * width - w / 2, 0.0), 2 * width - w)
+        box = (left, top, left + w, top + h)
+        video[t] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=box))
+    return video
+
+
+def _slideshow(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
+    """Slides held for eight frames each: a plain background with a few solid shapes (flat colour areas,
+    like presentation slides), hard cuts between slides."""
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    hold = 8
+    for first in range(0, frames, hold):
+        slide = np.empty((height, width, 3), dtype=np.float64)
+        slide[:] = rng.uniform(180.0, 255.0, size=3)
+        for _ in range(int(rng.integers(2, 5))):
+            _paint_random_shape(rng, slide)
+        video[first : first + hold] = np.clip(np.rint(slide), 0, 255).astype(np.uint8)
+    return video
 
 
 # --------------------------------------------------------------------------------------------

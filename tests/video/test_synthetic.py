@@ -85,9 +85,26 @@ def test_noise_frames_are_independent() -> None:
     assert 0 <= video.min() and video.max() == 255
 
 
+def test_zoom_magnifies_the_previous_frame() -> None:
+    video = synthetic_video("zoom", frames=6, height=112, width=112)
+    assert np.all(_frame_diffs(video) > 1)  # every frame changes
+    # the centre of frame t+1 is frame t's centre enlarged: closer to it than to frame t's own border
+    centre = video[1][28:84, 28:84].astype(np.int16)
+    scaled = np.asarray(__import__("PIL.Image").Image.fromarray(video[0]).resize((112, 112), box=(3, 3, 109, 109)))
+    assert np.abs(scaled[28:84, 28:84].astype(np.int16) - centre).mean() < np.abs(video[0][28:84, 28:84] - centre).mean()
+
+
+def test_slideshow_holds_flat_slides_and_cuts() -> None:
+    video = synthetic_video("slideshow", frames=20)
+    diffs = _frame_diffs(video)
+    assert np.nonzero(diffs)[0].tolist() == [7, 15]  # slides of eight frames
+    flat = np.all(np.diff(video[0].astype(np.int16), axis=1) == 0, axis=-1).mean()
+    assert flat > 0.8  # large areas of one colour
+
+
 def test_unknown_kind_names_the_valid_kinds() -> None:
     with pytest.raises(ValueError) as info:
-        synthetic_video("zoom")
+        synthetic_video("wobble")
     for kind in SYNTHETIC_KINDS:
         assert kind in str(info.value)
 

@@ -1,0 +1,97 @@
+"""The FLOP model behind the ideal prefill speed-up (torch-free).
+
+Per decoder layer, with ``La`` tokens at its attention and ``Lm`` at its MLP (a step after the
+attention shrinks the MLP's input; a step before it shrinks both):
+
+- projections: q and o ``2 La D (H hd)`` each, k and v ``2 La D (kvh hd)`` each;
+- attention: ``QK^T`` and ``PV`` over causal pairs, ``2 H hd La (La + 1)`` together;
+- MLP (gate, up, down): ``6 Lm D I``;
+
+plus the LM head on the last token only (``2 D V``). Norms, RoPE, softmax, residual adds and the
+FrameFusion steps themselves are left out: the ideal speed-up is what the token counts allow if
+the steps were free, so measured/ideal says how much of it a runtime realizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ffexport.fusion.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of a Qwen2-style decoder that the FLOP count needs."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layers: int
+
+    @classmethod
+    def from_config(cls, text_config, *, layers: int | None = None) -> "ModelDims":
+        heads = text_config.num_attention_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        return cls(text_config.hidden_size, text_config.intermediate_size, heads, text_config.num_key_value_heads,
+                   head_dim, text_config.vocab_size, layers if layers is not None else text_config.num_hidden_layers)
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    attention_tokens: int
+    mlp_tokens: int
+    projections: int
+    attention: int
+    mlp: int
+
+    @property
+    def total(self) -> int:
+        return self.projections + self.attention + self.mlp
+
+
+@dataclass(frozen=True)
+class PrefillFlops:
+    layers: tuple[LayerFlops, ...] = field(default_factory=tuple)
+    lm_head: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(layer.total for layer in self.layers) + self.lm_head
+
+
+def layer_tokens(schedule: Schedule | None, text_tokens: int, visual_tokens: int, layers: int) -> list[tuple[int, int]]:
+    """``(tokens at the attention, tokens at the MLP)`` per layer; no schedule: the full model.
+    Layers past the schedule's last stage keep its final count (a truncated model's schedule applied
+    to a deeper one)."""
+    n = visual_tokens
+    counts = []
+    for i in range(layers):
+        before = schedule.at(i, "before_attention") if schedule is not None else None
+        n -= before.remove if before is not None else 0
+        at_attention = text_tokens + n
+        after = schedule.at(i, "after_attention") if schedule is not None else None
+        n -= after.remove if after is not None else 0
+        counts.append((at_attention, text_tokens + n))
+    return counts
+
+
+def prefill_flops(dims: ModelDims, schedule: Schedule | None, *, text_tokens: int, visual_tokens: int) -> PrefillFlops:
+    """FLOPs of one prefill (multiply-add = 2) over ``dims.layers`` layers."""
+    d, hd = dims.hidden, dims.head_dim
+    per_layer = []
+    for la, lm in layer_tokens(schedule, text_tokens, visual_tokens, dims.layers):
+        projections = 2 * la * d * (dims.heads * hd) * 2 + 2 * la * d * (dims.kv_heads * hd) * 2
+        attention = 2 * dims.heads * hd * la * (la + 1)
+        mlp = 6 * lm * d * dims.intermediate
+        per_layer.append(LayerFlops(la, lm, projections, attention, mlp))
+    return PrefillFlops(tuple(per_layer), 2 * d * dims.vocab)
+
+
+def ideal_speedup(dims: ModelDims, schedule: Schedule, *, text_tokens: int) -> float:
+    """FLOPs of the full prefill over FLOPs of the prefill with ``schedule``."""
+    n = schedule.visual_tokens
+    full = prefill_flops(dims, None, text_tokens=text_tokens, visual_tokens=n).total
+    return full / prefill_flops(dims, schedule, text_tokens=text_tokens, visual_tokens=n).total

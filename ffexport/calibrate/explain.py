@@ -1,0 +1,127 @@
+"""One video's FrameFusion decisions as a picture: which patches merged, which were pruned.
+
+``Explain(loaded, bucket, fusion=...)`` runs the dynamic reference (or ``schedule=`` a static one) on
+a video at the bucket's size with a :class:`~ffexport.calibrate.trace.Trace`; :func:`draw_explain`
+draws one frame per temporal group (Qwen2-VL groups two input frames into one token frame) with each
+visual token's 28x28-pixel area tinted: blue when it was merged into an earlier frame's token (its
+content lives on, averaged), red when it was pruned (gone, alone or with what had merged into it);
+tokens in their original colours reach the LLM as themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ffexport.calibrate.collect import bucket_case
+from ffexport.calibrate.trace import KEPT, MERGED, PRUNED, Trace, TracedReference
+from ffexport.export.buckets import Bucket
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.schedule import Schedule
+from ffexport.models.loading import LoadedModel
+
+COLORS = {MERGED: (0.20, 0.45, 0.90), PRUNED: (0.90, 0.15, 0.15)}
+
+
+@dataclass
+class Explained:
+    name: str
+    frames: np.ndarray  # uint8 [T, H, W, 3] at the bucket's size
+    trace: Trace
+    schedule: Schedule
+    mode: str  # "dynamic" or "static"
+    grid_thw: tuple[int, int, int]
+    merge_size: int
+    patch_size: int
+    temporal_patch_size: int
+
+
+class Explain:
+    """``Explain(loaded, bucket, fusion=FusionConfig() | schedule=S)(frames, name) -> Explained``."""
+
+    def __init__(self, loaded: LoadedModel, bucket: Bucket, *, fusion: FusionConfig | None = None,
+                 schedule: Schedule | None = None) -> None:
+        self.loaded, self.bucket = loaded, bucket
+        self.mode = "static" if schedule is not None else "dynamic"
+        self.reference = TracedReference(loaded, fusion=None if schedule is not None else (fusion or FusionConfig()),
+                                         schedule=schedule)
+
+    def __call__(self, frames: np.ndarray, name: str) -> Explained:
+        from PIL import Image
+
+        from ffexport.runtime.video import sample_frames
+
+        b = self.bucket
+        sampled, _ = sample_frames(np.asarray(frames), b.frames)
+        h, w = b.resized
+        resized = sampled if sampled.shape[1:3] == (h, w) else np.stack(
+            [np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC)) for f in sampled])
+        case = bucket_case(self.loaded, resized, b)
+        result, trace = self.reference.traced(case)
+        vision = self.loaded.config.vision_config
+        return Explained(name, resized, trace, result.schedule, self.mode, b.grid_thw, vision.spatial_merge_size,
+                         vision.patch_size, vision.temporal_patch_size)
+
+
+def draw_explain(path: str | Path, explained: Explained) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    e = explained
+    t, gh, gw = e.grid_thw
+    th, tw = gh // e.merge_size, gw // e.merge_size
+    side = e.patch_size * e.merge_size
+    per_frame = th * tw
+    fates = e.trace.fates()
+    cols = min(t, 8)
+    rows = -(-t // cols)
+    height, width = e.frames.shape[1:3]
+    scale = 2.2 / max(height, width) * 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * width * scale, 6), rows * height * scale + 1.3),
+                             squeeze=False)
+    for g in range(rows * cols):
+        ax = axes[g // cols][g % cols]
+        ax.axis("off")
+        if g >= t:
+            continue
+        frame = e.frames[min(g * e.temporal_patch_size, len(e.frames) - 1)].astype(np.float32) / 255.0
+        shown = frame.copy()
+        gray = np.repeat(frame.mean(axis=-1, keepdims=True), 3, axis=-1)
+        for k in range(per_frame):  # kept tokens in colour; merged and pruned ones grey, tinted
+            fate = fates[g * per_frame + k]
+            if fate == KEPT:
+                continue
+            r, c = divmod(k, tw)
+            area = (slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side))
+            shown[area] = 0.45 * gray[area] + 0.55 * np.array(COLORS[fate], dtype=np.float32)
+        ax.imshow(np.clip(shown, 0, 1), interpolation="nearest")
+        for k in range(1, th):  # token grid
+            ax.axhline(k * side - 0.5, color="white", linewidth=0.3, alpha=0.5)
+        for k in range(1, tw):
+            ax.axvline(k * side - 0.5, color="white", linewidth=0.3, alpha=0.5)
+        counts = np.bincount(fates[g * per_frame:(g + 1) * per_frame], minlength=3)
+        ax.set_title(f"frames {g * e.temporal_patch_size}-{g * e.temporal_patch_size + e.temporal_patch_size - 1}\n"
+                     f"kept {counts[KEPT]}  merged {counts[MERGED]}  pruned {counts[PRUNED]}", fontsize=8)
+    total = np.bincount(fates, minlength=3)
+    steps = ", ".join(f"L{s.layer}{' pre' if s.where == 'before_attention' else ''} {s.op} {s.remove}"
+                      for s in e.schedule.stages if s.remove)
+    fig.suptitle(f"{e.name} ({e.mode} FrameFusion): {len(fates)} visual tokens -> {int(total[KEPT])} reach the LLM "
+                 f"({int(total[MERGED])} merged into them, {int(total[PRUNED])} pruned)\nsteps: {steps or 'none'}",
+                 fontsize=9)
+    fig.legend(handles=[Patch(color=COLORS[MERGED], label="merged into an earlier frame's token"),
+                        Patch(color=COLORS[PRUNED], label="pruned (low attention)"),
+                        Patch(facecolor="white", edgecolor="gray", label="kept (original colours)")],
+               loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

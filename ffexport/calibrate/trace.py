@@ -1,0 +1,127 @@
+"""Which of a video's original visual tokens each FrameFusion step merged, pruned or kept.
+
+:class:`Trace` wraps any reducer (dynamic or static) and follows the original tokens through its
+steps: a merge folds each removed token into the kept token before it in its patch chain (the run
+start, :func:`ffexport.fusion.ops.merge`), a prune drops a token with everything merged into it.
+:class:`TracedReference` is :class:`~ffexport.reference.Reference` with a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ffexport.case import Case
+from ffexport.fusion.reducers import DynamicReducer, Reduction, VisualSpan
+from ffexport.reference import Reference, ReferenceResult
+
+KEPT, MERGED, PRUNED = 0, 1, 2
+
+
+@dataclass
+class TraceStep:
+    layer: int
+    where: str
+    op: str  # "merge" or "prune"
+    removed: np.ndarray  # original token ids (representatives) the step removed
+
+
+@dataclass
+class Trace:
+    """A reducer that records, per step, which original visual tokens left the sequence."""
+
+    inner: object
+    visual_tokens: int
+    ids: np.ndarray = field(init=False)  # original id of each current span token
+    members: dict[int, list[int]] = field(init=False)  # representative -> original tokens it holds
+    fate: np.ndarray = field(init=False)  # per original token: KEPT, MERGED or PRUNED
+    steps: list[TraceStep] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.begin_trace()
+
+    def begin_trace(self) -> None:
+        self.ids = np.arange(self.visual_tokens)
+        self.members = {i: [i] for i in range(self.visual_tokens)}
+        self.fate = np.full(self.visual_tokens, KEPT, dtype=np.int8)
+        self.steps = []
+
+    # ---------------------------------------------------------------- the reducer protocol
+    def begin(self) -> None:
+        self.inner.begin()
+        self.begin_trace()
+
+    def needs_importance(self, layer: int) -> bool:
+        return self.inner.needs_importance(layer)
+
+    def acts(self, layer: int, where: str) -> bool:
+        return self.inner.acts(layer, where)
+
+    def step(self, layer: int, where: str, visual: torch.Tensor, span: VisualSpan,
+             importance: torch.Tensor | None) -> Reduction | None:
+        reduction = self.inner.step(layer, where, visual, span, importance)
+        if reduction is None:
+            return None
+        kept = reduction.kept.cpu().numpy()
+        removed = np.setdiff1d(np.arange(span.length), kept)
+        op = "prune" if reduction.values is None else "merge"
+        if op == "merge":
+            patch = span.patch_ids.cpu().numpy()
+            for i in removed:  # the run start: the last kept token before i in the same patch chain
+                before = kept[(kept < i) & (patch[kept] == patch[i])]
+                target = int(self.ids[before[-1]])
+                self.members[target] += self.members.pop(int(self.ids[i]))
+        else:
+            for i in removed:
+                for original in self.members.pop(int(self.ids[i])):
+                    self.fate[original] = PRUNED
+        self.steps.append(TraceStep(layer, where, op, self.ids[removed].copy()))
+        self.ids = self.ids[kept]
+        return reduction
+
+    # ---------------------------------------------------------------- results
+    @property
+    def survivors(self) -> np.ndarray:
+        """Original ids of the visual tokens left after the last step (each holds its merged tokens)."""
+        return np.sort(self.ids)
+
+    def fates(self) -> np.ndarray:
+        """Per original token: KEPT (survives as itself), MERGED (folded into a survivor) or PRUNED."""
+        fate = self.fate.copy()
+        for rep, held in self.members.items():
+            for original in held:
+                if original != rep:
+                    fate[original] = MERGED
+        return fate
+
+
+def kept_overlap(a: Trace, b: Trace) -> float:
+    """Jaccard overlap of two runs' surviving original tokens (1: the same tokens survive)."""
+    x, y = set(a.survivors.tolist()), set(b.survivors.tolist())
+    union = x | y
+    return len(x & y) / len(union) if union else 1.0
+
+
+class TracedReference(Reference):
+    """``TracedReference(...).traced(case) -> (ReferenceResult, Trace | None)``."""
+
+    def traced(self, case: Case) -> tuple[ReferenceResult, Trace | None]:
+        inputs = self.prepare(case)
+        inner = self._reducer(inputs)
+        trace = Trace(inner, inputs.visual_tokens) if inner is not None else None
+        with torch.no_grad():
+            result = self.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
+                                          inputs.visual_tokens, inputs.patches_per_frame, trace)
+            generated = self._generate(result, case.input_ids.shape[1] + inputs.rope_delta)
+        schedule, realized = self.schedule, []
+        if isinstance(inner, DynamicReducer):
+            schedule = inner.schedule(inputs.visual_tokens, inputs.patches_per_frame)
+            realized = inner.realized
+        return ReferenceResult(
+            logits=result.logits.float().numpy(),
+            kv_lengths=np.array([k.shape[2] for k, _ in result.presents], dtype=np.int64),
+            generated_ids=np.array([generated], dtype=np.int64).reshape(1, -1),
+            schedule=schedule, realized=realized,
+        ), trace
