@@ -229,13 +229,14 @@ __global__ void __launch_bounds__(Threads) topFlagsKernel(
 
 /*
  * Positions (ascending) of the rows with keep[i] != 0, written to out[0 .. count): ops.compact_index.
- * One block; `out` must be zeroed first (slots stay 0 when fewer than `count` rows are kept).
+ * Called by all threads of one block of `Threads`, with the block's scan storage; the slots of `out`
+ * past the kept rows are left as they are.
  */
 template <int Threads>
-__global__ void __launch_bounds__(Threads) compactKernel(int const* keep, int n, int count, int64_t* out)
+__device__ __forceinline__ void compactPositions(
+    typename cub::BlockScan<int, Threads>::TempStorage& temp, int const* keep, int n, int count, int64_t* out)
 {
     using Scan = cub::BlockScan<int, Threads>;
-    __shared__ typename Scan::TempStorage temp;
     int carry = 0;
     for (int base = 0; base < n; base += Threads)
     {
@@ -251,6 +252,17 @@ __global__ void __launch_bounds__(Threads) compactKernel(int const* keep, int n,
         }
         carry += tileTotal;
     }
+}
+
+/*
+ * compactPositions as a kernel of one block; `out` must be zeroed first (slots stay 0 when fewer
+ * than `count` rows are kept).
+ */
+template <int Threads>
+__global__ void __launch_bounds__(Threads) compactKernel(int const* keep, int n, int count, int64_t* out)
+{
+    __shared__ typename cub::BlockScan<int, Threads>::TempStorage temp;
+    compactPositions<Threads>(temp, keep, n, count, out);
 }
 
 } // namespace kernels

@@ -217,21 +217,7 @@ __global__ void __launch_bounds__(kScanThreads) groupKernel(
         firstOf[carry] = n;
     }
     __syncthreads();
-    carry = 0;
-    for (int base = 0; base < n; base += kScanThreads)
-    {
-        int const i = base + threadIdx.x;
-        int const flag = i < n && keep[i] ? 1 : 0;
-        int rank = 0;
-        int tileTotal = 0;
-        __syncthreads();
-        Scan(temp).ExclusiveSum(flag, rank, tileTotal);
-        if (flag && carry + rank < survivors)
-        {
-            kept[carry + rank] = i;
-        }
-        carry += tileTotal;
-    }
+    kernels::compactPositions<kScanThreads>(temp, keep, n, survivors, kept);
 }
 
 //! values[r] = mean of the rows of kept[r]'s group (float32 sums, in patch order).

@@ -4,10 +4,11 @@
  */
 #pragma once
 
-#include "frameFusionPluginUtils.h"
+#include "frameFusionPluginBase.h"
 
 #include <NvInferRuntime.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -23,28 +24,23 @@ struct MergeAttributes
     int64_t maxRun{0};
 };
 
-class FrameFusionMergePlugin : public nvinfer1::IPluginV3,
-                               public nvinfer1::IPluginV3OneCore,
-                               public nvinfer1::IPluginV3OneBuild,
-                               public nvinfer1::IPluginV3OneRuntime
+class FrameFusionMergePlugin : public FrameFusionPluginBase<FrameFusionMergePlugin, MergeAttributes>
 {
 public:
     static constexpr char const* kName = "FrameFusionMerge";
+    static constexpr int32_t kInputs = 2;  // visual [n, D], patch_ids [n]
+    static constexpr int32_t kOutputs = 2; // kept [n - M], values [n - M, D]
+    static constexpr char const* kInputNames = "visual, patch_ids";
+    using Attributes = MergeAttributes;
+    static constexpr std::array<IntAttribute<MergeAttributes>, 3> kFields{{{"remove", &MergeAttributes::remove},
+        {"patches_per_frame", &MergeAttributes::patchesPerFrame}, {"max_run", &MergeAttributes::maxRun}}};
 
-    explicit FrameFusionMergePlugin(MergeAttributes const& attributes);
-    ~FrameFusionMergePlugin() override = default;
+    using FrameFusionPluginBase::FrameFusionPluginBase;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    //! validateMergeAttributes ("" when fine), for the creator.
+    static std::string validateAttributes(MergeAttributes const& attributes);
 
     // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -58,37 +54,17 @@ public:
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+    friend class FrameFusionPluginBase<FrameFusionMergePlugin, MergeAttributes>; // onShapeChange calls check
     //! validateMerge for `visual` dims [n, d] of TensorRT type `type` ("" when fine).
     std::string check(nvinfer1::Dims const& visual, nvinfer1::DataType type) const;
-
-    MergeAttributes mAttributes;
-    IntFields mFields{{"remove", "patches_per_frame", "max_run"}};
-    nvinfer1::IErrorRecorder* mRecorder{nullptr};
 };
 
-class FrameFusionMergePluginCreator : public nvinfer1::IPluginCreatorV3One
+class FrameFusionMergePluginCreator : public FrameFusionPluginCreatorBase<FrameFusionMergePlugin>
 {
-public:
-    FrameFusionMergePluginCreator() = default;
-    ~FrameFusionMergePluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    IntFields mFields{{"remove", "patches_per_frame", "max_run"}};
 };
 
 } // namespace plugin

@@ -4,10 +4,11 @@
  */
 #pragma once
 
-#include "frameFusionPluginUtils.h"
+#include "frameFusionPluginBase.h"
 
 #include <NvInferRuntime.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -16,28 +17,27 @@ namespace ffexport
 namespace plugin
 {
 
-class FrameFusionPrunePlugin : public nvinfer1::IPluginV3,
-                               public nvinfer1::IPluginV3OneCore,
-                               public nvinfer1::IPluginV3OneBuild,
-                               public nvinfer1::IPluginV3OneRuntime
+struct PruneAttributes
+{
+    int64_t keep{0};
+};
+
+class FrameFusionPrunePlugin : public FrameFusionPluginBase<FrameFusionPrunePlugin, PruneAttributes>
 {
 public:
     static constexpr char const* kName = "FrameFusionPrune";
+    static constexpr int32_t kInputs = 1;  // importance [n]
+    static constexpr int32_t kOutputs = 1; // kept [K]
+    static constexpr char const* kInputNames = "importance";
+    using Attributes = PruneAttributes;
+    static constexpr std::array<IntAttribute<PruneAttributes>, 1> kFields{{{"keep", &PruneAttributes::keep}}};
 
-    explicit FrameFusionPrunePlugin(int64_t keep);
-    ~FrameFusionPrunePlugin() override = default;
+    using FrameFusionPluginBase::FrameFusionPluginBase;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    //! validatePruneAttributes ("" when fine), for the creator.
+    static std::string validateAttributes(PruneAttributes const& attributes);
 
     // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -51,37 +51,17 @@ public:
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
+    friend class FrameFusionPluginBase<FrameFusionPrunePlugin, PruneAttributes>; // onShapeChange calls check
     //! validatePrune for `importance` dims [n] of TensorRT type `type` ("" when fine).
     std::string check(nvinfer1::Dims const& importance, nvinfer1::DataType type) const;
-
-    int64_t mKeep;
-    IntFields mFields{{"keep"}};
-    nvinfer1::IErrorRecorder* mRecorder{nullptr};
 };
 
-class FrameFusionPrunePluginCreator : public nvinfer1::IPluginCreatorV3One
+class FrameFusionPrunePluginCreator : public FrameFusionPluginCreatorBase<FrameFusionPrunePlugin>
 {
-public:
-    FrameFusionPrunePluginCreator() = default;
-    ~FrameFusionPrunePluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    IntFields mFields{{"keep"}};
 };
 
 } // namespace plugin
