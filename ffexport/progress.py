@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
 
 log = logging.getLogger("ffexport")
 

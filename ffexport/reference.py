@@ -119,13 +119,16 @@ class Reference:
             return DynamicReducer(self.fusion, self.fusion.layers_for(self.decoder.num_layers))
         return None
 
-    def __call__(self, case: Case) -> ReferenceResult:
+    def __call__(self, case: Case, *, observe=None) -> ReferenceResult:
+        """Run ``case``. ``observe(reducer, visual_tokens)``, when given, returns the reducer the
+        decoder calls instead (a wrapper that watches the steps, e.g. calibration's token trace)."""
         inputs = self.prepare(case)
         reducer = self._reducer(inputs)
+        acting = observe(reducer, inputs.visual_tokens) if observe is not None else reducer
         with torch.no_grad():
             result = self.decoder.prefill(
                 inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
-                inputs.visual_tokens, inputs.patches_per_frame, reducer,
+                inputs.visual_tokens, inputs.patches_per_frame, acting,
             )
             generated = self._generate(result, case.input_ids.shape[1] + inputs.rope_delta)
         schedule, realized = self.schedule, []

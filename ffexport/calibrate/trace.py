@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ffexport.case import Case
-from ffexport.fusion.reducers import DynamicReducer, Reduction, VisualSpan
+from ffexport.fusion.reducers import Reduction, VisualSpan
 from ffexport.reference import Reference, ReferenceResult
 
 KEPT, MERGED, PRUNED = 0, 1, 2
@@ -108,20 +108,13 @@ class TracedReference(Reference):
     """``TracedReference(...).traced(case) -> (ReferenceResult, Trace | None)``."""
 
     def traced(self, case: Case) -> tuple[ReferenceResult, Trace | None]:
-        inputs = self.prepare(case)
-        inner = self._reducer(inputs)
-        trace = Trace(inner, inputs.visual_tokens) if inner is not None else None
-        with torch.no_grad():
-            result = self.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
-                                          inputs.visual_tokens, inputs.patches_per_frame, trace)
-            generated = self._generate(result, case.input_ids.shape[1] + inputs.rope_delta)
-        schedule, realized = self.schedule, []
-        if isinstance(inner, DynamicReducer):
-            schedule = inner.schedule(inputs.visual_tokens, inputs.patches_per_frame)
-            realized = inner.realized
-        return ReferenceResult(
-            logits=result.logits.float().numpy(),
-            kv_lengths=np.array([k.shape[2] for k, _ in result.presents], dtype=np.int64),
-            generated_ids=np.array([generated], dtype=np.int64).reshape(1, -1),
-            schedule=schedule, realized=realized,
-        ), trace
+        traces: list[Trace] = []
+
+        def observe(reducer, visual_tokens: int):
+            if reducer is None:
+                return None
+            traces.append(Trace(reducer, visual_tokens))
+            return traces[-1]
+
+        result = self(case, observe=observe)
+        return result, (traces[0] if traces else None)

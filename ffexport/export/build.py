@@ -11,7 +11,6 @@ buckets. Layout and names: docs/build-format.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ import ffexport
 from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
 from ffexport.export.buckets import Bucket, parse_bucket
-from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, check_graph
+from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, present_names
 from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
@@ -375,18 +374,7 @@ class Build:
     def _save_graph(self, spec: GraphSpec, filename: str, store: SharedWeights) -> Path:
         model = self.capture(spec)
         store.externalize(model)
-        final = self.out / filename
-        tmp = self.out / f".{filename}.partial"
-        import onnx
-
-        onnx.save(model, str(tmp))
-        try:
-            check_graph(model, str(tmp))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, final)
-        return final
+        return save_checked(model, self.out, filename)
 
     def _prefill_spec(self, module: PrefillGraph, bucket: Bucket, example: "TorchInputs") -> GraphSpec:
         n = bucket.visual_tokens

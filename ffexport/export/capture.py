@@ -7,9 +7,11 @@ weight file can serve every graph of a build (see :mod:`ffexport.export.weights`
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -127,7 +129,19 @@ def check_graph(model: onnx.ModelProto, path: str) -> None:
     except Exception as e:
         raise CaptureError(f"{path} fails the ONNX checker: {e}") from e
     finally:
-        import os
-
         if os.path.exists(path + ".inferred"):
             os.remove(path + ".inferred")
+
+
+def save_checked(model: onnx.ModelProto, directory: Path, filename: str) -> Path:
+    """Save ``model`` as ``directory/filename`` atomically, after the ONNX checker and strict shape
+    inference pass on the saved file (by path: external data and >2 GB graphs work)."""
+    tmp = directory / f".{filename}.partial"
+    onnx.save(model, str(tmp))
+    try:
+        check_graph(model, str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, directory / filename)
+    return directory / filename

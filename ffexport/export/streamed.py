@@ -51,7 +51,7 @@ from torch import nn
 
 from ffexport.errors import CaptureError, InputError, ModelError
 from ffexport.export.buckets import Bucket, parse_bucket
-from ffexport.export.capture import CaptureOnnx, GraphSpec, check_graph
+from ffexport.export.capture import CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.manifest import MANIFEST, file_record, graph_io, write_manifest
 from ffexport.export.parity import OrtRunner
 from ffexport.export.weights import INDEX_FILE, MIN_EXTERNAL_BYTES, WEIGHTS_FILE
@@ -337,19 +337,6 @@ def fill_graph(model: onnx.ModelProto, keys: dict[str, str], source: WeightSourc
     del graph.input[:]
     graph.input.extend(kept)
     return written
-
-
-def save_checked(model: onnx.ModelProto, directory: Path, filename: str) -> Path:
-    """Save beside ``weights.bin`` atomically after the ONNX checker and shape inference pass (by path)."""
-    tmp = directory / f".{filename}.partial"
-    onnx.save(model, str(tmp))
-    try:
-        check_graph(model, str(tmp))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, directory / filename)
-    return directory / filename
 
 
 def _weight_names(module: nn.Module, names: dict[int, str]) -> dict[str, str]:
