@@ -42,6 +42,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        help="CPU threads for PyTorch and ONNX Runtime (default: every core available)")
     bench.add_argument("--max-text", type=positive_int, default=256, metavar="T",
                        help="onnxruntime: longest text the captured graphs take, as in ffexport build (default 256)")
+    bench.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                       help="--device cuda: time eager PyTorch only (no CUDA-graph replays)")
     bench.add_argument("--json", metavar="OUT.json", help="also write every number here")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     bench.set_defaults(func=bench_command)
@@ -73,9 +75,11 @@ def bench_command(args: argparse.Namespace) -> int:
                           budget_layers=args.budget_layers)
     config = BenchConfig(bucket=args.bucket, runtime=args.runtime, device=args.device, fusion=fusion,
                          schedule=load_schedule(args.schedule) if args.schedule else None, repeats=args.repeats,
-                         warmup=args.warmup, threads=args.threads, max_text=args.max_text, quiet=args.quiet)
+                         warmup=args.warmup, threads=args.threads, max_text=args.max_text,
+                         cuda_graphs=args.cuda_graphs, quiet=args.quiet)
     loaded = LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
-                       layers=args.layers, vision_layers=args.vision_layers)()
+                       layers=args.layers, vision_layers=args.vision_layers,
+                       device=args.device if args.random_weights else "cpu")()
     try:
         result = PrefillBench(loaded, config)()
     except torch.OutOfMemoryError as e:

@@ -59,6 +59,8 @@ class BenchConfig:
     threads: int | None = None
     #: longest text the captured ONNX graphs accept (as ``ffexport build --max-text``)
     max_text: int = 256
+    #: also time CUDA-graph replays of the full and static prefills (--device cuda)
+    cuda_graphs: bool = True
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -340,7 +342,8 @@ class PrefillBench:
 
         cfg = self.config
         sync = synchronizer(cfg.device)
-        built = TorchPrefillVariants(decoder, inputs, schedule, cfg.fusion, dynamic, device=cfg.device)()
+        built = TorchPrefillVariants(decoder, inputs, schedule, cfg.fusion, dynamic, device=cfg.device,
+                                     cuda_graphs=cfg.cuda_graphs)()
         timings = self._timer(steps, sync)(built.calls)
         steps.advance()
         steps.start("merge/prune share")
