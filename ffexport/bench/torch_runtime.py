@@ -90,6 +90,9 @@ def cuda_graphed(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> Cal
         graph.replay()
         return outputs
 
+    # the graph reads its inputs from these buffers: they must live as long as the replay does (freed,
+    # their memory goes back to the allocator and the replay reads whatever eager work wrote there)
+    replay.inputs = static_args
     return replay
 
 
