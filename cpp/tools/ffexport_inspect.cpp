@@ -142,13 +142,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const ffexport::Error& e) {
-    std::cerr << "error: " << e.stage() << ": " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+  return ffexport::guarded_main([&] { return run(argc, argv); });
 }

@@ -118,10 +118,6 @@ def draw_explain(path: str | Path, explained: Explained) -> Path:
                         Patch(facecolor="white", edgecolor="gray", label="kept (original colours)")],
                loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from ffexport.calibrate.report import save_figure
+
+    return save_figure(fig, path, dpi=130)

@@ -121,6 +121,19 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- picture
+def save_figure(fig, path: str | Path, *, dpi: int) -> Path:
+    """Write a matplotlib figure as PNG atomically (a partial file never takes the final name), close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _slot_label(slot: int) -> str:
     return "L0 pre" if slot == 0 else f"L{slot - 1}"
 
@@ -209,13 +222,7 @@ def plot_report(path: str | Path, *, schedule: Schedule, calibration: Sequence[V
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _step_shares(schedule: Schedule, slots: int) -> list[tuple[float, str | None]]:

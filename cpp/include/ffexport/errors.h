@@ -5,6 +5,7 @@
 // "error: <stage>: <message>" on one line and exits with the code; nothing aborts.
 #pragma once
 
+#include <iostream>
 #include <stdexcept>
 #include <string>
 
@@ -36,5 +37,20 @@ class RunError : public Error {
 
 // What every message about a damaged build ends with (the same words as the Python runtime).
 inline constexpr const char* kRebuild = "the build is corrupt or incomplete; rebuild it with `ffexport build`";
+
+// A command-line tool's main: runs `body` and turns every error into one line on stderr and an exit
+// code (an Error's own; 1 for std::bad_alloc and the like), never an abort.
+template <typename Body>
+int guarded_main(Body&& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    std::cerr << "error: " << e.stage() << ": " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
 
 }  // namespace ffexport
