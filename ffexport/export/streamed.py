@@ -54,7 +54,7 @@ from ffexport.export.buckets import Bucket, parse_bucket
 from ffexport.export.capture import CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.manifest import MANIFEST, file_record, graph_io, write_manifest
 from ffexport.export.parity import OrtRunner
-from ffexport.export.weights import INDEX_FILE, MIN_EXTERNAL_BYTES, WEIGHTS_FILE
+from ffexport.export.weights import MIN_EXTERNAL_BYTES, WEIGHTS_FILE, append_aligned, save_index
 from ffexport.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ PARITY_MAX_VISUAL_TOKENS = 1024
 AUTO_SHARE = 0.4
 #: random values are drawn in blocks of this many elements, each from its own seeded stream
 BLOCK = 1 << 22
-_ALIGN = 64
 _TORCH_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16,
                  onnx.TensorProto.BFLOAT16: torch.bfloat16}
 
@@ -249,20 +248,14 @@ class WeightFile:
 
     def add(self, key: str, tensor: torch.Tensor) -> list[int]:
         data = tensor.contiguous().view(-1).view(torch.uint8).numpy()
-        pad = (-self.size) % _ALIGN
-        for chunk in (b"\0" * pad, data):
-            self._file.write(chunk)
-            self.sha.update(chunk)
-        self.index[key] = [self.size + pad, int(data.size)]
-        self.size += pad + int(data.size)
+        offset, self.size = append_aligned(self._file, data, self.size, self.sha)
+        self.index[key] = [offset, int(data.size)]
         return self.index[key]
 
     def flush(self) -> None:
         """Make what was written readable (graphs are checked and run from the file) and save the index."""
         self._file.flush()
-        tmp = self.directory / (INDEX_FILE + ".partial")
-        tmp.write_text(json.dumps({"file": WEIGHTS_FILE, "tensors": self.index}))
-        os.replace(tmp, self.directory / INDEX_FILE)
+        save_index(self.directory, self.index)
 
     def close(self) -> dict[str, Any]:
         """Flush, save the index beside it; return the manifest record (bytes, sha256)."""

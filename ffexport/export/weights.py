@@ -55,11 +55,8 @@ class SharedWeights:
                     continue
                 key = f"{tensor.data_type}:{hashlib.sha256(data).hexdigest()}"
                 if key not in self.index:
-                    pad = (-self.size) % _ALIGN
-                    f.write(b"\0" * pad)
-                    f.write(data)
-                    self.index[key] = [self.size + pad, len(data)]
-                    self.size += pad + len(data)
+                    offset, self.size = append_aligned(f, data, self.size)
+                    self.index[key] = [offset, len(data)]
                     added += len(data)
                 offset, length = self.index[key]
                 _point_to(tensor, WEIGHTS_FILE, offset, length)
@@ -67,9 +64,25 @@ class SharedWeights:
         return added
 
     def _save_index(self) -> None:
-        tmp = self.index_path.with_suffix(".json.partial")
-        tmp.write_text(json.dumps({"file": WEIGHTS_FILE, "tensors": self.index}))
-        os.replace(tmp, self.index_path)
+        save_index(self.directory, self.index)
+
+
+def append_aligned(f, data, size: int, hasher=None) -> tuple[int, int]:
+    """Append ``data`` to ``f`` (now ``size`` bytes long) at the next 64-byte boundary; feed the
+    padding and the data to ``hasher`` when given. Returns (offset of the data, new size)."""
+    pad = (-size) % _ALIGN
+    for chunk in (b"\0" * pad, data):
+        f.write(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
+    return size + pad, size + pad + len(data)
+
+
+def save_index(directory: Path, index: dict[str, list[int]]) -> None:
+    """Write ``weights.index.json`` (tensor key -> [offset, length]) atomically."""
+    tmp = directory / (INDEX_FILE + ".partial")
+    tmp.write_text(json.dumps({"file": WEIGHTS_FILE, "tensors": index}))
+    os.replace(tmp, directory / INDEX_FILE)
 
 
 def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
