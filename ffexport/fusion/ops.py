@@ -139,15 +139,18 @@ def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the ``count`` rows with ``keep`` == 1, ascending, without a data-dependent shape.
 
     ``keep`` [n] float 0/1 with exactly ``count`` ones. Each kept row goes to its rank among kept
-    rows (a cumulative sum); dropped rows go to a spare slot that is cut off.
+    rows (a cumulative sum), each dropped row to ``count`` + its rank among dropped rows: the slots
+    are a permutation of ``0 .. n-1``, so the scatter writes every slot of an ``[n]`` output once
+    (TensorRT's ScatterElements wants indices no longer than the data on every axis) and the first
+    ``count`` slots are the answer.
     """
     n = keep.shape[0]
     # counts in float32: exact below 2**24 tokens whatever the model dtype (bf16 holds integers
     # only up to 256), and TensorRT's CumSum takes float types only
-    rank = torch.cumsum(keep.to(torch.float32), dim=0).to(torch.int64) - 1
-    slot = torch.where(keep > 0, rank, torch.full_like(rank, count))
+    kept_upto = torch.cumsum(keep.to(torch.float32), dim=0).to(torch.int64)  # kept rows in 0..i
     positions = torch.arange(n, dtype=torch.int64, device=keep.device)
-    out = torch.zeros(count + 1, dtype=torch.int64, device=keep.device)
+    slot = torch.where(keep > 0, kept_upto - 1, count + positions - kept_upto)
+    out = torch.zeros(n, dtype=torch.int64, device=keep.device)
     return out.scatter(0, slot, positions)[:count]
 
 
