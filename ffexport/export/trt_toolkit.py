@@ -124,11 +124,13 @@ def parse_compute_capabilities(text: str, toolkit: Toolkit | None = None) -> tup
 class Rejection:
     """The parser refused the graph: at ``node`` (its ONNX name), an ``op_type`` node, with the parser's message."""
 
-    node: str
-    op_type: str
+    node: str | None  # None: the error is about no node (e.g. an initializer)
+    op_type: str  # the node's operator, or the parser function that failed
     message: str
 
     def __str__(self) -> str:
+        if self.node is None:
+            return f"rejected ({self.op_type}): {self.message}"
         return f"rejected at node {self.node} ({self.op_type}): {self.message}"
 
 
@@ -201,7 +203,7 @@ def _rejection(parser: Any, path: Path) -> Rejection:
     """The parser's first error, named by its node. Some importers report no node; then the node is
     found from the importer's name (``importScatterElements``) among the graph's nodes."""
     if parser.num_errors == 0:
-        return Rejection("?", "?", "the parser failed without an error message")
+        return Rejection(None, "?", "the parser failed without an error message")
     error = parser.get_error(0)
     message = " ".join(str(error.desc()).split())
     name, op = str(error.node_name()), str(error.node_operator())
@@ -211,7 +213,7 @@ def _rejection(parser: Any, path: Path) -> Rejection:
     func = str(error.func())
     nodes = _graph_nodes(path)
     if nodes is None:  # not an ONNX file at all: the parser's message says so
-        return Rejection("(none)", "(file)", message)
+        return Rejection(None, func or "?", message)
     if 0 <= index < len(nodes):
         return Rejection(nodes[index][0] or f"#{index}", nodes[index][1], message)
     op = func[len("import"):] if func.startswith("import") else ""
@@ -222,7 +224,7 @@ def _rejection(parser: Any, path: Path) -> Rejection:
         shown = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
         return Rejection(f"one of {len(candidates)} {op} nodes ({shown})", op,
                          message + " (the parser did not say which node)")
-    return Rejection("(not named by the parser)", op or "?", f"{message} (in {func})" if func else message)
+    return Rejection(None, func or "?", message)
 
 
 def _graph_nodes(path: Path) -> list[tuple[str, str]] | None:

@@ -68,7 +68,7 @@ class GraphCheck:
         if self.status == PARSED:
             return f"{self.label}: parsed"
         if self.status == REJECTED:
-            return f"{self.label}: rejected at node {self.node} ({self.op_type}): {self.detail}"
+            return f"{self.label}: {Rejection(self.node, self.op_type or '?', self.detail)}"
         return f"{self.label}: parsed; build for {targets} failed: {self.detail}"
 
 
@@ -163,7 +163,7 @@ def check_command(args: argparse.Namespace) -> int:
                          f"{RTX_INSTALL}")
     targets = graphs_to_check(args.graphs)
     for path, _ in targets:  # every input readable before any output (corrupt file: one line, exit 2)
-        load_graph(path)
+        _require_weights(path, load_graph(path))
     if toolkit is None:
         return _fall_back_to_lint(args, build_for)
     print(f"check: {toolkit.label} ({toolkit.module_name})" + (f", building for {','.join(build_for)}"
@@ -180,6 +180,18 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"check ({toolkit.label}): {len(results) - bad} of {len(results)} graphs {done}"
               + (f", {bad} failed" if bad else ""))
     return 1 if bad else 0
+
+
+def _require_weights(path: Path, model) -> None:
+    """The external weight files a graph names must exist beside it (the parser reads them)."""
+    from onnx import TensorProto
+
+    for init in model.graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL:
+            location = next((e.value for e in init.external_data if e.key == "location"), None)
+            if location is not None and not (path.parent / location).is_file():
+                raise InputError(f"{path}: its weights file {path.parent / location} is missing (initializer "
+                                 f"'{init.name}')")
 
 
 def _fall_back_to_lint(args: argparse.Namespace, build_for: tuple[str, ...]) -> int:
