@@ -287,6 +287,9 @@ def _cmd_build(args) -> int:
         from ffexport.export.trt_toolkit import parse_compute_capabilities, require_rtx
 
         compute_capabilities = parse_compute_capabilities(args.compute_capability or "", require_rtx())
+        if args.ops == "plugin" or args.plugins:
+            raise InputError("--backend tensorrt-rtx builds no plugin layers (TensorRT-RTX has none, docs/tensorrt.md): "
+                             "use --ops standard, or --backend tensorrt --plugins LIB.so on a GPU machine")
     if args.precision == "bf16" and args.backend != "tensorrt" and not args.graph_only:
         raise InputError(BF16_NEEDS_TENSORRT)
     buckets = tuple(args.bucket or ["8x112x112"])

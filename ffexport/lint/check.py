@@ -38,10 +38,16 @@ from ffexport.export.trt_toolkit import (
     parse_compute_capabilities,
 )
 from ffexport.lint.cli import graphs_of_build
+from ffexport.plugins import plugins_in_file
 
 log = logging.getLogger(__name__)
 
 PARSED, BUILT, REJECTED, BUILD_FAILED = "parsed", "built", "rejected", "build failed"
+#: a plugin-mode graph TensorRT-RTX cannot take (it has no plugin layers): checked by the hand rules instead
+HAND_RULES = "hand rules"
+#: why plugin-mode graphs are not handed to TensorRT-RTX (docs/tensorrt.md, "Plugin mode and TensorRT-RTX")
+RTX_HAS_NO_PLUGIN_LAYERS = ("TensorRT-RTX builds no plugin layers (its network has no addPluginV3; its parser aborts the "
+                            "process after creating one), so")
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class GraphCheck:
 
     @property
     def ok(self) -> bool:
-        return self.status in (PARSED, BUILT)
+        return self.status in (PARSED, BUILT) or (self.status == HAND_RULES and not self.detail)
 
     def line(self) -> str:
         targets = ",".join(self.build_for)
@@ -67,6 +73,9 @@ class GraphCheck:
             return f"{self.label}: built for {targets} ({self.engine_bytes} bytes, {self.seconds:.1f} s)"
         if self.status == PARSED:
             return f"{self.label}: parsed"
+        if self.status == HAND_RULES:
+            return (f"{self.label}: not parsed: {RTX_HAS_NO_PLUGIN_LAYERS} its {self.op_type} nodes were checked by the "
+                    f"hand rules: " + (self.detail or "no findings"))
         if self.status == REJECTED:
             return f"{self.label}: {Rejection(self.node, self.op_type or '?', self.detail)}"
         return f"{self.label}: parsed; build for {targets} failed: {self.detail}"
@@ -85,12 +94,23 @@ class CheckGraph:
 
     def __call__(self, path: Path, dims: DimRange | None, *, label: str | None = None) -> GraphCheck:
         label = label or str(path)
+        if self.toolkit.ahead_of_time:
+            plugins = plugins_in_file(path)
+            if plugins:
+                return self._hand_rules(label, path, plugins)
         parsed = self.parse(path)
         if isinstance(parsed, Rejection):
             return GraphCheck(label, REJECTED, parsed.message, parsed.node, parsed.op_type)
         if self.serialize is None:
             return GraphCheck(label, PARSED, seconds=parsed.seconds)
         return self._build(label, parsed, dims)
+
+    def _hand_rules(self, label: str, path: Path, plugins: list[dict[str, str]]) -> GraphCheck:
+        from ffexport.lint.core import lint_model
+
+        findings = lint_model(path, target="trt11")
+        detail = "; ".join(f"{f.rule} at node {f.node}: {f.message}" for f in findings)
+        return GraphCheck(label, HAND_RULES, detail, op_type="/".join(p["name"] for p in plugins))
 
     def _build(self, label: str, parsed: ParsedNetwork, dims: DimRange | None) -> GraphCheck:
         engine = self.serialize(parsed, dims)
@@ -176,9 +196,10 @@ def check_command(args: argparse.Namespace) -> int:
         results.append(result)
     bad = sum(1 for r in results if not r.ok)
     if len(results) > 1:
-        done = "built" if build_for else "parsed"
-        print(f"check ({toolkit.label}): {len(results) - bad} of {len(results)} graphs {done}"
-              + (f", {bad} failed" if bad else ""))
+        counts = {status: sum(1 for r in results if r.status == status)
+                  for status in (BUILT, PARSED, HAND_RULES, REJECTED, BUILD_FAILED)}
+        print(f"check ({toolkit.label}): {len(results)} graphs: "
+              + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
     return 1 if bad else 0
 
 

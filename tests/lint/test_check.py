@@ -62,7 +62,7 @@ def test_a_rejected_node_is_one_line_naming_node_and_reason(tensorrt_rtx, tmp_pa
                       "dataDims.d[i]: Indices dimensions must be less than data dimensions! indices dimension = 64, "
                       "data dimension = 24 on index 0.")
     assert out[2] == f"{ok}: parsed"
-    assert out[3] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 1 of 2 graphs parsed, 1 failed"
+    assert out[3] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 2 graphs: 1 parsed, 1 rejected"
 
 
 def test_a_node_the_parser_does_not_name_is_found_by_its_importer(tensorrt_rtx, tmp_path, capsys):
@@ -172,3 +172,40 @@ def test_a_graph_inside_a_build_gets_its_manifest_range(tmp_path):
     assert dict(graphs_to_check([str(tmp_path)])) == {tmp_path / "decode.onnx": DimRange(1, 128, 676),
                                                       tmp_path / "8x112x112.prefill.onnx": DimRange(65, 128, 164)}
     assert graphs_to_check([os.path.join(tmp_path, "8x112x112.prefill.onnx")])[0][1] == DimRange(65, 128, 164)
+
+
+# ---------------------------------------------------------------- plugin-mode graphs
+def prune_node_graph(path, **attrs):
+    node = helper.make_node("FrameFusionPrune", ["imp"], ["kept"], name="prune0", domain="ai.onnx.contrib", **attrs)
+    m = model([node], [vi("imp", F, [16])], [vi("kept", I64, [4])], extra_opsets=[("ai.onnx.contrib", 1)])
+    return save(m, path)
+
+
+def test_plugin_nodes_are_left_to_the_hand_rules_under_tensorrt_rtx(tensorrt_rtx, tmp_path, capsys):
+    """TensorRT-RTX has no plugin layers (its parser aborts the process after creating a plugin), so a
+    plugin-mode graph is not handed to it: the hand rules check it, and say why."""
+    good = prune_node_graph(tmp_path / "good.onnx", keep=4, plugin_version="1", plugin_namespace="ffexport")
+    assert main(["check", good, "--build-for", "SM89"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"{good}: not parsed: TensorRT-RTX builds no plugin layers (its network has no addPluginV3; its parser aborts "
+        "the process after creating one), so its FrameFusionPrune nodes were checked by the hand rules: no findings")
+    bad = prune_node_graph(tmp_path / "bad.onnx", plugin_version="1", plugin_namespace="ffexport")  # no keep
+    assert main(["check", bad]) == 1
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.endswith("hand rules: TRT010 at node prune0: FrameFusionPrune node 'prune0': the libffexport_plugins.so "
+                         "plugin needs the int attribute(s) keep")
+
+
+def test_tensorrt_rtx_has_no_plugin_layers(tensorrt_rtx):
+    """What docs/tensorrt.md says blocks plugin mode under TensorRT-RTX: its network API adds no plugin layer."""
+    network_api = dir(tensorrt_rtx.module.INetworkDefinition)
+    assert not [name for name in network_api if "plugin" in name.lower()]
+    assert "add_topk" in network_api  # the check looks at the right class
+
+
+def test_build_with_tensorrt_rtx_refuses_plugin_mode(tensorrt_rtx, tmp_path, error_line):
+    out = tmp_path / "b"
+    assert main(["build", "--backend", "tensorrt-rtx", "--compute-capability", "SM89", "--ops", "plugin", "--out",
+                 str(out)]) == 2
+    assert error_line().startswith("error: input: --backend tensorrt-rtx builds no plugin layers")
+    assert not out.exists()

@@ -45,7 +45,7 @@ def test_the_check_command_on_a_default_build(default_build, tensorrt_rtx, capsy
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"check: TensorRT-RTX {tensorrt_rtx.version} (tensorrt_rtx), building for SM89,SM120"
     assert len([line for line in out if ": built for SM89,SM120 (" in line]) == 4
-    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 4 of 4 graphs built"
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 4 graphs: 4 built"
 
 
 def test_check_result_statuses_are_what_the_lines_say(default_build, tensorrt_rtx):
