@@ -143,7 +143,8 @@ def table(results: list[dict]) -> str:
             "engine bytes | build s | check peak MB |", "|---|---|---|---|---|---|---|---|---:|---:|---:|"]
     rows = []
     for r in results:
-        made = "graph-only" if r["graph_only"] else "full build"
+        made = ("graph-only" if r["graph_only"] else
+                "`--streamed` build (weights written)" if "--streamed" in r["make"]["command"] else "full build")
         if r["make"]["rc"]:
             rows.append(f"| {r['size']} | {r['bucket']} | {r['precision']} | {r['mode']} | {made} | (not made: "
                         f"{r['make']['error'][:120]}) | | | | | |")
@@ -193,7 +194,8 @@ def main() -> int:
     if args.render:
         runs = [json.loads(p.read_text()) for p in args.render]
         order = {c.name: i for i, c in enumerate(CASES)}
-        results = sorted((r for run in runs for r in run["results"]), key=lambda r: order.get(r["case"], len(order)))
+        latest = {r["case"]: r for run in runs for r in run["results"]}  # a later run of a case replaces an earlier
+        results = sorted(latest.values(), key=lambda r: order.get(r["case"], len(order)))
         body = table(results)
         print(body)
         if args.write:

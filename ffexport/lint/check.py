@@ -55,8 +55,8 @@ class GraphCheck:
     """What the real parser (and builder) said about one graph."""
 
     label: str
-    status: str  # PARSED, BUILT, REJECTED or BUILD_FAILED
-    detail: str = ""  # the parser's / builder's message for REJECTED / BUILD_FAILED
+    status: str  # PARSED, BUILT, REJECTED, BUILD_FAILED or HAND_RULES
+    detail: str = ""  # the parser's / builder's message (REJECTED, BUILD_FAILED), the hand rules' findings
     node: str | None = None  # REJECTED: the node's name
     op_type: str | None = None
     engine_bytes: int | None = None
