@@ -117,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "(ONNX Runtime on CPU has no bf16 kernels)")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
-    build.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+    build.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "tensorrt-rtx"],
                        help="onnxruntime: ONNX graphs (default); tensorrt: also one TensorRT engine per graph, built "
-                            "strongly typed with Polygraphy and gated against PyTorch (needs TensorRT and a GPU)")
+                            "strongly typed and gated against PyTorch (needs TensorRT and a GPU); tensorrt-rtx: also "
+                            "one TensorRT-RTX engine per graph built ahead of time for --compute-capability (no GPU "
+                            "needed; built, not run)")
+    build.add_argument("--compute-capability", metavar="SM89[,SM120]", default=None,
+                       help="--backend tensorrt-rtx: the GPU generations to build engines for (SM75, SM80, SM86, SM89, "
+                            "SM120, SM121; comma-separated)")
     build.add_argument("--plugins", action="append", default=[], metavar="LIB.so",
                        help="TensorRT plugin library to load (repeatable; --backend tensorrt)")
     build.add_argument("--ops", default="standard", choices=["standard", "plugin"],
@@ -144,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ffexport.lint.cli import add_lint_parser
 
     add_lint_parser(sub)
+
+    from ffexport.lint.check import add_check_parser
+
+    add_check_parser(sub)
 
     from ffexport.calibrate.cli import add_calibrate_parser, add_explain_parser
 
@@ -267,11 +276,21 @@ def _cmd_build(args) -> int:
 
     check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
               graph_only=args.graph_only)
+    compute_capabilities = ()
+    if args.compute_capability and args.backend != "tensorrt-rtx":
+        raise InputError("--compute-capability is for --backend tensorrt-rtx (TensorRT builds for the GPU it runs on)")
     if args.backend == "tensorrt":  # say what is missing before loading anything
         from ffexport.export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    elif args.precision == "bf16" and not args.graph_only:
+    elif args.backend == "tensorrt-rtx":
+        from ffexport.export.trt_toolkit import parse_compute_capabilities, require_rtx
+
+        compute_capabilities = parse_compute_capabilities(args.compute_capability or "", require_rtx())
+        if args.ops == "plugin" or args.plugins:
+            raise InputError("--backend tensorrt-rtx builds no plugin layers (TensorRT-RTX has none, docs/tensorrt.md): "
+                             "use --ops standard, or --backend tensorrt --plugins LIB.so on a GPU machine")
+    if args.precision == "bf16" and args.backend != "tensorrt" and not args.graph_only:
         raise InputError(BF16_NEEDS_TENSORRT)
     buckets = tuple(args.bucket or ["8x112x112"])
     schedule = load_schedule(args.schedule) if args.schedule else None
@@ -297,7 +316,7 @@ def _cmd_build(args) -> int:
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
                          precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
                          quiet=args.quiet, graph_only=args.graph_only, backend=args.backend,
-                         plugins=tuple(args.plugins), ops=args.ops,
+                         plugins=tuple(args.plugins), ops=args.ops, compute_capabilities=compute_capabilities,
                          schedule_origin=_given_origin(args.schedule) if args.schedule else None,
                          shipped_schedules=not args.no_shipped_schedule, fidelity=args.fidelity)
     if not args.graph_only and streamed:

@@ -38,3 +38,25 @@ def error_line(capsys):
         return err[0]
 
     return read
+
+
+#: set by .ci/run: in CI a missing TensorRT-RTX fails the tests that need it instead of skipping them
+REQUIRE_TENSORRT_RTX = "FFEXPORT_REQUIRE_TENSORRT_RTX"
+
+
+@pytest.fixture(scope="session")
+def tensorrt_rtx():
+    """NVIDIA's TensorRT for RTX (the real ONNX parser and ahead-of-time builder) as an
+    ``ffexport.export.trt_toolkit.Toolkit``. Without it the test skips, saying so, unless the environment
+    sets FFEXPORT_REQUIRE_TENSORRT_RTX=1 (``.ci/run`` does): then the test fails, so CI cannot skip it."""
+    import os
+
+    from ffexport.export.trt_toolkit import TENSORRT_RTX_PIN, find_toolkit
+
+    toolkit = find_toolkit(("tensorrt_rtx",))
+    if toolkit is None:
+        reason = f"TensorRT-RTX not installed (pip install {TENSORRT_RTX_PIN})"
+        if os.environ.get(REQUIRE_TENSORRT_RTX) == "1":
+            pytest.fail(f"{reason}, and {REQUIRE_TENSORRT_RTX}=1 says this run must use it")
+        pytest.skip(reason)
+    return toolkit

@@ -70,9 +70,12 @@ class BuildConfig:
     quiet: bool = False
     #: structure only (meta-device model): graphs without weights, for ffexport lint; no parity
     graph_only: bool = False
-    #: "onnxruntime" (graphs only) or "tensorrt" (also one engine per graph, gated the same way)
+    #: "onnxruntime" (graphs only), "tensorrt" (also one engine per graph, gated the same way) or
+    #: "tensorrt-rtx" (also one engine per graph built ahead of time for ``compute_capabilities``, not run)
     backend: str = "onnxruntime"
     plugins: tuple[str, ...] = ()
+    #: ``--backend tensorrt-rtx``: the GPU generations the engines are built for ahead of time ("SM89", ...)
+    compute_capabilities: tuple[str, ...] = ()
     #: "standard" (merge/prune steps in standard ONNX ops) or "plugin" (one FrameFusionMerge /
     #: FrameFusionPrune node per step; ffexport/export/plugin_mode.py)
     ops: str = "standard"
@@ -106,7 +109,7 @@ class Build:
                              f"not {dtype}")
         if config.max_text < 1:
             raise InputError(f"--max-text must be positive, got {config.max_text}")
-        if config.precision == "bf16" and config.backend == "onnxruntime" and not config.graph_only:
+        if config.precision == "bf16" and config.backend != "tensorrt" and not config.graph_only:
             raise InputError(BF16_NEEDS_TENSORRT)
         check_ops(ops=config.ops, precision=config.precision, backend=config.backend, plugins=config.plugins,
                   graph_only=config.graph_only)
@@ -145,8 +148,14 @@ class Build:
 
             gpu_record()
             self.engines = EngineFromGraph(timing_cache=self.out / "timing.cache", plugins=config.plugins)
+        elif config.backend == "tensorrt-rtx":  # engines built ahead of time, no GPU needed (and none run)
+            from ffexport.export.tensorrt import EngineFromGraph
+            from ffexport.export.trt_toolkit import require_rtx
+
+            self.engines = EngineFromGraph(toolkit=require_rtx(), compute_capabilities=config.compute_capabilities,
+                                           plugins=config.plugins)
         elif config.backend != "onnxruntime":
-            raise InputError(f"--backend {config.backend}: use onnxruntime or tensorrt")
+            raise InputError(f"--backend {config.backend}: use onnxruntime, tensorrt or tensorrt-rtx")
         self.tolerance = TOLERANCES[config.precision]
         self.gate = ParityGate(self.tolerance, runner=self.runner)
 
@@ -469,53 +478,50 @@ class Build:
 
     # ================================================================ TensorRT
     def _build_engines(self, bucket, manifest, cases, torch_inputs, vision, prefill, vision_file, prefill_file):
-        """One engine per graph of the bucket (and the shared graphs once), each run with TensorRT on
-        the calibration clip and compared with PyTorch like the ONNX Runtime gate."""
-        from ffexport.export.tensorrt import ProfileShape, run_engine
+        """One engine per graph of the bucket (and the shared graphs once). Engines that run here
+        (``--backend tensorrt``) are run on the calibration clip and compared with PyTorch like the ONNX
+        Runtime gate; ahead-of-time engines (``--backend tensorrt-rtx``) are recorded as built, not run.
+        A failure removes the engine files this call wrote."""
+        from ffexport.export.tensorrt import run_engine
+        from ffexport.export.trt_toolkit import EngineProfiles
 
-        n, layers = bucket.visual_tokens, self.loaded.num_layers
-        hidden = self.loaded.config.text_config.hidden_size
-        parts = self.loaded.adapter.decoder_parts(self.loaded.model)
-        low, opt, high = n + 1, n + min(64, self.config.max_text), n + self.config.max_text
+        profiles = EngineProfiles(visual_tokens=tuple(b.visual_tokens for b in self.buckets),
+                                  max_text=self.config.max_text, max_new_tokens=self.config.max_new_tokens)
+        layers = self.loaded.num_layers
         pixels = cases[0].pixel_values_videos
-        profiles = {
-            "vision": [ProfileShape("pixel_values_videos", pixels.shape, pixels.shape, pixels.shape)],
-            "prefill": [ProfileShape("inputs_embeds", (1, low, hidden), (1, opt, hidden), (1, high, hidden)),
-                        ProfileShape("position_ids", (3, low), (3, opt), (3, high)),
-                        ProfileShape("video_start", (), (), ())],
-        }
-        engines, passed = {}, True
-        for graph, file in (("vision", vision_file), ("prefill", prefill_file)):
-            engine_file = self.out / file.replace(".onnx", ".engine")
-            record = self.engines(self.out / file, engine_file, profiles[graph])
-            ti = torch_inputs[0]
-            with torch.no_grad():
-                if graph == "vision":
-                    feeds = {"pixel_values_videos": pixels}
-                    expected = {"video_features": vision(torch.from_numpy(pixels))}  # torch: bf16 has no numpy
-                else:
-                    # torch tensors (Polygraphy's TrtRunner takes them): bf16 has no numpy dtype
-                    feeds = {"inputs_embeds": ti.embeds, "position_ids": ti.positions, "video_start": ti.start}
-                    expected = dict(zip(["logits", *present_names(layers)], prefill(ti.embeds, ti.positions, ti.start)))
-            got = run_engine(engine_file, feeds)
-            outputs = [compare(k, got[k], v, self.tolerance).__dict__ for k, v in expected.items()]
-            record["parity"] = {"passed": all(o["passed"] for o in outputs), "outputs": outputs}
-            passed = passed and record["parity"]["passed"]
-            engines[graph] = record
-        if "engines" not in manifest:  # the shared graphs, once per build
-            longest = max(b.visual_tokens for b in self.buckets) + self.config.max_text
-            kv = (1, parts.num_kv_heads)
-            past = [ProfileShape(f"past_key_values.{i}.{k}", (*kv, 1, parts.head_dim), (*kv, opt, parts.head_dim),
-                                 (*kv, longest + self.config.max_new_tokens, parts.head_dim))
-                    for i in range(layers) for k in ("key", "value")]
-            shared = {
-                "embed": self.engines(self.out / "embed.onnx", self.out / "embed.engine",
-                                      [ProfileShape("input_ids", (1, 1), (1, opt), (1, longest))]),
-                "decode": self.engines(self.out / "decode.onnx", self.out / "decode.engine",
-                                       [ProfileShape("input_ids", (1, 1), (1, 1), (1, 1)),
-                                        ProfileShape("position_ids", (3, 1), (3, 1), (3, 1)), *past]),
-            }
-            manifest["engines"] = shared
+        engines, passed, written = {}, True, []
+        try:
+            for graph, file in (("vision", vision_file), ("prefill", prefill_file)):
+                engine_file = self.out / file.replace(".onnx", ".engine")
+                written.append(engine_file)
+                record = self.engines(self.out / file, engine_file, profiles.for_graph(graph, bucket.visual_tokens))
+                engines[graph] = record
+                if not self.engines.runs_here:
+                    continue
+                ti = torch_inputs[0]
+                with torch.no_grad():
+                    if graph == "vision":
+                        feeds = {"pixel_values_videos": pixels}
+                        expected = {"video_features": vision(torch.from_numpy(pixels))}  # torch: bf16 has no numpy
+                    else:
+                        # torch tensors (Polygraphy's TrtRunner takes them): bf16 has no numpy dtype
+                        feeds = {"inputs_embeds": ti.embeds, "position_ids": ti.positions, "video_start": ti.start}
+                        expected = dict(zip(["logits", *present_names(layers)], prefill(ti.embeds, ti.positions, ti.start)))
+                got = run_engine(engine_file, feeds)
+                outputs = [compare(k, got[k], v, self.tolerance).__dict__ for k, v in expected.items()]
+                record["parity"] = {"passed": all(o["passed"] for o in outputs), "outputs": outputs}
+                passed = passed and record["parity"]["passed"]
+            if "engines" not in manifest:  # the shared graphs, once per build
+                shared = {}
+                for kind in ("embed", "decode"):
+                    written.append(self.out / f"{kind}.engine")
+                    shared[kind] = self.engines(self.out / f"{kind}.onnx", self.out / f"{kind}.engine",
+                                                profiles.for_graph(kind))
+                manifest["engines"] = shared
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return engines, passed
 
     # ================================================================ shared graphs

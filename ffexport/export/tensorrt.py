@@ -1,42 +1,64 @@
-"""TensorRT engines from the build's ONNX graphs, with Polygraphy's loaders.
+"""TensorRT engines from the build's ONNX graphs: ``ffexport build --backend tensorrt|tensorrt-rtx``.
 
-Written against the documented TensorRT 10/11 and Polygraphy APIs; no machine of this project has
-a TensorRT builder, so this path runs only where TensorRT is installed (its tests skip with the
-reason "TensorRT not installed" elsewhere). What it does:
+Both backends take one path (:class:`EngineFromGraph`, on :mod:`ffexport.export.trt_toolkit`):
 
-- networks are parsed strongly typed (``NetworkFromOnnxPath(..., strongly_typed=True)``): the graph
-  carries its precision (fp32, or fp16 with fp32 kept where numerics need it). TensorRT 11 has no
-  FP16/BF16 builder flags; TensorRT 10 accepts strongly typed networks too, so both take one path;
-- one optimization profile per graph, from the graph's varying sizes (prefill: text length 1 to
-  ``max_text``; decode: each layer's cache length; embed: prompt length);
-- one timing cache for the whole build (loaded and saved around every engine);
-- plugin libraries (``--plugins lib.so``) loaded before parsing;
-- each engine recorded with the TensorRT version and the GPU (name, compute capability) it was built
-  for: an engine runs only on the same TensorRT version and GPU architecture.
+- the graph is parsed strongly typed by NVIDIA's ONNX parser: the graph carries its precision (fp32,
+  or fp16/bf16 with fp32 kept where numerics need it); TensorRT 11 has no FP16/BF16 builder flags and
+  TensorRT 10 and TensorRT-RTX accept strongly typed networks too;
+- one optimization profile per graph (:class:`~ffexport.export.trt_toolkit.EngineProfiles`: prefill text
+  length 1 to ``max_text`` around the bucket's video; decode: each layer's cache length; embed: prompt
+  length);
+- the engine is written atomically (a temporary file, then a rename) and recorded with what decides
+  where it can run.
+
+``--backend tensorrt`` (TensorRT 10/11 with Polygraphy, on the GPU the engine is for): one timing cache
+per build, plugin libraries loaded before parsing, each engine run with Polygraphy's ``TrtRunner`` on
+the calibration clip and gated against PyTorch; the record names the TensorRT version and the GPU.
+
+``--backend tensorrt-rtx --compute-capability SM89[,SM120]`` (TensorRT for RTX): engines built *ahead of
+time* for those GPU generations on a machine that needs no GPU; one engine holds all the chosen
+compute capabilities. They are built, not run: the record says so (``"run": false``) and names the
+TensorRT-RTX version and compute capabilities; numeric parity needs a GPU of that generation.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ffexport.errors import BuildError
+from ffexport.export.trt_toolkit import (
+    BuildFailure,
+    DimRange,
+    ParseOnnx,
+    ProfileShape,
+    Rejection,
+    SerializeEngine,
+    Toolkit,
+    compute_capability_value,
+    find_toolkit,
+    write_engine,
+)
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EngineFromGraph", "ProfileShape", "check_engine_record", "gpu_record", "require_tensorrt", "run_engine",
+           "tensorrt_version"]
+
 INSTALL_HINT = ("TensorRT is not installed: install TensorRT 10 or 11 for your CUDA version "
-                "(pip install 'ffexport[tensorrt]' on a machine with an NVIDIA GPU); the ONNX graphs do not need it")
+                "(pip install 'ffexport[tensorrt]' on a machine with an NVIDIA GPU); the ONNX graphs do not need it; "
+                "engines for RTX GPUs build without a GPU with --backend tensorrt-rtx")
+#: what an ahead-of-time engine's record says about itself
+NOT_RUN_NOTE = ("built ahead of time by TensorRT-RTX on a machine without that GPU; not run: numeric parity needs a GPU "
+                "of one of these compute capabilities")
 
 
 def tensorrt_version() -> str | None:
     """The installed TensorRT's version, or None."""
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return getattr(tensorrt, "__version__", None)
+    toolkit = find_toolkit(("tensorrt",))
+    return None if toolkit is None else toolkit.version
 
 
 def require_tensorrt() -> str:
@@ -60,56 +82,65 @@ def gpu_record() -> dict[str, Any]:
             return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
     except Exception as e:  # a broken CUDA install: the engine build below will say more
         log.debug("no GPU information: %s", e)
-    raise BuildError("no CUDA GPU is visible; TensorRT engines are built on the GPU they will run on")
-
-
-@dataclass(frozen=True)
-class ProfileShape:
-    """min / opt / max shape of one input."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
+    raise BuildError("no CUDA GPU is visible; TensorRT engines are built on the GPU they will run on (engines for RTX "
+                     "GPUs build without one: --backend tensorrt-rtx --compute-capability SM89)")
 
 
 class EngineFromGraph:
-    """``EngineFromGraph(timing_cache=..., plugins=...)(onnx_path, engine_path, profile) -> record``."""
+    """``EngineFromGraph(toolkit=..., ...)(onnx_path, engine_path, dims) -> record``.
 
-    def __init__(self, *, timing_cache: Path, plugins: tuple[str, ...] = (), workspace_bytes: int | None = None) -> None:
-        self.version = require_tensorrt()
-        self.timing_cache = Path(timing_cache)
+    ``toolkit``: TensorRT (default: the installed ``tensorrt``) or TensorRT-RTX with ``compute_capabilities``.
+    ``dims``: the min/opt/max of the graph's dynamic dims (None for a static graph). Raises :class:`BuildError`
+    naming the node the parser rejected, or the builder's own error; leaves no engine file behind then."""
+
+    def __init__(self, *, toolkit: Toolkit | None = None, compute_capabilities: Sequence[str] = (),
+                 timing_cache: Path | None = None, plugins: tuple[str, ...] = (),
+                 workspace_bytes: int | None = None) -> None:
+        if toolkit is None:
+            require_tensorrt()
+            toolkit = find_toolkit(("tensorrt",))
+        self.toolkit = toolkit
+        self.compute_capabilities = tuple(compute_capabilities)
+        if toolkit.ahead_of_time and not self.compute_capabilities:
+            raise BuildError("TensorRT-RTX builds engines for named GPU generations: give --compute-capability SM89 "
+                             "(or several, comma-separated)")
+        if plugins and toolkit.ahead_of_time:
+            raise BuildError("plugin libraries are not supported by the TensorRT-RTX backend (docs/tensorrt.md)")
         self.plugins = plugins
-        self.workspace_bytes = workspace_bytes
+        self.parse = ParseOnnx(toolkit=toolkit)
+        self.serialize = SerializeEngine(compute_capabilities=self.compute_capabilities,
+                                         timing_cache=None if toolkit.ahead_of_time else timing_cache,
+                                         workspace_bytes=workspace_bytes)
 
-    def __call__(self, onnx_path: Path, engine_path: Path, profile: list[ProfileShape]) -> dict[str, Any]:
-        import tensorrt as trt
-        from polygraphy.backend.trt import (
-            CreateConfig, EngineFromNetwork, LoadPlugins, NetworkFromOnnxPath, Profile, SaveEngine,
-        )
+    @property
+    def runs_here(self) -> bool:
+        """Whether the engines it builds can run on this machine (standard TensorRT: its own GPU)."""
+        return not self.toolkit.ahead_of_time
 
-        network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    def __call__(self, onnx_path: Path, engine_path: Path, dims: DimRange | None) -> dict[str, Any]:
         if self.plugins:
-            network = LoadPlugins(plugins=list(self.plugins), obj=network)
-        trt_profile = Profile()
-        for shape in profile:
-            trt_profile.add(shape.name, min=shape.min, opt=shape.opt, max=shape.max)
-        config_kwargs: dict[str, Any] = {"profiles": [trt_profile]}
-        if self.timing_cache.exists():
-            config_kwargs["load_timing_cache"] = str(self.timing_cache)
-        if self.workspace_bytes:
-            config_kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: self.workspace_bytes}
-        engine = EngineFromNetwork(network, config=CreateConfig(**config_kwargs),
-                                   save_timing_cache=str(self.timing_cache))
-        tmp = engine_path.with_name(f".{engine_path.name}.partial")
-        try:
-            SaveEngine(engine, str(tmp))()
-        except Exception as e:  # TensorRT and Polygraphy raise many types; all mean "no engine"
-            tmp.unlink(missing_ok=True)
-            raise BuildError(f"TensorRT could not build {onnx_path.name}: {type(e).__name__}: {e}") from e
-        tmp.replace(engine_path)
-        return {"file": engine_path.name, "tensorrt": self.version, "gpu": gpu_record(),
-                "plugins": list(self.plugins)}
+            from ffexport.runtime.engines import PluginLibraries
+
+            PluginLibraries()(self.plugins)
+        parsed = self.parse(onnx_path)
+        if isinstance(parsed, Rejection):
+            raise BuildError(f"{self.toolkit.label} cannot parse {onnx_path.name}: {parsed}")
+        engine = self.serialize(parsed, dims)
+        if isinstance(engine, BuildFailure):
+            raise BuildError(f"{self.toolkit.label} could not build {onnx_path.name}: {engine.message}")
+        write_engine(engine_path, engine)
+        record: dict[str, Any] = {
+            "file": engine_path.name, "bytes": engine.nbytes, "build_seconds": round(engine.seconds, 2),
+            "profile": {s.name: s.to_json() for s in engine.profile}, "plugins": list(self.plugins),
+        }
+        if self.toolkit.ahead_of_time:
+            record.update({"runtime": "tensorrt-rtx", "tensorrt_rtx": self.toolkit.version,
+                           "compute_capabilities": [compute_capability_value(c) for c in self.compute_capabilities],
+                           "run": False, "note": NOT_RUN_NOTE})
+        else:
+            record.update({"runtime": "tensorrt", "tensorrt": self.toolkit.version, "gpu": gpu_record()})
+        log.info("%s: %d bytes in %.1f s (%s)", engine_path.name, engine.nbytes, engine.seconds, self.toolkit.label)
+        return record
 
 
 def run_engine(engine_path: Path, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -122,14 +153,10 @@ def run_engine(engine_path: Path, feeds: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_engine_record(record: dict[str, Any]) -> None:
-    """Refuse an engine built by another TensorRT version or for another GPU architecture."""
-    version = tensorrt_version()
-    if version is None:
-        raise BuildError(INSTALL_HINT)
-    if record.get("tensorrt") != version:
-        raise BuildError(f"{record.get('file')} was built by TensorRT {record.get('tensorrt')}; this machine has "
-                         f"{version}: rebuild the engines here (ffexport build --backend tensorrt)")
-    here = gpu_record()
-    if record.get("gpu", {}).get("compute_capability") != here["compute_capability"]:
-        raise BuildError(f"{record.get('file')} was built for {record.get('gpu')}; this GPU is {here}: rebuild the "
-                         "engines here")
+    """Refuse an engine this machine cannot run (another TensorRT version, another GPU architecture, no GPU):
+    the runtime's check (:func:`ffexport.runtime.engines.engine_mismatch`) as a :class:`BuildError`."""
+    from ffexport.runtime.engines import engine_mismatch, this_machine
+
+    problem = engine_mismatch(record, this_machine())
+    if problem is not None:
+        raise BuildError(problem)

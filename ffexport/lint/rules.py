@@ -318,3 +318,36 @@ def op_input_types(node: NodeProto, ctx: LintContext) -> list[Finding]:
                                                       f"{node.op_type} on {type_list(allowed)} only"))
     return found
 
+
+
+# ---------------------------------------------------------------- scatter extent
+@rule("TRT013", "ScatterElements: indices and updates no longer than data along every axis",
+      sources=(S.SCATTER_LAYER_HELPER, S.PLATFORM), op_types={"ScatterElements"})
+def scatterelements_extent(node: NodeProto, ctx: LintContext) -> list[Finding]:
+    """TensorRT's parser asserts ``indices.d[i] <= data.d[i]`` (and ``updates.d[i] <= data.d[i]``) on every axis
+    both sizes of which it knows; unlike ONNX, which only bounds the index *values*."""
+    if len(node.input) < 3:
+        return []
+    data = ctx.shape(node.input[0])
+    longer, unknown = [], []
+    for role, name in (("indices", node.input[1]), ("updates", node.input[2])):
+        dims = ctx.shape(name)
+        if data is None or dims is None or len(dims) != len(data):
+            unknown.append(f"{role} '{name}' vs data '{node.input[0]}': shapes {dims} / {data}")
+            continue
+        for axis, (d, n) in enumerate(zip(data, dims)):
+            if d is None or n is None:
+                unknown.append(f"{role} axis {axis}: sizes {n} / {d}")
+            elif n > d:
+                longer.append(f"{role} '{name}' has {n} on axis {axis}, data '{node.input[0]}' only {d}")
+                break
+    if longer:
+        return [scatterelements_extent.finding(
+            node, ctx, "; ".join(longer) + ": TensorRT's parser requires indices and updates no longer than data on "
+                                           "every axis (scatter into a buffer at least as long, then slice)")]
+    if unknown:
+        return [scatterelements_extent.finding(
+            node, ctx, f"cannot check that indices and updates are no longer than data on every axis (not static "
+                       f"here: {'; '.join(unknown)}); TensorRT's parser rejects the node if they are longer",
+            severity="warning")]
+    return []

@@ -37,6 +37,10 @@ IMPORTERS_10_1 = Source(
 IMPORTER_UTILS_10_1 = Source(
     "10.1", "onnx-tensorrt importerUtils.cpp (release/10.1-GA): reduceTensor, 'Axis input must be an initializer!'",
     "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/importerUtils.cpp")
+SCATTER_LAYER_HELPER = Source(
+    "10.x", "onnx-tensorrt importerUtils.cpp addScatterLayer: for ScatterElements, 'Indices dimensions must be less "
+            "than data dimensions!' (and the same for updates) on every axis whose sizes are known at parse time",
+    "https://github.com/onnx/onnx-tensorrt/blob/main/importerUtils.cpp")
 TOPK_LAYER = Source(
     "latest (10.x/11.x)", "TensorRT Operators documentation: TopK (k <= 3840)",
     "https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/operators/TopK.html")

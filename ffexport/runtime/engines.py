@@ -2,7 +2,9 @@
 
 An engine runs only on the TensorRT version that built it and on GPUs of the architecture it was
 built for. ``ffexport build`` records both next to every engine (``engines.*`` in the manifest:
-``{"file", "tensorrt", "gpu": {"name", "compute_capability"}, "plugins"}``); :func:`engine_mismatch`
+``{"file", "tensorrt", "gpu": {"name", "compute_capability"}, "plugins"}``, or for engines TensorRT-RTX
+built ahead of time ``{"file", "runtime": "tensorrt-rtx", "tensorrt_rtx", "compute_capabilities", "run": false}``);
+:func:`engine_mismatch`
 compares such a record with this machine, and :class:`EngineGraph` refuses, with one line, to load
 an engine that does not match, before TensorRT is asked to deserialize it (a mismatched engine
 otherwise fails deep inside TensorRT, or on some versions loads and computes garbage).
@@ -16,6 +18,7 @@ into the process before any engine is deserialized: their creators register them
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import shutil
 import subprocess
@@ -43,16 +46,20 @@ class Machine:
     tensorrt: str | None  # TensorRT version, None when not installed
     gpu_name: str | None
     compute_capability: str | None  # "9.0"; None when no GPU is visible
+    tensorrt_rtx: str | None = None  # TensorRT-RTX version, None when not installed
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    return getattr(module, "__version__", None)
 
 
 def this_machine() -> Machine:
-    """TensorRT's version and GPU 0's name and compute capability on this machine."""
-    try:
-        import tensorrt
-
-        version = getattr(tensorrt, "__version__", None)
-    except ImportError:
-        version = None
+    """TensorRT's and TensorRT-RTX's versions and GPU 0's name and compute capability on this machine."""
+    version = _module_version("tensorrt")
     name = capability = None
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -63,7 +70,7 @@ def this_machine() -> Machine:
                 name, capability = (part.strip() for part in out[0].rsplit(",", 1))
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             log.debug("nvidia-smi gave no GPU information: %s", e)
-    return Machine(version, name, capability)
+    return Machine(version, name, capability, _module_version("tensorrt_rtx"))
 
 
 def engine_mismatch(record: dict[str, Any], machine: Machine) -> str | None:
@@ -73,6 +80,8 @@ def engine_mismatch(record: dict[str, Any], machine: Machine) -> str | None:
     compute capability (the architecture the kernels were chosen for); the GPU's name may differ.
     """
     name = record.get("file", "engine")
+    if record.get("runtime") == "tensorrt-rtx":
+        return _rtx_engine_mismatch(name, record, machine)
     built_with = record.get("tensorrt")
     if machine.tensorrt is None:
         return INSTALL_HINT
@@ -86,6 +95,30 @@ def engine_mismatch(record: dict[str, Any], machine: Machine) -> str | None:
         return (f"{name} was built for {gpu.get('name')} (compute capability {gpu.get('compute_capability')}); "
                 f"this GPU is {machine.gpu_name} (compute capability {machine.compute_capability}): rebuild the "
                 "engines here with `ffexport build --backend tensorrt`")
+    return None
+
+
+def _rtx_engine_mismatch(name: str, record: dict[str, Any], machine: Machine) -> str | None:
+    """Why an engine TensorRT-RTX built ahead of time cannot run here; None when it can."""
+    version, wanted = record.get("tensorrt_rtx"), list(record.get("compute_capabilities") or [])
+    built = (f"{name} was built ahead of time by TensorRT-RTX {version} for GPUs of compute capability "
+             f"{' or '.join(wanted)} and never run")
+    if machine.tensorrt_rtx is None:
+        return f"{built}; TensorRT-RTX is not installed here (pip install 'ffexport[tensorrt-rtx]' on that GPU's machine)"
+    if machine.tensorrt_rtx != version:
+        return f"{built}; this machine has TensorRT-RTX {machine.tensorrt_rtx}: rebuild with `ffexport build --backend tensorrt-rtx`"
+    if machine.compute_capability is None:
+        return f"{built}; no NVIDIA GPU is visible here"
+    if machine.compute_capability not in wanted:
+        return (f"{built}; this GPU is {machine.gpu_name} (compute capability {machine.compute_capability}): rebuild "
+                "with `ffexport build --backend tensorrt-rtx --compute-capability SM...` for it")
+    try:
+        from polygraphy import config
+    except ImportError:
+        return f"{name} runs through Polygraphy: pip install polygraphy"
+    if not config.USE_TENSORRT_RTX:
+        return (f"{name} is a TensorRT-RTX engine: set POLYGRAPHY_USE_TENSORRT_RTX=1 so that Polygraphy runs it with "
+                "TensorRT-RTX")
     return None
 
 

@@ -376,7 +376,7 @@ def test_unknown_target():
 
 # ---------------------------------------------------------------- the registry and the rule objects
 def test_every_rule_has_an_id_title_source_and_targets():
-    assert list(RULES) == [f"TRT{i:03d}" for i in range(1, 13)]
+    assert list(RULES) == [f"TRT{i:03d}" for i in range(1, 14)]
     for rid, r in RULES.items():
         assert r.id == rid and r.title
         assert r.targets and r.targets <= set(TARGETS)
@@ -424,3 +424,43 @@ def test_a_failed_match_is_a_value():
     assert ctx.constant("nowhere").why == "'nowhere' has no producer in the graph"
     assert ctx.static_value("k") is None
     assert RULES["TRT002"].check(ctx.model.graph.node[0], ctx) == []  # a TopK node: no ScatterND match
+
+
+# ---------------------------------------------------------------- TRT013 ScatterElements extent
+def _scatter(data, idx, upd=None, name="se"):
+    upd = idx if upd is None else upd
+    node = helper.make_node("ScatterElements", ["data", "idx", "upd"], ["out"], name=name, axis=0)
+    return model([node], [vi("data", F, data), vi("idx", I64, idx), vi("upd", F, upd)], [vi("out", F, data)])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_scatterelements_indices_longer_than_data(target):
+    f = only(lint_model(_scatter([24], [64]), target=target), "TRT013")
+    assert (f.node, f.severity) == ("se", "error")
+    assert f.message.startswith("ScatterElements node 'se': indices 'idx' has 64 on axis 0, data 'data' only 24")
+
+
+def test_scatterelements_longer_on_another_axis_or_in_updates_only():
+    assert "indices 'idx' has 3 on axis 1, data 'data' only 2" in only(
+        lint_model(_scatter([8, 2], [4, 3])), "TRT013").message
+    message = only(lint_model(_scatter([8, 2], [4, 2], [4, 5])), "TRT013").message
+    assert "updates 'upd' has 5 on axis 1" in message and "indices" not in message.split(":")[1]
+
+
+def test_scatterelements_no_longer_than_data_passes():
+    assert lint_model(_scatter([24], [24])) == []
+    assert lint_model(_scatter([24, 4], [8, 4])) == []
+
+
+def test_scatterelements_extent_unknown_is_a_warning():
+    f = only(lint_model(_scatter([24], ["n"])), "TRT013")
+    assert f.severity == "warning"
+    assert "cannot check that indices and updates are no longer than data" in f.message
+    assert "indices axis 0: sizes None / 24" in f.message
+
+
+def test_scatternd_longer_indices_are_not_flagged():
+    """ScatterND has no such limit (TensorRT-RTX builds [8, 1] indices into [4, 3] data)."""
+    node = helper.make_node("ScatterND", ["data", "idx", "upd"], ["out"], name="sn")
+    m = model([node], [vi("data", F, [4, 3]), vi("idx", I64, [8, 1]), vi("upd", F, [8, 3])], [vi("out", F, [4, 3])])
+    assert lint_model(m) == []
