@@ -1,6 +1,6 @@
 """The dynamic FrameFusion reference against an independent naive re-implementation.
 
-``naive_framefusion.NaiveFrameFusion`` re-implements the whole dynamic prefill from the spec with
+``ffexport.oracle.NaiveFrameFusion`` re-implements the whole dynamic prefill from the spec with
 Python lists and explicit per-step decisions (it uses only the Hugging Face modules' weights and the
 rotary tables' inputs). For every input below, ``ReducedDecoder.prefill(..., DynamicReducer(...))``
 must realize the same schedule (layer, where, op, remove) through the same branches, give logits
@@ -19,15 +19,12 @@ suite cannot pass vacuously.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from naive_framefusion import NaiveFrameFusion, NaiveResult  # noqa: E402
+from ffexport.oracle import NaiveFrameFusion, NaiveResult  # noqa: E402
 
 from ffexport.errors import FusionError  # noqa: E402
 from ffexport.fusion.config import FusionConfig  # noqa: E402
