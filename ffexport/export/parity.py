@@ -107,6 +107,10 @@ class OrtRunner:
                 self._sessions[key] = ort.InferenceSession(key, options, providers=["CPUExecutionProvider"])
         return self._sessions[key]
 
+    def forget(self, path: str | Path) -> None:
+        """Drop the cached session of ``path`` (a graph about to be deleted)."""
+        self._sessions.pop(str(path), None)
+
     def run(self, path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self.session(path)
         names = [o.name for o in sess.get_outputs()]

@@ -91,12 +91,30 @@ def test_parity_report_and_polygraphy_replay(build_dir):
     for graph in report["graphs"]:
         for out in graph["outputs"]:
             assert out["max_abs"] <= out["atol"] == 1e-4
-    first = report["end_to_end"][0]
-    assert first["tokens_equal"]
-    dynamic = first["dynamic_reference"]  # the parity contract holds where the schedules are equal
-    if dynamic["schedule_equal"]:  # (a calibrated schedule may differ: then it is a fidelity figure)
-        assert dynamic["tokens_equal"] and dynamic["logits"]["passed"]
+    assert all(e["tokens_equal"] and e["logits"]["passed"] for e in report["end_to_end"])
     assert {c["case"].split(":")[1] for c in report["end_to_end"]} == {"moving_object", "pan", "static"}
+    # the parity contract, proven on every parity video whatever schedule is deployed: the static graph
+    # with the schedule the dynamic reference realizes there equals the dynamic reference
+    contract = report["contract"]
+    assert report["schedule_kind"] == contract["schedule_kind"] == "calibrated"  # the shipped schedule
+    assert contract["passed"] and contract["compared"] == 3
+    for video in contract["videos"]:
+        assert video["passed"] and video["tokens_equal"] and video["graph_tokens"] == video["dynamic_tokens"]
+        assert video["logits"]["max_abs"] <= video["logits"]["atol"] == 1e-5
+        assert not video["deployed_equals_realized"] and video["graph"].startswith("exported for this check")
+        assert {"token_agreement", "kl_first_token", "kept_overlap"} <= set(video["fidelity"])  # measured
+    assert contract["videos"][0]["realized"] == [  # the dynamic reference on the calibration clip: 42 / 6
+        {"layer": 0, "where": "before_attention", "op": "merge", "remove": 42},
+        {"layer": 0, "where": "after_attention", "op": "merge", "remove": 0},
+        {"layer": 1, "where": "after_attention", "op": "prune", "remove": 6}]
+    # the oracle compared the moving clip and the pan; the static clip's top-k cut is an exact tie
+    oracle = contract["oracle"]
+    assert oracle["passed"] and oracle["compared"] == 2 and oracle["ambiguous"] == 1 and oracle["logits_max_abs"] <= 1e-5
+    assert [v["oracle"]["compared"] for v in contract["videos"]] == [True, True, False]
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    (bucket,) = manifest["buckets"]
+    assert bucket["schedule_kind"] == "calibrated" and bucket["parity"]["contract"]["passed"]
+    assert bucket["parity"]["contract"]["fidelity"]["videos"] == 3
     polygraphy = shutil.which("polygraphy")
     if polygraphy is None:
         pytest.skip("polygraphy CLI not installed: replay not checked")
@@ -145,6 +163,31 @@ def test_parity_contract_through_onnx_runtime(tmp_path, tiny):
                                 bucket["graphs"]["prefill"]["file"], tiny.config, tiny.adapter, 4)
     assert np.abs(logits - dynamic.logits).max() <= 1e-4
     assert tokens == dynamic.generated_ids[0].tolist()
+
+
+def test_contract_fails_when_the_static_graph_is_not_the_realized_schedule(build_dir, tiny):
+    """The contract check itself can fail: hand it the deployed graph (shipped 41/8) as if it were the
+    graph of the schedule the dynamic reference realizes (42/6): logits differ, the check says so."""
+    from ffexport.export.build import Build, BuildConfig
+    from ffexport.export.contract import CALIBRATED, ParityVideo, ScheduleContract
+    from ffexport.export.parity import FP32
+    from ffexport.fusion.schedule import Schedule
+
+    (bucket,) = json.loads((build_dir / "manifest.json").read_text())["buckets"]
+    build = Build(tiny, BuildConfig(buckets=(BUCKET,), out=build_dir))
+    (b,) = build.buckets
+    case = build._parity_cases(b)[0]
+    ti = build._torch_inputs(case)
+    deployed = build_dir / bucket["graphs"]["prefill"]["file"]
+    contract = ScheduleContract(
+        tiny, fusion=FusionConfig(), runner=OrtRunner(), out=build_dir, vision_file=bucket["graphs"]["vision"]["file"],
+        prefill_file=bucket["graphs"]["prefill"]["file"], export_prefill=lambda schedule, directory: deployed,
+        tolerance=FP32, precision="fp32", tokens=4, visual_tokens=64, patches_per_frame=16,
+    )(Schedule.from_json(bucket["schedule"]), CALIBRATED, [ParityVideo("moving", case, ti.embeds, ti.positions, ti.start)])
+    (video,) = contract["videos"]
+    assert not contract["passed"] and not contract["contract_passed"] and video["passed"] is False
+    assert video["logits"]["max_abs"] > 1e-2  # 41/8 against 42/6
+    assert video["oracle"]["compared"] and video["oracle"]["passed"] is False  # the oracle sees it too
 
 
 def test_rerun_skips_verified_buckets_and_rebuilds_damaged_ones(build_dir, capsys):
