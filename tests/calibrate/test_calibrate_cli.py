@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ffexport.cli import main
@@ -50,8 +51,23 @@ def test_fidelity_report_json_and_png(calibrated):
     assert noise["value"] == 0 and noise["outside"] and noise["z"] < -2  # nothing merges: far from calibration
     # the static schedule never removes more than the bucket holds, whatever the video
     assert all(r["visual_tokens_static"] >= 1 for r in held + report["out_of_distribution"])
-    png = (calibrated / "report" / "fidelity.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    from PIL import Image
+
+    image = np.asarray(Image.open(calibrated / "report" / "fidelity.png").convert("RGB")).astype(np.int64)
+    assert image.shape == (572, 1870, 3)  # three panels, 17 x 5.2 inches at 110 dpi
+    fidelity_panel = image[:, 2 * 1870 // 3:]  # the right third: one pair of bars per held-out video
+
+    def has(color: str, area) -> int:
+        rgb = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+        return int((np.abs(area - rgb).max(axis=-1) <= 2).sum())
+
+    overlap, agreement = has("#4c72b0", fidelity_panel), has("#55a868", fidelity_panel)
+    assert overlap > 500 and agreement > 500  # kept-token overlap and greedy-token agreement bars drawn
+    # bar lengths follow the data: the summed overlap vs agreement areas keep their ratio (legend swatches aside)
+    drawn = [r for r in held + report["out_of_distribution"] if "dynamic_error" not in r]
+    want = sum(r["kept_overlap"] for r in drawn) / max(sum(r["token_agreement"] for r in drawn), 1e-9)
+    if 0.1 < want < 10:
+        assert abs(overlap / agreement - want) <= 0.1 * want + 0.02
 
 
 def test_empty_folder_is_one_line(tmp_path, capsys, error_line):
@@ -109,10 +125,37 @@ def test_refuses_to_overwrite_and_unknown_kinds(tmp_path, capsys, error_line):
     assert "unknown synthetic kind(s) wobble" in error_line()
 
 
-def test_explain_draws_merged_and_pruned_patches(tmp_path):
+def _tinted(pixels, color) -> "np.ndarray":
+    """Pixels drawn as ``0.45 * gray + 0.55 * color`` (explain's tint): the channel differences do not
+    depend on the gray underneath, so they identify the tint whatever the frame shows."""
+    px = pixels[..., :3].astype(np.float64)
+    c = np.asarray(color) * 0.55 * 255
+    return (np.abs((px[..., 2] - px[..., 0]) - (c[2] - c[0])) <= 2.5) & (
+        np.abs((px[..., 1] - px[..., 0]) - (c[1] - c[0])) <= 2.5)
+
+
+def test_explain_draws_merged_and_pruned_patches(tmp_path, tiny):
+    """The picture's content: its size, and tinted areas in the proportion of the tokens the dynamic
+    reference merged and pruned on that video (blue and red areas differ, kept tokens are untinted)."""
+    from PIL import Image
+
+    from ffexport.calibrate.explain import COLORS, Explain
+    from ffexport.calibrate.trace import KEPT, MERGED, PRUNED
+    from ffexport.export.buckets import parse_bucket
+
     out = tmp_path / "explain.png"
-    assert main(["-q", "explain", "--video", "synthetic:moving_object:3", "--out", str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["-q", "explain", "--video", "synthetic:moving_object:0", "--out", str(out)]) == 0
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == (455, 1144, 3)  # 4 token frames of 112x112 in one row: 8.8 x 3.5 inches at 130 dpi
+    bucket = parse_bucket("8x112x112", patch_size=14, temporal_patch_size=2, merge_size=2, video_pixels=tiny.video_pixels)
+    fates = Explain(tiny, bucket)(synthetic_video("moving_object", frames=8, seed=0), "clip").trace.fates()
+    merged, pruned, kept = (int((fates == f).sum()) for f in (MERGED, PRUNED, KEPT))
+    assert merged > 0 and pruned > 0 and kept > 0
+    blue, red = int(_tinted(image, COLORS[MERGED]).sum()), int(_tinted(image, COLORS[PRUNED]).sum())
+    # every token covers the same area on screen: the tinted areas follow the token counts
+    per_token = (blue + red) / (merged + pruned)
+    assert per_token > 1000  # a 112-pixel frame is drawn 2.2 in wide at 130 dpi: a 28-pixel token, ~65x65 pixels
+    assert abs(blue / per_token - merged) <= 0.1 * merged + 1 and abs(red / per_token - pruned) <= 0.1 * pruned + 1
 
 
 def test_explain_fates_match_the_schedule(tiny):
