@@ -58,17 +58,36 @@ def test_prepare_video_equals_the_case_command(real_build_dir, tmp_path):
     np.testing.assert_array_equal(case.pixel_values_videos, expected.pixel_values_videos)
 
 
-def test_run_video_prints_the_answer(real_build_dir, real_bucket, tmp_path, capsys):
+def test_run_video_prints_the_answer(real_build_dir, real_bucket, tmp_path, capsys, tiny):
+    """``ffexport run --video`` against the PyTorch static reference on the same file: the frames decoded
+    here with PyAV, preprocessed by the export side (``case_from_video``, not the runtime's numpy
+    code), run by ``Reference`` with the bucket's schedule; the printed answer must be the
+    reference's greedy tokens, decoded, and the prefill logits must match."""
+    import av
+
+    from ffexport.fusion.schedule import load_schedule
+    from ffexport.reference import Reference
     from ffexport.runtime import Runtime
 
-    video = write_video(synthetic_video("moving_object", frames=12, height=128, width=160), tmp_path / "clip.mp4")
+    video = write_video(synthetic_video("moving_object", frames=8, height=112, width=112, seed=4), tmp_path / "clip.mp4")
     assert main(["run", str(real_build_dir), "--video", str(video), "--prompt", "What moves?",
                  "--max-new-tokens", "8"]) == 0
     captured = capsys.readouterr()
-    expected = Runtime(real_build_dir).run_video(video, "What moves?", max_new_tokens=8)
-    assert expected.generated_ids.shape[1] >= 1
-    assert captured.out == expected.text + "\n"
     assert f"bucket {real_bucket}" in captured.err
+    with av.open(str(video)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert frames.shape == (8, 112, 112, 3)  # the bucket's size: no sampling or resizing on either side
+    runtime = Runtime(real_build_dir)
+    eos = set(runtime.manifest.model.eos_token_ids)
+    schedule = load_schedule(real_build_dir / real_bucket / "schedule.json")
+    ref = Reference(tiny, schedule=schedule, max_new_tokens=8)(tiny.case_from_video(frames, "What moves?"))
+    ref_ids = ref.generated_ids[0].tolist()
+    stop = next((i + 1 for i, t in enumerate(ref_ids) if t in eos), len(ref_ids))
+    assert len(ref_ids[:stop]) >= 1 and len(set(ref_ids)) > 1  # an answer of varied tokens, not an empty line
+    assert captured.out == runtime.tokenizer.decode(ref_ids[:stop]) + "\n"
+    result = runtime.run_video(video, "What moves?", max_new_tokens=8)
+    assert result.generated_ids[0].tolist() == ref_ids[:stop]
+    assert np.abs(result.logits - ref.logits).max() <= 1e-4
 
 
 def test_deployment_path_needs_no_torch(real_build_dir, tmp_path):
