@@ -38,7 +38,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     run.add_argument("--provider", action="append", dest="providers", metavar="NAME",
                      help="ONNX Runtime execution provider, repeatable, in order of preference "
                           "(default: CUDAExecutionProvider when available, then CPUExecutionProvider)")
-    run.add_argument("--verify", action="store_true", help="also check weights.bin's sha256 (slow for big models)")
+    run.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                     help="check weights.bin's sha256 before running (default; remembered for an unchanged file)")
     run.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
                      help="onnxruntime: run the ONNX graphs (default); tensorrt: run the engines of a build made with "
                           "--backend tensorrt (same TensorRT version and GPU architecture as the build)")

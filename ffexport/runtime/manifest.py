@@ -6,8 +6,13 @@ run: no directory or no ``manifest.json`` (a build writes it last, so without it
 finish), JSON that does not parse, another format, missing fields, and any file listed under
 ``"files"`` that is missing or has the wrong size. SHA-256 digests are checked for the graphs
 (``*.onnx``) and the tokenizer files on every load (they are small) and for every other file,
-``weights.bin`` included, only with ``verify=True`` (hashing gigabytes of weights on every start
-would be slow; the size check still catches a truncated copy).
+``weights.bin`` included, with ``verify=True`` (what :class:`~ffexport.runtime.session.Runtime` and
+``ffexport run`` do unless told ``--no-verify``). A verified file is remembered in
+``.ffexport-verified.json`` by its stat (size, mtime, ctime, inode), so a repeat start does not hash
+gigabytes again (:class:`_VerifiedCache` says what that trusts). ``weights.bin`` may be longer than
+the manifest says: a build appends to it and commits by rewriting the manifest, so the bytes past
+the committed length are not this build's (docs/build-format.md, "Commit protocol"); only the
+committed bytes are checked.
 
 Buckets whose ``usable`` flag is false (a graph failed its parity check, or could not be
 validated) are kept in :attr:`Manifest.all_buckets` for error messages but never offered:
@@ -163,11 +168,14 @@ def load_manifest(build_dir: str | os.PathLike[str], *, verify: bool = False) ->
     return manifest
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, length: int | None = None) -> str:
+    """SHA-256 of ``path``, or of its first ``length`` bytes."""
     digest = hashlib.sha256()
+    left = length if length is not None else -1
     with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
+        while left != 0 and (chunk := f.read(_HASH_CHUNK if left < 0 else min(_HASH_CHUNK, left))):
             digest.update(chunk)
+            left = left - len(chunk) if left > 0 else left
     return digest.hexdigest()
 
 
@@ -313,19 +321,75 @@ def _always_hashed(name: str, tokenizer_dir: str) -> bool:
 
 def _check_files(manifest: Manifest, *, verify: bool) -> None:
     tokenizer_dir = manifest.tokenizer_file.parent.relative_to(manifest.root).as_posix()
+    cache = _VerifiedCache(manifest.root) if verify else None
     for name, entry in manifest.files.items():
         path = manifest.path(name)
         if not path.is_file():
             raise InputError(f"{path} is missing: {REBUILD}")
         size = path.stat().st_size
-        if size != entry.bytes:
+        # weights.bin only grows by appending: bytes past the committed length belong to a build that
+        # is adding buckets (or was interrupted doing so); no graph of this manifest points at them
+        appended = name == WEIGHTS_NAME and size > entry.bytes
+        if size != entry.bytes and not appended:
             what = "truncated" if size < entry.bytes else "larger than built"
             raise InputError(f"{path} is {size} bytes, the manifest says {entry.bytes} ({what}): {REBUILD}")
-        if verify or _always_hashed(name, tokenizer_dir):
+        if _always_hashed(name, tokenizer_dir):
             if sha256_of(path) != entry.sha256:
                 raise InputError(f"{path} does not match its sha256 in the manifest (altered or damaged): {REBUILD}")
+        elif cache is not None and not cache.matches(name, path, entry):
+            if sha256_of(path, entry.bytes) != entry.sha256:
+                raise InputError(f"{path} does not match its sha256 in the manifest (altered or damaged; "
+                                 f"`ffexport run --no-verify` skips this check): {REBUILD}")
+            cache.add(name, path, entry)
+    if cache is not None:
+        cache.save()
     if not manifest.tokenizer_file.is_file():
         raise InputError(f"{manifest.tokenizer_file} is missing: {REBUILD}")
+
+
+class _VerifiedCache:
+    """``.ffexport-verified.json`` in the build directory: files whose SHA-256 was checked, each with
+    what ``stat`` said then (size, mtime_ns, ctime_ns, inode, device). A file whose stat is unchanged
+    is not hashed again. Honest within its limits: any write through the file system changes the
+    ctime (which, unlike the mtime, no program can set back); corruption below it (the disk, a
+    bit flip in the page cache) does not, and is not seen on a cached start. Delete the file to force a
+    full check. Best effort: a read-only build directory just hashes every time."""
+
+    NAME = ".ffexport-verified.json"
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / self.NAME
+        try:
+            self.entries: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(self.entries, dict):
+                self.entries = {}
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _key(path: Path, entry: FileEntry) -> dict[str, Any]:
+        st = path.stat()
+        return {"sha256": entry.sha256, "bytes": entry.bytes, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
+
+    def matches(self, name: str, path: Path, entry: FileEntry) -> bool:
+        return self.entries.get(name) == self._key(path, entry)
+
+    def add(self, name: str, path: Path, entry: FileEntry) -> None:
+        self.entries[name] = self._key(path, entry)
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        tmp = self.path.with_name(f"{self.NAME}.{os.getpid()}.partial")
+        try:
+            tmp.write_text(json.dumps(self.entries), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:  # a read-only build: verified, just not remembered
+            log.debug("cannot record the verification in %s (%s)", self.path, e)
+            tmp.unlink(missing_ok=True)
 
 
 def _one_line(e: BaseException) -> str:

@@ -119,7 +119,7 @@ def _corrupt(build: Path, name: str, how: str) -> None:
 @pytest.mark.parametrize(("name", "how", "words"), [
     ("weights.bin", "truncate", "truncated"),
     ("weights.bin", "delete", "is missing"),
-    ("weights.bin", "grow", "larger than built"),
+    ("embed.onnx", "grow", "larger than built"),
     ("embed.onnx", "flip", "sha256"),
     ("8x112x112.prefill.onnx", "flip", "sha256"),
     ("16x224x224.vision.onnx", "truncate", "truncated"),  # files of unusable buckets are checked too
@@ -140,6 +140,18 @@ def test_weights_digest_only_with_verify(build):
     with pytest.raises(InputError) as e:
         load_manifest(build, verify=True)
     assert "weights.bin" in _message(e) and "sha256" in _message(e)
+
+
+def test_weights_past_the_committed_length_are_an_uncommitted_tail(build):
+    """A build adding a bucket appends to weights.bin before it commits the manifest (or was killed
+    doing so): the committed bytes still run, and are what --verify checks."""
+    with open(build / "weights.bin", "ab") as f:
+        f.write(b"appended by a build that has not committed")
+    load_manifest(build, verify=True)
+    _corrupt(build, "weights.bin", "flip")
+    with pytest.raises(InputError) as e:
+        load_manifest(build, verify=True)
+    assert "sha256" in _message(e)
 
 
 def test_other_files_digest_only_with_verify(build):
