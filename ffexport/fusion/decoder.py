@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ffexport.fusion import ops
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.reducers import Reduction, StaticReducer, StepOps, VisualSpan
 from ffexport.fusion.schedule import Schedule
 
@@ -155,7 +156,24 @@ class ReducedDecoder(nn.Module):
         else:  # merged values live in a pool appended after the sequence
             pool = torch.cat([hidden[0], reduction.values.to(hidden.dtype)], dim=0)
             hidden = pool.index_select(0, torch.where(in_span, length + rel, source)).unsqueeze(0)
-        return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids, span.patches_per_frame, span.frames)
+        text = None if span.text is None else span.text.index_select(0, reduction.kept)
+        return hidden, cos, sin, VisualSpan(span.start, n_new, patch_ids, span.patches_per_frame, span.frames,
+                                            text, span.text_tokens)
+
+    @staticmethod
+    def _span(video_start, visual_tokens, patches_per_frame, layout, device) -> VisualSpan:
+        """The span at the start of the prefill: contiguous, or the region of several frame blocks."""
+        if layout is None or layout.is_contiguous:
+            patch_ids = torch.arange(visual_tokens, dtype=torch.int64, device=device) % patches_per_frame
+            return VisualSpan(video_start, visual_tokens, patch_ids, patches_per_frame,
+                              -(-visual_tokens // patches_per_frame))
+        if (layout.visual_tokens, layout.patches_per_frame) != (visual_tokens, patches_per_frame):
+            raise ValueError(f"the layout holds {layout.visual_tokens} tokens of {layout.patches_per_frame} per frame, "
+                             f"not {visual_tokens} of {patches_per_frame}")
+        patch_ids = torch.as_tensor(layout.region_patch_ids(), device=device)
+        text = torch.as_tensor(layout.text_mask(), device=device)
+        return VisualSpan(video_start, layout.region_length, patch_ids, patches_per_frame, layout.frames,
+                          text, layout.text_tokens)
 
     def _step(self, reducer, layer, where, hidden, cos, sin, span, importance):
         if not reducer.acts(layer, where):
@@ -175,15 +193,17 @@ class ReducedDecoder(nn.Module):
         visual_tokens: int,
         patches_per_frame: int,
         reducer: Reducer | None = None,
+        layout: FrameLayout | None = None,
     ) -> PrefillResult:
         """Run the prompt. ``inputs_embeds`` [1, L, D] with video features in place; ``position_ids``
-        [3, L]; ``video_start`` 0-dim int64: the video span is ``[video_start, video_start + N)``."""
+        [3, L]; ``video_start`` 0-dim int64: the video span is ``[video_start, video_start + N)``,
+        or, with a ``layout`` of several frame blocks, the region ``[video_start, video_start + R)``
+        holding the blocks and the text between them (:mod:`ffexport.fusion.layout`)."""
         hidden = inputs_embeds
         cos, sin = mrope_cos_sin(self.parts.inv_freq, position_ids, self.parts.mrope_section, hidden.dtype)
         device = hidden.device
         video_start = torch.as_tensor(video_start, dtype=torch.int64, device=device).reshape(())
-        patch_ids = torch.arange(visual_tokens, dtype=torch.int64, device=device) % patches_per_frame
-        span = VisualSpan(video_start, visual_tokens, patch_ids, patches_per_frame, -(-visual_tokens // patches_per_frame))
+        span = self._span(video_start, visual_tokens, patches_per_frame, layout, device)
         if reducer is not None:
             reducer.begin()
         presents = []
@@ -247,6 +267,7 @@ class StaticPrefill(nn.Module):
             self.schedule.visual_tokens,
             self.schedule.patches_per_frame,
             StaticReducer(self.schedule, steps=self.steps),
+            self.schedule.layout,
         )
         flat = [t for kv in result.presents for t in kv]
         return (result.logits, *flat)

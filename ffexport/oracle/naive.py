@@ -230,19 +230,27 @@ class NaiveFrameFusion:
         visual_tokens: int,
         patches_per_frame: int,
         fusion: bool = True,
+        blocks: list[tuple[int, int]] | None = None,
     ) -> NaiveResult:
-        """``embeds`` [L, D]; ``position_ids`` [3, L]; the video span is [start, start + N)."""
+        """``embeds`` [L, D]; ``position_ids`` [3, L]; the video span is [start, start + N).
+
+        ``blocks``: the video as frame blocks ``(offset from start, tokens)`` with text between them
+        (their tokens sum to N); a token of a block has patch id (its offset in the block) mod P, the
+        text between blocks has none, so it is never merged or pruned. None: one block [start, start + N).
+        """
         self.sparsity: list[float] = []
         self.merging_done = False
         self.pruning_done = False
         result = NaiveResult(logits=None)
         cos_all, sin_all = self._rope_tables(position_ids)
-        toks = []
-        for i in range(embeds.shape[0]):
-            if start <= i < start + visual_tokens:
-                toks.append(Tok(i, (i - start) % patches_per_frame))
-            else:
-                toks.append(Tok(i, None))
+        if blocks is None:
+            blocks = [(0, visual_tokens)]
+        assert sum(length for _, length in blocks) == visual_tokens
+        patch_of: dict[int, int] = {}
+        for offset, length in blocks:
+            for j in range(length):
+                patch_of[start + offset + j] = j % patches_per_frame
+        toks = [Tok(i, patch_of.get(i)) for i in range(embeds.shape[0])]
         h = embeds.clone()
         try:
             for li, layer in enumerate(self.layers):
