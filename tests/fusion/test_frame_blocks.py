@@ -166,15 +166,19 @@ def test_block_prefill_graph_in_onnx_runtime_matches_pytorch(tiny, decoder, tmp_
     from ffexport.export.capture import CaptureOnnx, GraphSpec
     from ffexport.export.graphs import PrefillGraph, present_names
 
+    from dataclasses import replace
+
     case = CASES[4]  # 3 blocks of 2 frames, 3 text rows between
     embeds, pos, s, layout = make_inputs(case)
     n, p = layout.visual_tokens, layout.patches_per_frame
-    schedule = Schedule(n, p, (Stage(0, "before_attention", "merge", 9), Stage(1, "after_attention", "merge", 3),
-                               Stage(2, "after_attention", "prune", 8)), layout).validate(DEPTH)
-    module = PrefillGraph(decoder, schedule)
+    depth = 2  # the first two layers of the tiny decoder: a quick capture
+    short = ReducedDecoder(replace(decoder.parts, layers=torch.nn.ModuleList(list(decoder.layers)[:depth])))
+    schedule = Schedule(n, p, (Stage(0, "before_attention", "merge", 9), Stage(0, "after_attention", "merge", 3),
+                               Stage(1, "after_attention", "prune", 8)), layout).validate(depth)
+    module = PrefillGraph(short, schedule)
     inputs = (embeds[None], pos, torch.tensor(s))
     spec = GraphSpec("prefill", module, inputs, ["inputs_embeds", "position_ids", "video_start"],
-                     ["logits", *present_names(DEPTH)])
+                     ["logits", *present_names(depth)])
     proto = CaptureOnnx()(spec)
     path = tmp_path / "prefill.onnx"
     path.write_bytes(proto.SerializeToString())
@@ -184,6 +188,13 @@ def test_block_prefill_graph_in_onnx_runtime_matches_pytorch(tiny, decoder, tmp_
     got = session.run(None, {"inputs_embeds": embeds[None].numpy(), "position_ids": pos.numpy(),
                              "video_start": torch.tensor(s).numpy()})
     assert [g.shape for g in got] == [tuple(e.shape) for e in expected]
-    assert expected[-1].shape[2] == embeds.shape[0] - 12  # the merges before layer 3's attention
+    assert expected[-1].shape[2] == embeds.shape[0] - 12  # the merges before layer 1's attention
     for e, g in zip(expected, got, strict=True):
         assert float((e - torch.from_numpy(g)).abs().max()) <= 1e-5
+    from ffexport.export.trt_toolkit import find_toolkit
+    from ffexport.lint.check import CheckGraph
+
+    toolkit = find_toolkit(("tensorrt_rtx",))
+    if toolkit is not None:  # CI installs it; the graph must parse and build ahead of time for SM89
+        check = CheckGraph(toolkit=toolkit, build_for=("SM89",))(path, None)
+        assert check.status == "built", check
