@@ -274,6 +274,9 @@ def _cmd_build(args) -> int:
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
+    from ffexport.models import require_stage
+
+    require_stage(args.model, "build")  # a family without a build path: one line, exit 3, before loading
     check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
               graph_only=args.graph_only)
     compute_capabilities = ()

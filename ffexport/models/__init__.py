@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAMILIES", "PRESETS", "LoadModel", "LoadedModel", "Preset"]
+__all__ = ["FAMILIES", "PRESETS", "LoadModel", "LoadedModel", "Preset", "require_stage"]
 
 
 def __getattr__(name: str) -> Any:

@@ -77,6 +77,9 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     model_class: type = Qwen2_5_VLForConditionalGeneration
     #: seconds one temporal grid step covers (the processor's second_per_grid_ts: 2 frames at fps 2)
     seconds_per_grid: float = 1.0
+    #: pipeline stages that work for this family (docs/families.md); the build needs a vision graph
+    #: for its window attention (not written yet), so build/run/calibrate/bench refuse with one line
+    stages: frozenset = frozenset({"case", "reference"})
 
     def position_ids(self, config: Qwen2_5_VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
         """M-RoPE positions [3, L] with the temporal index in units of ``tokens_per_second``."""

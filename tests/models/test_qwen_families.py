@@ -247,3 +247,17 @@ def test_qwen25_preprocessing_equals_transformers(source):
         assert out["image_grid_thw"][0].tolist() == [1, h, w]
         expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 14 * 14)[:, :, 0]
         np.testing.assert_allclose(per_patch[f // 2, :, :, f % 2], expected, rtol=0, atol=1e-5)
+
+
+def test_a_stage_a_family_lacks_is_refused_in_one_line_before_loading(tmp_path, error_line, monkeypatch):
+    from ffexport import cli
+    from ffexport.models import LoadModel
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(LoadModel, "__call__", no_loading)
+    assert cli.main(["build", "--model", "qwen2.5vl-tiny", "--out", str(tmp_path / "b")]) == 3
+    assert error_line() == ("error: model: qwen2.5vl-tiny (qwen2_5_vl): `ffexport build` is not supported for this "
+                            "family yet (supported: case, reference); see docs/families.md")
+    assert not (tmp_path / "b").exists()
