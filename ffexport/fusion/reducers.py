@@ -41,6 +41,9 @@ class VisualSpan:
     frames: int
     text: torch.Tensor | None = None
     text_tokens: int = 0
+    #: features carried with the rows and reduced with the same indices ([length, F]; Qwen3-VL's
+    #: DeepStack features, added to the hidden states of the first layers); None: nothing carried
+    extra: torch.Tensor | None = None
 
     def positions(self) -> torch.Tensor:
         """Sequence positions of the span's rows, [length] int64."""
@@ -81,6 +84,26 @@ class VisualSpan:
         source = torch.where(self.text.index_select(0, kept), kept, self.length + rank.index_select(0, kept))
         pool = torch.cat([rows, reduction.values.to(rows.dtype)], dim=0)
         return Reduction(kept, pool.index_select(0, source))
+
+
+def reduce_extra(span: VisualSpan, kept: torch.Tensor, merged: bool) -> torch.Tensor:
+    """``span.extra`` reduced like the hidden states were: rows ``kept`` (span rows, ascending) survive;
+    after a merge each survivor holds the equal-weight mean of its group (itself and the run of removed
+    tokens after it in its patch chain, exactly the groups :func:`ops.merge` averaged). [len(kept), F]."""
+    if not merged:
+        return span.extra.index_select(0, kept)
+    index = span.visual_index()
+    only = span.visual_only(index)
+    flags = torch.zeros(span.length, dtype=torch.float32, device=kept.device).scatter(
+        0, kept, torch.ones(kept.shape[0], dtype=torch.float32, device=kept.device))
+    rows = span.extra
+    if index is not None:
+        flags, rows = flags.index_select(0, index), rows.index_select(0, index)
+    removed = only.length - (kept.shape[0] - span.text_tokens)
+    order = ops.patch_order(only.patch_ids, only.patches_per_frame)
+    kept_visual, values = ops.merge(rows, only.patch_ids, order, 1.0 - flags.index_select(0, order), removed,
+                                    max_run=only.frames)
+    return span.lift(index, Reduction(kept_visual, values), span.extra).values
 
 
 @dataclass

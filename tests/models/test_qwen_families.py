@@ -261,3 +261,74 @@ def test_a_stage_a_family_lacks_is_refused_in_one_line_before_loading(tmp_path, 
     assert error_line() == ("error: model: qwen2.5vl-tiny (qwen2_5_vl): `ffexport build` is not supported for this "
                             "family yet (supported: case, reference); see docs/families.md")
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------ Qwen3-VL
+QWEN3_SIZE = (128, 128)  # patch 16, merge 2: 4x4 merged tokens per temporal group
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen3vl-tiny")()
+
+
+@pytest.fixture(scope="module")
+def qwen3_inputs(qwen3):
+    """Decoder inputs for 8 frames (4 blocks of 16 tokens, timestamps between): embeds with the video
+    features in place, positions, the region start, the layout, DeepStack levels; and the raw case."""
+    from ffexport.models.qwen3_vl import video_prompt_ids
+
+    frames = synthetic_video("moving_object", frames=8, height=QWEN3_SIZE[0], width=QWEN3_SIZE[1], seed=1)
+    pixels, grid = preprocess_video(frames, patch_size=16, size=QWEN3_SIZE, image_mean=(0.5,) * 3,
+                                    image_std=(0.5,) * 3)
+    adapter, config = qwen3.adapter, qwen3.config
+    ids = video_prompt_ids(qwen3.tokenizer, grid_thw=tuple(int(x) for x in grid[0]), merge_size=2,
+                           timestamps=[0.5, 1.5, 2.5, 3.5], prompt=PROMPT)
+    start, layout = adapter.layout(config, ids, tuple(int(x) for x in grid[0]))
+    positions, delta = adapter.position_ids(config, ids, grid)
+    with torch.no_grad():
+        features, deepstack = adapter.video_features(qwen3.model, torch.from_numpy(pixels), torch.from_numpy(grid))
+        embeds = adapter.embed_tokens(qwen3.model, torch.from_numpy(ids)).clone()
+        embeds[0, torch.from_numpy(ids[0] == config.video_token_id)] = features
+    return dict(ids=ids, pixels=pixels, grid=grid, embeds=embeds, positions=torch.from_numpy(positions),
+                start=start, layout=layout, deepstack=deepstack, delta=delta)
+
+
+def _qwen3_prefill(qwen3, x, reducer=None, deepstack=True):
+    from ffexport.fusion.decoder import ReducedDecoder
+
+    decoder = ReducedDecoder(qwen3.adapter.decoder_parts(qwen3.model))
+    layout = x["layout"]
+    with torch.no_grad():
+        return decoder.prefill(x["embeds"], x["positions"], torch.tensor(x["start"]), layout.visual_tokens,
+                               layout.patches_per_frame, reducer, layout, x["deepstack"] if deepstack else None)
+
+
+def test_qwen3_layout_is_one_block_per_group_with_timestamps_between(qwen3, qwen3_inputs):
+    x = qwen3_inputs
+    layout = x["layout"]
+    assert [b.length for b in layout.blocks] == [16] * 4 and layout.frames == 4
+    gaps = {b.start - a.end for a, b in zip(layout.blocks, layout.blocks[1:])}
+    assert len(gaps) == 1 and gaps.pop() > 2  # <|vision_end|>, the timestamp's tokens, <|vision_start|>
+    assert x["deepstack"].shape == (2, 64, 64)
+
+
+def test_qwen3_plain_prefill_equals_transformers(qwen3, qwen3_inputs):
+    """q/k norms, interleaved M-RoPE, timestamps between blocks and DeepStack levels: our decoder with no
+    reduction == transformers' forward (which computes its own positions: ours equal them)."""
+    x = qwen3_inputs
+    ids = torch.from_numpy(x["ids"])
+    types = (ids == qwen3.config.video_token_id).long() * 2
+    with torch.no_grad():
+        theirs = qwen3.model(input_ids=ids, pixel_values_videos=torch.from_numpy(x["pixels"]),
+                             video_grid_thw=torch.from_numpy(x["grid"]), mm_token_type_ids=types)
+        positions, _ = qwen3.model.model.get_rope_index(ids, mm_token_type_ids=types,
+                                                        video_grid_thw=torch.from_numpy(x["grid"]))
+    np.testing.assert_array_equal(positions[:, 0].numpy(), x["positions"].numpy())
+    ours = _qwen3_prefill(qwen3, x)
+    assert float((theirs.logits[0, -1] - ours.logits[0]).abs().max()) <= LOGITS_ATOL
+    assert int(theirs.logits[0, -1].argmax()) == int(ours.logits[0].argmax())
+    without = _qwen3_prefill(qwen3, x, deepstack=False)
+    assert float((without.logits - ours.logits).abs().max()) > 1e-2  # the DeepStack levels really act
