@@ -309,10 +309,6 @@ class ReducedDecoder(nn.Module):
             attn = self._attend(q, self._repeat(k), self._repeat(v), causal=False)
             hidden = hidden + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(1, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-            if i < levels:
-                hidden = self._add_deepstack(hidden, span, i)
-                if i == levels - 1:
-                    span = replace(span, extra=None)  # nothing left to add: stop carrying it
         return PrefillResult(self._logits(hidden), presents)
 
 
