@@ -332,3 +332,46 @@ def test_qwen3_plain_prefill_equals_transformers(qwen3, qwen3_inputs):
     assert int(theirs.logits[0, -1].argmax()) == int(ours.logits[0].argmax())
     without = _qwen3_prefill(qwen3, x, deepstack=False)
     assert float((without.logits - ours.logits).abs().max()) > 1e-2  # the DeepStack levels really act
+
+
+def test_qwen3_oracle_without_fusion_equals_transformers(qwen3, qwen3_inputs):
+    """The oracle's own q/k norms, interleaved RoPE and DeepStack addition are right."""
+    from ffexport.oracle import NaiveFrameFusion
+
+    x = qwen3_inputs
+    layout = x["layout"]
+    naive = NaiveFrameFusion(qwen3.model).prefill(x["embeds"][0], x["positions"], x["start"], layout.visual_tokens,
+                                                  layout.patches_per_frame, fusion=False, blocks=layout.to_json(),
+                                                  deepstack=x["deepstack"])
+    ours = _qwen3_prefill(qwen3, x)
+    assert float((naive.logits - ours.logits[0]).abs().max()) <= PARITY_ATOL
+
+
+@pytest.mark.parametrize("fusion", [FusionConfig(), FusionConfig(similarity=0.9, ratio_lower_bound=0.05),
+                                    FusionConfig(cost=0.5, similarity=0.8, budget_layers=28)])
+def test_qwen3_dynamic_equals_oracle_and_static_equals_dynamic(qwen3, qwen3_inputs, fusion):
+    """Blocks with timestamps between, DeepStack levels reduced with the hidden states' indices: the
+    dynamic reference == the oracle (steps, logits, caches); the static decoder on the realized
+    schedule == the dynamic reference."""
+    from ffexport.fusion.reducers import DynamicReducer, StaticReducer
+    from ffexport.oracle import NaiveFrameFusion
+
+    x = qwen3_inputs
+    layout = x["layout"]
+    n, p = layout.visual_tokens, layout.patches_per_frame
+    reducer = DynamicReducer(fusion, fusion.layers_for(qwen3.num_layers))
+    dynamic = _qwen3_prefill(qwen3, x, reducer)
+    naive = NaiveFrameFusion(qwen3.model, cost=fusion.cost, similarity=fusion.similarity,
+                             ratio_lower_bound=fusion.ratio_lower_bound, budget_layers=fusion.budget_layers).prefill(
+        x["embeds"][0], x["positions"], x["start"], n, p, blocks=layout.to_json(), deepstack=x["deepstack"])
+    assert naive.error is None
+    steps = [(r.stage.layer, r.stage.where, r.stage.op, r.stage.remove) for r in reducer.realized]
+    assert steps == naive.steps
+    # a merge acts before the last DeepStack level is added, so reduced levels are really exercised
+    assert any(s[0] < 2 and s[2] == "merge" and s[3] > 0 for s in steps), steps
+    assert float((dynamic.logits[0] - naive.logits).abs().max()) <= PARITY_ATOL
+    for (ck, cv), (nk, nv) in zip(dynamic.presents, naive.kv, strict=True):
+        assert ck.shape[2] == nk.shape[1] and float((ck[0] - nk).abs().max()) <= PARITY_ATOL
+    schedule = reducer.schedule(n, p, layout).validate(qwen3.num_layers)
+    static = _qwen3_prefill(qwen3, x, StaticReducer(schedule))
+    assert float((static.logits - dynamic.logits).abs().max()) <= PARITY_ATOL
