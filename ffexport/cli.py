@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- commands
 def _load(args):
-    from ffexport.models import LoadModel
+    from ffexport.models import LoadModel, require_stage
 
+    require_stage(args.model, args.command)  # a family without this stage: one line, exit 3
     return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                      layers=args.layers, vision_layers=args.vision_layers)()
 

@@ -124,11 +124,12 @@ class ReducedDecoder(nn.Module):
     def _qkv(self, layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         attn = layer.self_attn
         length, hd = x.shape[1], self.parts.head_dim
-        q = attn.q_proj(x).view(1, length, -1, hd)
-        k = attn.k_proj(x).view(1, length, -1, hd)
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's q and k before RoPE
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = attn.q_norm(attn.q_proj(x).view(1, length, -1, hd)).transpose(1, 2)
+            k = attn.k_norm(attn.k_proj(x).view(1, length, -1, hd)).transpose(1, 2)
+        else:
+            q = attn.q_proj(x).view(1, length, -1, hd).transpose(1, 2)
+            k = attn.k_proj(x).view(1, length, -1, hd).transpose(1, 2)
         v = attn.v_proj(x).view(1, length, -1, hd).transpose(1, 2)
         c, s = cos.unsqueeze(0).unsqueeze(0), sin.unsqueeze(0).unsqueeze(0)
         q = q * c + rotate_half(q) * s

@@ -81,5 +81,5 @@ def require_stage(model: str, stage: str) -> None:
         return
     raise ModelError(
         f"{model} ({family}): `ffexport {stage}` is not supported for this family yet "
-        f"(supported: {', '.join(s for s in STAGES if s in stages)}); see docs/families.md"
+        f"(supported: {', '.join(s for s in STAGES if s in stages) or 'none'}); see docs/families.md"
     )

@@ -375,3 +375,21 @@ def test_qwen3_dynamic_equals_oracle_and_static_equals_dynamic(qwen3, qwen3_inpu
     schedule = reducer.schedule(n, p, layout).validate(qwen3.num_layers)
     static = _qwen3_prefill(qwen3, x, StaticReducer(schedule))
     assert float((static.logits - dynamic.logits).abs().max()) <= PARITY_ATOL
+
+
+@pytest.mark.parametrize("argv, supported", [
+    (["reference", "--model", "qwen3vl-tiny", "--out", "{tmp}/r.npz"], "none"),
+    (["case", "--model", "qwen3vl-tiny", "--out", "{tmp}/c.npz"], "none"),
+    (["calibrate", "--model", "qwen2.5vl-tiny", "--bucket", "8x112x112", "--synthetic", "2", "--out", "{tmp}/s.json"],
+     "case, reference"),
+])
+def test_families_refuse_the_stages_they_lack(tmp_path, error_line, argv, supported):
+    from ffexport import cli
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    model = argv[argv.index("--model") + 1]
+    family = "qwen3_vl" if model.startswith("qwen3") else "qwen2_5_vl"
+    assert cli.main(argv) == 3
+    assert error_line() == (f"error: model: {model} ({family}): `ffexport {argv[0]}` is not supported for this "
+                            f"family yet (supported: {supported}); see docs/families.md")
+    assert not list(tmp_path.iterdir())
