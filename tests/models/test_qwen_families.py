@@ -393,3 +393,52 @@ def test_families_refuse_the_stages_they_lack(tmp_path, error_line, argv, suppor
     assert error_line() == (f"error: model: {model} ({family}): `ffexport {argv[0]}` is not supported for this "
                             f"family yet (supported: {supported}); see docs/families.md")
     assert not list(tmp_path.iterdir())
+
+
+def test_qwen3_static_graph_with_blocks_and_deepstack_in_onnx_runtime_equals_pytorch(qwen3_inputs, tmp_path):
+    """The Qwen3-VL static prefill (q/k norms, interleaved M-RoPE, 4 blocks with timestamps between, the
+    DeepStack levels a graph input reduced inside the graph), first 2 layers, in ONNX Runtime == PyTorch;
+    TensorRT-RTX parses and AOT-builds it for SM89 where installed."""
+    ort = pytest.importorskip("onnxruntime")
+    from ffexport.export.capture import CaptureOnnx, GraphSpec
+    from ffexport.export.graphs import present_names
+    from ffexport.export.trt_toolkit import find_toolkit
+    from ffexport.fusion.decoder import ReducedDecoder
+    from ffexport.fusion.reducers import StaticReducer
+    from ffexport.fusion.schedule import Schedule, Stage
+    from ffexport.lint.check import CheckGraph
+    from ffexport.models import LoadModel
+
+    short = LoadModel("qwen3vl-tiny", layers=2)()
+    x = qwen3_inputs
+    layout = x["layout"]
+    schedule = Schedule(layout.visual_tokens, layout.patches_per_frame, (
+        Stage(0, "before_attention", "merge", 20), Stage(1, "after_attention", "prune", 14)), layout).validate(2)
+
+    class Prefill(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = ReducedDecoder(short.adapter.decoder_parts(short.model))
+
+        def forward(self, inputs_embeds, position_ids, video_start, deepstack):
+            result = self.decoder.prefill(inputs_embeds, position_ids, video_start, layout.visual_tokens,
+                                          layout.patches_per_frame, StaticReducer(schedule), layout, deepstack)
+            return (result.logits, *[t for kv in result.presents for t in kv])
+
+    module = Prefill()
+    args = (x["embeds"], x["positions"], torch.tensor(x["start"]), x["deepstack"])
+    names = ["inputs_embeds", "position_ids", "video_start", "deepstack"]
+    proto = CaptureOnnx()(GraphSpec("prefill", module, args, names, ["logits", *present_names(2)]))
+    path = tmp_path / "prefill.onnx"
+    path.write_bytes(proto.SerializeToString())
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {name: a.numpy() for name, a in zip(names, args, strict=True)})
+    with torch.no_grad():
+        expected = module(*args)
+    assert expected[1].shape[2] == x["embeds"].shape[1] - 20
+    for e, g in zip(expected, got, strict=True):
+        assert e.shape == g.shape and float((e - torch.from_numpy(g)).abs().max()) <= PARITY_ATOL
+    toolkit = find_toolkit(("tensorrt_rtx",))
+    if toolkit is not None:
+        check = CheckGraph(toolkit=toolkit, build_for=("SM89",))(path, None)
+        assert check.status == "built", check
