@@ -199,8 +199,15 @@ class ReducedDecoder(nn.Module):
         if (layout.visual_tokens, layout.patches_per_frame) != (visual_tokens, patches_per_frame):
             raise ValueError(f"the layout holds {layout.visual_tokens} tokens of {layout.patches_per_frame} per frame, "
                              f"not {visual_tokens} of {patches_per_frame}")
-        patch_ids = torch.as_tensor(layout.region_patch_ids(), device=device)
-        text = torch.as_tensor(layout.text_mask(), device=device)
+        # built with ops from the block bounds (Python ints), not from numpy constants, so that a
+        # meta-device capture (graph-only builds) keeps them in the graph
+        rows = torch.arange(layout.region_length, dtype=torch.int64, device=device)
+        text = torch.ones(layout.region_length, dtype=torch.bool, device=device)
+        patch_ids = torch.zeros(layout.region_length, dtype=torch.int64, device=device)
+        for block in layout.blocks:
+            inside = (rows >= block.start) & (rows < block.end)
+            text = text & ~inside
+            patch_ids = torch.where(inside, (rows - block.start) % patches_per_frame, patch_ids)
         return VisualSpan(video_start, layout.region_length, patch_ids, patches_per_frame, layout.frames,
                           text, layout.text_tokens)
 
