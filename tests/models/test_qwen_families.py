@@ -442,3 +442,15 @@ def test_qwen3_static_graph_with_blocks_and_deepstack_in_onnx_runtime_equals_pyt
     if toolkit is not None:
         check = CheckGraph(toolkit=toolkit, build_for=("SM89",))(path, None)
         assert check.status == "built", check
+
+
+@pytest.mark.parametrize("preset, parameters", [
+    ("qwen2.5vl-7b", 8_292_166_656),  # Qwen/Qwen2.5-VL-7B-Instruct's safetensors index: 8.29B
+    ("qwen3vl-8b", 8_767_123_696),  # Qwen/Qwen3-VL-8B-Instruct: 8.77B
+])
+def test_real_size_presets_have_the_released_architecture(preset, parameters):
+    """The real-size presets, built on the meta device, have exactly the released parameter counts."""
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel(preset, structure_only=True)()
+    assert sum(p.numel() for p in loaded.model.parameters()) == parameters
