@@ -445,11 +445,12 @@ def test_qwen3_static_graph_with_blocks_and_deepstack_in_onnx_runtime_equals_pyt
 
 
 @pytest.mark.parametrize("preset, parameters", [
-    ("qwen2.5vl-7b", 8_292_166_656),  # Qwen/Qwen2.5-VL-7B-Instruct's safetensors index: 8.29B
-    ("qwen3vl-8b", 8_767_123_696),  # Qwen/Qwen3-VL-8B-Instruct: 8.77B
+    ("qwen2.5vl-7b", 8_292_166_656),  # the model card of Qwen/Qwen2.5-VL-7B-Instruct says 8.29B
+    ("qwen3vl-8b", 8_767_123_696),  # the model card of Qwen/Qwen3-VL-8B-Instruct says 8.77B
 ])
 def test_real_size_presets_have_the_released_architecture(preset, parameters):
-    """The real-size presets, built on the meta device, have exactly the released parameter counts."""
+    """The real-size presets, built on the meta device, have the released parameter counts (the exact
+    figures were counted here; the model cards give them to three digits)."""
     from ffexport.models import LoadModel
 
     loaded = LoadModel(preset, structure_only=True)()
