@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- commands
 def _load(args):
-    from ffexport.models import LoadModel
+    from ffexport.models import LoadModel, require_stage
 
+    require_stage(args.model, args.command)  # a family without this stage: one line, exit 3
     return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                      layers=args.layers, vision_layers=args.vision_layers)()
 
@@ -274,6 +275,9 @@ def _cmd_build(args) -> int:
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
+    from ffexport.models import require_stage
+
+    require_stage(args.model, "build")  # a family without a build path: one line, exit 3, before loading
     check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
               graph_only=args.graph_only)
     compute_capabilities = ()

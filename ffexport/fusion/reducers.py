@@ -17,16 +17,21 @@ import torch
 from ffexport.fusion import ops
 from ffexport.fusion.budget import budget
 from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.schedule import Schedule, Stage
 
 
 @dataclass
 class VisualSpan:
-    """The visual tokens as the decoder currently holds them.
+    """The video's tokens as the decoder currently holds them.
 
     ``start`` is where the span begins in the sequence (a 0-dim int64 tensor, so it can be a graph
-    input); ``length`` is how many visual tokens are left (a Python int: fixed by the schedule);
-    ``patch_ids`` [length] int64 says which patch position each token came from.
+    input); ``length`` is how many rows it has left (a Python int: fixed by the schedule);
+    ``patch_ids`` [length] int64 says which patch position each row came from.
+
+    With frame blocks (:mod:`ffexport.fusion.layout`) the span is the whole region, and ``text``
+    [length] bool marks the ``text_tokens`` text rows between blocks (patch id 0, never reduced);
+    ``text`` None means every row is visual (the contiguous span, the code path of Qwen2-VL).
     """
 
     start: torch.Tensor
@@ -34,10 +39,71 @@ class VisualSpan:
     patch_ids: torch.Tensor
     patches_per_frame: int
     frames: int
+    text: torch.Tensor | None = None
+    text_tokens: int = 0
+    #: features carried with the rows and reduced with the same indices ([length, F]; Qwen3-VL's
+    #: DeepStack features, added to the hidden states of the first layers); None: nothing carried
+    extra: torch.Tensor | None = None
 
     def positions(self) -> torch.Tensor:
-        """Sequence positions of the span's tokens, [length] int64."""
+        """Sequence positions of the span's rows, [length] int64."""
         return self.start + torch.arange(self.length, dtype=torch.int64, device=self.patch_ids.device)
+
+    @property
+    def visual_count(self) -> int:
+        return self.length - self.text_tokens
+
+    def visual_index(self) -> torch.Tensor | None:
+        """Span rows of the visual tokens, ascending [visual_count]; None when every row is visual."""
+        if self.text is None:
+            return None
+        return ops.compact_index((~self.text).to(torch.float32), self.visual_count)
+
+    def visual_only(self, index: torch.Tensor | None) -> "VisualSpan":
+        """The visual tokens alone, as a contiguous span (``index`` from :meth:`visual_index`)."""
+        if index is None:
+            return self
+        return VisualSpan(self.start, self.visual_count, self.patch_ids.index_select(0, index),
+                          self.patches_per_frame, self.frames)
+
+    def lift(self, index: torch.Tensor | None, reduction: "Reduction", rows: torch.Tensor) -> "Reduction":
+        """A reduction of the visual tokens as a reduction of the span's rows: text rows all stay,
+        unchanged. ``rows`` [length, D] are the span's current rows (a merge's pool for text rows)."""
+        if index is None:
+            return reduction
+        text = self.text.to(torch.float32)
+        kept_visual = reduction.kept.shape[0]
+        flags = torch.zeros(self.visual_count, dtype=torch.float32, device=text.device).scatter(
+            0, reduction.kept, torch.ones(kept_visual, dtype=torch.float32, device=text.device))
+        keep = text.scatter(0, index, flags)
+        kept = ops.compact_index(keep, self.text_tokens + kept_visual)
+        if reduction.values is None:
+            return Reduction(kept)
+        # a kept visual row takes its merged value: row (its rank among kept visual rows) of the values
+        rank = (torch.cumsum(keep - text, dim=0) - 1.0).to(torch.int64)
+        source = torch.where(self.text.index_select(0, kept), kept, self.length + rank.index_select(0, kept))
+        pool = torch.cat([rows, reduction.values.to(rows.dtype)], dim=0)
+        return Reduction(kept, pool.index_select(0, source))
+
+
+def reduce_extra(span: VisualSpan, kept: torch.Tensor, merged: bool) -> torch.Tensor:
+    """``span.extra`` reduced like the hidden states were: rows ``kept`` (span rows, ascending) survive;
+    after a merge each survivor holds the equal-weight mean of its group (itself and the run of removed
+    tokens after it in its patch chain, exactly the groups :func:`ops.merge` averaged). [len(kept), F]."""
+    if not merged:
+        return span.extra.index_select(0, kept)
+    index = span.visual_index()
+    only = span.visual_only(index)
+    flags = torch.zeros(span.length, dtype=torch.float32, device=kept.device).scatter(
+        0, kept, torch.ones(kept.shape[0], dtype=torch.float32, device=kept.device))
+    rows = span.extra
+    if index is not None:
+        flags, rows = flags.index_select(0, index), rows.index_select(0, index)
+    removed = only.length - (kept.shape[0] - span.text_tokens)
+    order = ops.patch_order(only.patch_ids, only.patches_per_frame)
+    kept_visual, values = ops.merge(rows, only.patch_ids, order, 1.0 - flags.index_select(0, order), removed,
+                                    max_run=only.frames)
+    return span.lift(index, Reduction(kept_visual, values), span.extra).values
 
 
 @dataclass
@@ -112,11 +178,16 @@ class StaticReducer:
         stage = self.schedule.at(layer, where)
         if stage is None or stage.remove == 0:
             return None
+        index = span.visual_index()  # None: every span row is visual (no text between frame blocks)
+        only = span.visual_only(index)
+        rows = visual if index is None else visual.index_select(0, index)
         if stage.op == "merge":
-            kept, values = self.steps.merge(visual, span.patch_ids, stage.remove, span.patches_per_frame, span.frames)
-            return Reduction(kept, values)
-        keep = span.length - stage.remove
-        return Reduction(self.steps.prune(importance.index_select(0, span.positions()), keep))
+            kept, values = self.steps.merge(rows, only.patch_ids, stage.remove, only.patches_per_frame, only.frames)
+            return span.lift(index, Reduction(kept, values), visual)
+        keep = only.length - stage.remove
+        scores = importance.index_select(0, span.positions())
+        scores = scores if index is None else scores.index_select(0, index)
+        return span.lift(index, Reduction(self.steps.prune(scores, keep)), visual)
 
 
 @dataclass
@@ -158,8 +229,8 @@ class DynamicReducer:
             return False
         return not (self.merging_done and self.pruning_done)
 
-    def schedule(self, visual_tokens: int, patches_per_frame: int) -> Schedule:
-        return Schedule(visual_tokens, patches_per_frame, tuple(r.stage for r in self.realized))
+    def schedule(self, visual_tokens: int, patches_per_frame: int, layout: FrameLayout | None = None) -> Schedule:
+        return Schedule(visual_tokens, patches_per_frame, tuple(r.stage for r in self.realized), layout)
 
     def _budget(self) -> float:
         return budget(self.sparsity, self.config.cost, self.num_layers)
@@ -169,6 +240,9 @@ class DynamicReducer:
     ) -> Reduction | None:
         if where == "before_attention" and layer != 0:
             return None
+        index = span.visual_index()  # None: every span row is visual (no text between frame blocks)
+        full, span = span, span.visual_only(index)
+        rows = visual if index is None else visual.index_select(0, index)
         n = span.length
         if n == 0:
             return None
@@ -177,7 +251,9 @@ class DynamicReducer:
             keep = round(n * (1 - upper))
             self.pruning_done = True
             self.realized.append(RealizedStep(Stage(layer, where, "prune", n - keep), n, upper, upper, "prune"))
-            return Reduction(ops.prune(importance.index_select(0, span.positions()), keep))
+            scores = importance.index_select(0, full.positions())
+            scores = scores if index is None else scores.index_select(0, index)
+            return full.lift(index, Reduction(ops.prune(scores, keep)), visual)
         if self.merging_done:
             return None
 
@@ -197,7 +273,7 @@ class DynamicReducer:
             m = int(upper * n)
             return ops.top_flags(key, m), m
 
-        reduction, m = _merge(visual, span, flags_for)
+        reduction, m = _merge(rows, span, flags_for)
         ratio = float(decision["ratio"])
         if decision["branch"] == "threshold":
             self.sparsity.append(ratio)
@@ -206,4 +282,4 @@ class DynamicReducer:
         else:
             self.merging_done = self.pruning_done = True
         self.realized.append(RealizedStep(Stage(layer, where, "merge", m), n, ratio, upper, str(decision["branch"])))
-        return reduction if m else None
+        return full.lift(index, reduction, visual) if m else None

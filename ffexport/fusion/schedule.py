@@ -2,10 +2,16 @@
 
 File format (versioned JSON)::
 
-    {"format": "ffexport.schedule/1", "visual_tokens": N, "patches_per_frame": P,
+    {"format": "ffexport.schedule/2", "visual_tokens": N, "patches_per_frame": P,
+     "blocks": [[0, 256], [262, 256], ...],
      "stages": [{"layer": 0, "where": "before_attention", "op": "merge", "remove": 65}, ...]}
 
-A bucket fixes N and P; a schedule fixes every shape inside the reduced decoder.
+``blocks`` (version 2) are the frame blocks ``[region offset, tokens]`` of
+:class:`ffexport.fusion.layout.FrameLayout`. Version 1 (no ``blocks``: one contiguous block) is
+still read, and a schedule whose video is one contiguous block is still written as version 1, so
+that readers of version 1 (the C++ runtime, older builds) keep reading every single-block build.
+
+A bucket fixes N, P and the layout; a schedule fixes every shape inside the reduced decoder.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ffexport.errors import ScheduleError
+from ffexport.fusion.layout import FrameLayout
 from ffexport.io import save_json
 
-SCHEDULE_FORMAT = "ffexport.schedule/1"
+SCHEDULE_FORMAT = "ffexport.schedule/2"
+#: the version without frame blocks (one contiguous block), still read and written for such videos
+SCHEDULE_FORMAT_V1 = "ffexport.schedule/1"
 WHERE = ("before_attention", "after_attention")
 OPS = ("merge", "prune")
 
@@ -49,6 +58,20 @@ class Schedule:
     visual_tokens: int
     patches_per_frame: int
     stages: tuple[Stage, ...] = field(default_factory=tuple)
+    #: the frame blocks (None: one contiguous block of ``visual_tokens``)
+    layout: FrameLayout | None = None
+
+    def __post_init__(self) -> None:
+        if (self.layout is not None and self.layout.is_contiguous
+                and (self.layout.visual_tokens, self.layout.patches_per_frame) == (self.visual_tokens,
+                                                                                    self.patches_per_frame)):
+            object.__setattr__(self, "layout", None)  # one contiguous block is the layout-free schedule
+
+    @property
+    def frame_layout(self) -> FrameLayout:
+        """The layout, a single contiguous block when none was given."""
+        return self.layout if self.layout is not None else FrameLayout.contiguous(self.visual_tokens,
+                                                                                  self.patches_per_frame)
 
     # ------------------------------------------------------------------ queries
     def at(self, layer: int, where: str) -> Stage | None:
@@ -81,6 +104,11 @@ class Schedule:
             raise ScheduleError(f"visual_tokens and patches_per_frame must be positive integers, got {n_tok}, {p}")
         if n_tok % p:
             raise ScheduleError(f"visual_tokens {n_tok} is not a multiple of patches_per_frame {p}")
+        if self.layout is not None and (self.layout.visual_tokens, self.layout.patches_per_frame) != (n_tok, p):
+            raise ScheduleError(
+                f"the frame blocks hold {self.layout.visual_tokens} tokens of {self.layout.patches_per_frame} "
+                f"per frame, the schedule says {n_tok} of {p}"
+            )
         previous: tuple[int, int] | None = None
         n = n_tok
         merged_total = 0
@@ -121,26 +149,39 @@ class Schedule:
 
     # -------------------------------------------------------------------- I/O
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": SCHEDULE_FORMAT,
+        """Version 2 with ``blocks`` when the video has several frame blocks, else version 1."""
+        data: dict[str, Any] = {
+            "format": SCHEDULE_FORMAT_V1,
             "visual_tokens": self.visual_tokens,
             "patches_per_frame": self.patches_per_frame,
-            "stages": [s.to_json() for s in self.stages],
         }
+        if not self.frame_layout.is_contiguous:
+            data["format"] = SCHEDULE_FORMAT
+            data["blocks"] = self.frame_layout.to_json()
+        data["stages"] = [s.to_json() for s in self.stages]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, *, source: str = "schedule") -> "Schedule":
         """Parse (without validating against a model) a decoded JSON object."""
         if not isinstance(data, dict):
             raise ScheduleError(f"{source}: expected a JSON object")
-        if data.get("format") != SCHEDULE_FORMAT:
-            raise ScheduleError(f"{source}: 'format' must be {SCHEDULE_FORMAT!r}, got {data.get('format')!r}")
+        version = data.get("format")
+        if version not in (SCHEDULE_FORMAT, SCHEDULE_FORMAT_V1):
+            raise ScheduleError(
+                f"{source}: 'format' must be {SCHEDULE_FORMAT!r} or {SCHEDULE_FORMAT_V1!r}, got {version!r}"
+            )
         try:
             stages = tuple(
                 Stage(layer=st["layer"], where=st["where"], op=st["op"], remove=st["remove"])
                 for st in data["stages"]
             )
-            schedule = cls(int(data["visual_tokens"]), int(data["patches_per_frame"]), stages)
+            layout = None
+            if version == SCHEDULE_FORMAT and data.get("blocks") is not None:
+                layout = FrameLayout.from_json(data["blocks"], int(data["patches_per_frame"]), source=source)
+                if layout.is_contiguous:
+                    layout = None
+            schedule = cls(int(data["visual_tokens"]), int(data["patches_per_frame"]), stages, layout)
         except (KeyError, TypeError, ValueError) as e:
             raise ScheduleError(f"{source}: malformed schedule ({type(e).__name__}: {e})") from e
         return schedule.validate()

@@ -12,6 +12,7 @@ import torch
 
 from ffexport.errors import ModelError
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
+from ffexport.video.processor_config import read_processor_config
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class LoadedModel:
     source: str
     #: (min_pixels, max_pixels) for video frames; None: the processor's defaults
     video_pixels: tuple[int, int] | None = None
+    #: a model directory's video processor settings (ffexport.video.processor_config); None: a preset's
+    processor: Any | None = None
 
     @property
     def config(self):
@@ -203,7 +206,10 @@ class LoadModel:
             ).eval()
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"could not load weights from {directory}: {e}") from e
-        return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory))
+        processor = read_processor_config(directory)
+        log.info("video processor settings from %s: pixels %d..%d", processor.source, *processor.pixels)
+        return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory),
+                           processor.pixels, processor)
 
 
 def _load_tokenizer(directory: Path):

@@ -52,3 +52,34 @@ class Preset:
 
 FAMILIES: Registry[Any] = Registry("model family")
 PRESETS: Registry[Preset] = Registry("preset")
+
+
+#: every pipeline stage a command may need; an adapter's ``stages`` lists those it supports
+STAGES = ("case", "reference", "build", "run", "calibrate", "bench")
+
+
+def require_stage(model: str, stage: str) -> None:
+    """Refuse, with one line (:class:`~ffexport.errors.ModelError`, exit 3), a ``stage`` that ``model``'s
+    family does not support yet (its adapter's ``stages``; an adapter without one supports all).
+    ``model`` is a preset name or a model directory; anything else is left to the loader to refuse."""
+    import json
+    from pathlib import Path
+
+    from ffexport.errors import ModelError
+
+    preset = PRESETS.get(model)
+    family = preset.family if preset is not None else None
+    config = Path(model) / "config.json"
+    if family is None and config.is_file():
+        try:
+            family = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError):
+            return
+    adapter = FAMILIES.get(family) if family is not None else None
+    stages = getattr(adapter, "stages", None)
+    if adapter is None or stages is None or stage in stages:
+        return
+    raise ModelError(
+        f"{model} ({family}): `ffexport {stage}` is not supported for this family yet "
+        f"(supported: {', '.join(s for s in STAGES if s in stages) or 'none'}); see docs/families.md"
+    )

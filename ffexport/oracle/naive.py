@@ -16,6 +16,14 @@ records (original index, patch id or None); every FrameFusion decision is an exp
 
 Attention is written out per head with an explicit causal mask; RoPE is built per frequency from
 the (t, h, w) position ids. Everything stays in float32 except the similarity (float64).
+
+Model variants, each written from its description, not from ffexport's code: q/k RMSNorm per head
+before RoPE when the attention has ``q_norm``/``k_norm`` (Qwen3); interleaved M-RoPE when the config
+says ``mrope_interleaved`` (frequency j takes height positions for j = 1 mod 3 below 3 * section[1],
+width positions for j = 2 mod 3 below 3 * section[2], temporal ones otherwise); DeepStack levels
+(``prefill(deepstack=...)``): each visual token carries its own k feature rows, level i is added to
+it after layer i; a merge averages the carried rows of a group with equal weights, like the hidden
+states, and a prune keeps the survivors' rows.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ def naive_budget(sparsity: list[float], cost: float, num_layers: int) -> float:
 class Tok:
     index: int  # row in the ORIGINAL sequence (its position ids)
     patch: int | None  # patch id for a visual token, None for text
+    deepstack: torch.Tensor | None = None  # [k, D] DeepStack rows this token carries (visual tokens only)
 
 
 @dataclass
@@ -88,7 +97,9 @@ class NaiveFrameFusion:
         cfg = text.config
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        rope_parameters = getattr(cfg, "rope_parameters", None) or {}
+        self.interleaved = bool(rope_parameters.get("mrope_interleaved", False))
         self.cost = cost
         self.similarity = similarity
         self.ratio_lower_bound = ratio_lower_bound
@@ -102,6 +113,15 @@ class NaiveFrameFusion:
         for section, width in enumerate(self.mrope_section):
             axis_of += [section % 3] * width
         assert len(axis_of) == half
+        if self.interleaved:
+            axis_of = []
+            for j in range(half):
+                if j % 3 == 1 and j < 3 * self.mrope_section[1]:
+                    axis_of.append(1)
+                elif j % 3 == 2 and j < 3 * self.mrope_section[2]:
+                    axis_of.append(2)
+                else:
+                    axis_of.append(0)
         length = position_ids.shape[1]
         angle = torch.zeros(length, half, dtype=torch.float32)
         for j in range(half):
@@ -124,6 +144,9 @@ class NaiveFrameFusion:
         q = attn.q_proj(x).view(n, self.heads, hd)
         k = attn.k_proj(x).view(n, self.kv_heads, hd)
         v = attn.v_proj(x).view(n, self.kv_heads, hd)
+        if hasattr(attn, "q_norm"):
+            q = attn.q_norm(q)
+            k = attn.k_norm(k)
         rows = [t.index for t in toks]
         cos, sin = cos_all[rows], sin_all[rows]
         q = self._rotate(q, cos, sin)
@@ -189,13 +212,19 @@ class NaiveFrameFusion:
                 head = i
                 members[i] = [i]
         new_h = h.clone()
+        new_toks = list(toks)
         for head, group in members.items():
             total = torch.zeros_like(h[head])
             for j in group:
                 total = total + h[j]
             new_h[head] = total / len(group)
+            if toks[head].deepstack is not None:
+                carried = torch.zeros_like(toks[head].deepstack)
+                for j in group:
+                    carried = carried + toks[j].deepstack
+                new_toks[head] = Tok(toks[head].index, toks[head].patch, carried / len(group))
         keep = [i for i in range(len(toks)) if i not in merged]
-        return new_h[keep], [toks[i] for i in keep]
+        return new_h[keep], [new_toks[i] for i in keep]
 
     def _prune(self, h, toks, layer, importance, result):
         vis = [i for i, t in enumerate(toks) if t.patch is not None]
@@ -230,19 +259,35 @@ class NaiveFrameFusion:
         visual_tokens: int,
         patches_per_frame: int,
         fusion: bool = True,
+        blocks: list[tuple[int, int]] | None = None,
+        deepstack: torch.Tensor | None = None,
     ) -> NaiveResult:
-        """``embeds`` [L, D]; ``position_ids`` [3, L]; the video span is [start, start + N)."""
+        """``embeds`` [L, D]; ``position_ids`` [3, L]; the video span is [start, start + N).
+
+        ``blocks``: the video as frame blocks ``(offset from start, tokens)`` with text between them
+        (their tokens sum to N); a token of a block has patch id (its offset in the block) mod P, the
+        text between blocks has none, so it is never merged or pruned. None: one block [start, start + N).
+        ``deepstack`` [k, N, D]: the visual tokens' DeepStack rows, in order (see the module docstring).
+        """
         self.sparsity: list[float] = []
         self.merging_done = False
         self.pruning_done = False
         result = NaiveResult(logits=None)
         cos_all, sin_all = self._rope_tables(position_ids)
-        toks = []
-        for i in range(embeds.shape[0]):
-            if start <= i < start + visual_tokens:
-                toks.append(Tok(i, (i - start) % patches_per_frame))
-            else:
-                toks.append(Tok(i, None))
+        if blocks is None:
+            blocks = [(0, visual_tokens)]
+        assert sum(length for _, length in blocks) == visual_tokens
+        patch_of: dict[int, int] = {}
+        for offset, length in blocks:
+            for j in range(length):
+                patch_of[start + offset + j] = j % patches_per_frame
+        toks = [Tok(i, patch_of.get(i)) for i in range(embeds.shape[0])]
+        levels = 0
+        if deepstack is not None:
+            levels = deepstack.shape[0]
+            visual_rows = sorted(patch_of)
+            for rank, row in enumerate(visual_rows):
+                toks[row] = Tok(row, patch_of[row], deepstack[:, rank, :].to(torch.float32))
         h = embeds.clone()
         try:
             for li, layer in enumerate(self.layers):
@@ -254,6 +299,11 @@ class NaiveFrameFusion:
                 if fusion:
                     h, toks = self._step(h, toks, li, "after_attention", importance, result)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
+                if li < levels:
+                    h = h.clone()
+                    for i, t in enumerate(toks):
+                        if t.deepstack is not None:
+                            h[i] = h[i] + t.deepstack[li]
         except NaiveBudgetError as e:
             result.error = str(e)
             return result

@@ -15,7 +15,8 @@ This reproduces what transformers' Qwen2-VL processors feed the vision tower:
 
 Defaults follow ``Qwen2VLVideoProcessor``'s class defaults (``min_pixels = 128 * 28 * 28``,
 ``max_pixels = 768 * 28 * 28``), which differ from the image processor's. Note that a checkpoint's
-saved processor config overrides them (see ``VIDEO_MIN_PIXELS``).
+saved processor config overrides them: :func:`ffexport.video.processor_config.read_processor_config`
+reads a model directory's limits, sizes and mean/std exactly as transformers does.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def preprocess_video(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     size: tuple[int, int] | None = None,
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN,
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn uint8 RGB frames ``[T, H, W, 3]`` into Qwen2-VL's ``(pixel_values_videos, video_grid_thw)``.
 
@@ -102,12 +105,14 @@ def preprocess_video(
     ``min_pixels``/``max_pixels`` default to the video processor's (``VIDEO_MIN_PIXELS``,
     ``VIDEO_MAX_PIXELS``). ``size=(height, width)`` skips ``smart_resize`` and resizes to exactly
     that size, which must be a multiple of ``patch_size * merge_size`` on both sides.
+    ``image_mean``/``image_std`` default to OpenAI CLIP's (Qwen2-VL, Qwen2.5-VL); a model
+    directory's processor config may say otherwise (Qwen3-VL uses 0.5).
     """
     frames = check_video(frames)
     _check_patch_args(patch_size, temporal_patch_size, merge_size)
     factor = patch_size * merge_size
     target = _target_size(frames.shape[1], frames.shape[2], factor, min_pixels, max_pixels, size)
-    normalized = np.stack([_normalize(_resize(frame, target)) for frame in frames])
+    normalized = np.stack([_normalize(_resize(frame, target), image_mean, image_std) for frame in frames])
     normalized = _pad_frames(normalized, temporal_patch_size)
     pixel_values, grid_thw = _patchify(normalized, patch_size, temporal_patch_size, merge_size)
     logger.debug(
@@ -174,15 +179,19 @@ def _resize(frame: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     return np.asarray(image)
 
 
-def _normalize(frame: np.ndarray) -> np.ndarray:
-    """Rescale to [0, 1] and normalize with the CLIP mean/std; returns float32 ``[3, H, W]``.
+def _normalize(
+    frame: np.ndarray,
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN,
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD,
+) -> np.ndarray:
+    """Rescale to [0, 1] and normalize with the mean/std (CLIP's by default); float32 ``[3, H, W]``.
 
     The arithmetic mirrors transformers' numpy path so results match bit for bit: the 1/255 rescale
     is done in float64 then cast to float32, and ``(x - mean) / std`` is done in float32.
     """
     rescaled = (frame.astype(np.float64) * (1 / 255)).astype(np.float32)
-    mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
-    std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
+    mean = np.asarray(image_mean, dtype=np.float32)
+    std = np.asarray(image_std, dtype=np.float32)
     return np.ascontiguousarray(((rescaled - mean) / std).transpose(2, 0, 1))
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ffexport.errors import ScheduleError
-from ffexport.fusion.schedule import SCHEDULE_FORMAT, Schedule, Stage, load_schedule
+from ffexport.fusion.schedule import SCHEDULE_FORMAT, SCHEDULE_FORMAT_V1, Schedule, Stage, load_schedule
 
 
 def sched(*stages, n=64, p=16):
@@ -14,7 +14,8 @@ def test_round_trip(tmp_path):
     s = sched((0, "before_attention", "merge", 40), (0, "after_attention", "merge", 5), (1, "after_attention", "prune", 9))
     path = s.save(tmp_path / "s.json")
     assert load_schedule(path) == s
-    assert json.loads(path.read_text())["format"] == SCHEDULE_FORMAT
+    # one contiguous block: still written as version 1 (readers of version 1 keep working)
+    assert json.loads(path.read_text())["format"] == SCHEDULE_FORMAT_V1
     assert s.visual_counts() == [24, 19, 10]
     assert s.final_visual_tokens == 10
 
