@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,8 +130,16 @@ def test_cost_too_small_is_one_line(tmp_path, case_file, capsys, error_line):
     # many tiny merge steps against a 1-layer budget exhaust it, as in the authors' code
     code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", "--out", str(tmp_path / "o.npz")])
     assert code == 5
-    assert "cost is too small" in error_line()
+    line = error_line()
+    assert "cost is too small" in line
     assert not (tmp_path / "o.npz").exists()
+    # the remedies are computed: each one, applied alone, makes the same run succeed
+    cost = re.search(r"--cost (\d\.\d\d) or more", line).group(1)
+    bound = float(re.search(r"--ratio-lower-bound above (\d\.\d+)", line).group(1)) + 0.001
+    for change in (["--cost", cost], ["--ratio-lower-bound", f"{bound:.3f}"]):
+        code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", *change,
+                     "--out", str(tmp_path / "o.npz"), "--overwrite"])
+        assert code == 0, (change, capsys.readouterr().err)
 
 
 def test_quiet_and_verbose_after_the_verb(tmp_path, capsys):
@@ -177,3 +186,12 @@ def test_subcommand_modules_import_without_the_cli():
             "assert 'ffexport.cli' not in sys.modules, 'imports ffexport.cli'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_build_says_how_to_fit_the_budget(tmp_path, capsys, error_line):
+    # issue 12 item 9: 2 temporal frames on the 4-layer tiny model overrun cost 0.3; the line says what to change
+    assert main(["-q", "build", "--bucket", "4x112x140", "--out", str(tmp_path / "b")]) == 5
+    line = error_line()
+    assert "the cost is too small" in line
+    assert re.search(r"--cost 0\.\d\d or more ends merging in time", line)
+    assert re.search(r"--ratio-lower-bound above 0\.\d{3} stops merging", line)
