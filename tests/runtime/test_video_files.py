@@ -20,6 +20,21 @@ def files(tmp_path_factory):
     return {ext: write_video(CLIP, d / f"clip.{ext}") for ext in ("mp4", "gif")}
 
 
+def test_write_video_writes_webm(tmp_path):
+    """`ffexport video --out FILE.webm` (its help promises webm): VP9, read back like any file."""
+    if not {"libvpx-vp9", "libvpx"} & set(av.codecs_available):
+        pytest.skip("PyAV has no VP9/VP8 encoder here")
+    from ffexport.cli import main
+
+    path = tmp_path / "clip.webm"
+    assert main(["-q", "video", "moving_object", "--frames", "10", "--size", "64x96", "--seed", "3",
+                 "--out", str(path)]) == 0
+    with av.open(str(path)) as container:
+        assert "webm" in container.format.name and container.streams.video[0].codec_context.name in ("vp9", "vp8")
+    frames = read_video(path)
+    assert frames.shape == CLIP.shape and np.abs(frames.astype(np.int16) - CLIP).mean() < 12.0
+
+
 @pytest.mark.parametrize(("ext", "max_mean_error"), [("mp4", 12.0), ("gif", 6.0)])
 def test_reads_frames_back(files, ext, max_mean_error):
     frames = read_video(files[ext])
