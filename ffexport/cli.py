@@ -36,17 +36,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             try:
                 adder = getattr(importlib.import_module(module), function)
             except ModuleNotFoundError as e:
-                if (e.name or "ffexport").split(".")[0] == "ffexport":
+                if _ours(e) or command is not None:
                     raise
-                if command is not None:
-                    raise InputError(f"ffexport {name} needs {e.name or 'a module'}, which is not installed here "
-                                     "(a runtime-only install has `ffexport run`; pip install ffexport for the rest)") from e
-                sub.add_parser(name, help=f"(unavailable here: needs {e.name or 'a missing module'})")
+                sub.add_parser(name, help=f"(unavailable here: needs {e.name})")
                 continue
         adder(sub)
     for p in sub.choices.values():  # -q/-v also after the verb: `ffexport build ... --quiet`
         add_verbosity_args(p)
     return parser
+
+
+def _ours(e: ModuleNotFoundError) -> bool:
+    """Whether the missing module is part of ffexport (a bug) rather than a package not installed here."""
+    return (e.name or "ffexport").split(".")[0] == "ffexport"
+
+
+def _not_installed(command: str | None, e: ModuleNotFoundError) -> InputError:
+    return InputError(f"ffexport {command} needs {e.name}, which is not installed here (a runtime-only install "
+                      "runs `ffexport run`; pip install ffexport for the rest)")
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -376,15 +383,17 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
     try:
-        parser = build_parser(_command_of(argv))
-    except FFExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet, args.verbose)
-    try:
-        return args.func(args)
+        try:
+            parser = build_parser(command)
+            args = parser.parse_args(argv)
+            _setup_logging(args.quiet, args.verbose)
+            return args.func(args)
+        except ModuleNotFoundError as e:  # torch, onnx, ... missing on a runtime-only install
+            if _ours(e):
+                raise
+            raise _not_installed(command, e) from e
     except FFExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -104,11 +104,13 @@ def test_help_lists_what_is_missing_and_other_commands_say_so():
         "from ffexport.cli import build_parser\nprint(build_parser().format_help())\ncode = 0")
     assert report["code"] == 0 and report["loaded"] == [], done.stderr[-3000:]
     assert "run" in done.stdout and "unavailable here: needs onnx" in done.stdout
-    report, done = _cli(["lint", "x.onnx"])
-    assert report["code"] == 2 and report["loaded"] == []
-    assert done.stderr.strip().splitlines() == [
-        "error: input: ffexport lint needs onnx, which is not installed here (a runtime-only install has "
-        "`ffexport run`; pip install ffexport for the rest)"]
+    for argv, missing in ((["lint", "x.onnx"], "onnx"), (["-q", "build", "--out", "b"], "torch"),
+                          (["calibrate", "--synthetic", "1", "--bucket", "8x112x112", "--out", "s.json"], "torch")):
+        report, done = _cli(argv)
+        assert report["code"] == 2 and report["loaded"] == [], done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"error: input: ffexport {argv[0] if argv[0] != '-q' else argv[1]} needs {missing}, which is not installed "
+            "here (a runtime-only install runs `ffexport run`; pip install ffexport for the rest)")
 
 
 @pytest.mark.parametrize("module", ["torch", "onnx"])
