@@ -70,12 +70,10 @@ def run_command(args: argparse.Namespace) -> int:
     runtime = Runtime(args.build, providers=args.providers, verify=args.verify, backend=args.backend,
                       plugins=args.plugins)
     if args.video is not None:
-        from ffexport.runtime.fit import FitVideo
+        from ffexport.runtime.fit import answer_video
 
-        fitted = FitVideo(runtime.manifest, fit=args.fit or FITS[0], bucket=args.bucket)(args.video)
-        case = runtime.prepare_video(fitted.frames, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
-                                     fitted.bucket)
-        result = runtime.generate(case, args.max_new_tokens, bucket=fitted.bucket)
+        result = answer_video(runtime, args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
+                              fit=args.fit or FITS[0], bucket=args.bucket, max_new_tokens=args.max_new_tokens)
     else:
         from ffexport.case import load_case
         from ffexport.runtime.fit import reduction

@@ -180,3 +180,18 @@ class FitVideo:
         if _distance(b, info.width / info.height) > math.log(ASPECT_TOLERANCE) + 1e-12:
             log.info("a bucket of this video's shape: ffexport build --bucket %s", suggestion)
         return FittedVideo(fitted, b, info)
+
+
+def answer_video(runtime, path: str | os.PathLike[str], prompt: str, *, fit: str = FITS[0], bucket: str | None = None,
+                 max_new_tokens: int | None = None):
+    """What ``ffexport run --video`` does: :class:`FitVideo`, then the runtime's prepare and generate steps.
+
+    ``runtime`` is an :class:`ffexport.runtime.Runtime`; returns its :class:`~ffexport.runtime.Result`.
+    (``Runtime.run_video`` resizes to the bucket, as ``fit="resize"``.)
+    """
+    from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
+
+    fitted = FitVideo(runtime.manifest, fit=fit, bucket=bucket)(path)
+    case = runtime.prepare_video(fitted.frames, prompt, fitted.bucket)
+    budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    return runtime.generate(case, budget, bucket=fitted.bucket)

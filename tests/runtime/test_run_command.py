@@ -159,3 +159,17 @@ def test_fit_strict_names_the_bucket_to_build(toy_build_dir, wide_video, capsys,
     assert main(["-q", "run", str(toy_build_dir), "--video", str(wide_video), "--fit", "strict",
                  "--bucket", "8x112x112"]) == InputError.exit_code
     assert "bucket 8x112x112 does not fit a video of 12 frames at 120x360 with --fit strict" in error_line()
+
+
+def test_answer_video_resize_is_run_video(toy_build_dir, wide_video):
+    """README: Runtime.run_video resizes to the bucket, as answer_video(fit="resize") does; crop differs."""
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.fit import answer_video
+
+    rt = Runtime(toy_build_dir)
+    plain = rt.run_video(wide_video, "What moves?", max_new_tokens=2, bucket="4x112x224")
+    resized = answer_video(rt, wide_video, "What moves?", fit="resize", max_new_tokens=2)
+    cropped = answer_video(rt, wide_video, "What moves?", max_new_tokens=2)
+    assert resized.bucket == plain.bucket == cropped.bucket == "4x112x224"
+    np.testing.assert_array_equal(resized.logits, plain.logits)
+    assert not np.array_equal(cropped.logits, plain.logits)
