@@ -78,6 +78,8 @@ class Reference:
     def prepare(self, case: Case) -> PreparedInputs:
         """Check the case against the model, run the vision encoder, place features, build positions."""
         model, adapter, config = self.loaded.model, self.loaded.adapter, self.loaded.config
+        if hasattr(adapter, "prepare_inputs"):  # fixed-size-tower families (ffexport/models/llava_style.py)
+            return PreparedInputs(**adapter.prepare_inputs(model, case))
         vision = config.vision_config
         patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         case.check(

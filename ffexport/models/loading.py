@@ -47,6 +47,8 @@ class LoadedModel:
 
         if self.tokenizer is None:
             raise InputError(f"{self.name} has no tokenizer, so a prompt cannot be tokenized; pass --inputs CASE.npz")
+        if hasattr(self.adapter, "case_from_video"):  # families with their own processor names and prompt
+            return self.adapter.case_from_video(self.config, frames, prompt, tokenizer=self.tokenizer)
         vision = self.config.vision_config
         return case_from_video(
             frames, prompt, tokenizer=self.tokenizer, patch_size=vision.patch_size,

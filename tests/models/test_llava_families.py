@@ -1,0 +1,153 @@
+"""LLaVA-style families (fixed-size vision tower, contiguous frames, 1D RoPE): the same proofs as Qwen2-VL.
+
+Per family, on its tiny preset (deterministic random weights, a few frames):
+
+* the adapter's plain prefill (no reduction) == transformers' own forward of the same model (last
+  logits <= 1e-4 fp32) and greedy tokens == ``generate``;
+* the dynamic FrameFusion reference == the spec-derived oracle (same realized steps, logits <= 1e-5);
+  the oracle reads ``rotary_emb.mrope_section``, which a 1D-RoPE model lacks, so it gets the text
+  model through a view that adds the adapter's declared one-section layout (nothing else changes);
+* the static decoder on the realized schedule == the dynamic one (<= 1e-5);
+* the static prefill captured to ONNX and run in ONNX Runtime == PyTorch (<= 1e-4);
+* ``case.npz`` holds exactly the processor's names and transformers' forward takes it unchanged.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ffexport.case import FIXED_TOWER_CASE_KEYS, load_case
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.reducers import StaticReducer
+from ffexport.oracle import NaiveFrameFusion
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+LOGITS_ATOL_HF = 1e-4
+LOGITS_ATOL = 1e-5
+ORT_ATOL = 1e-4
+FAMILIES = ["llava-next-video-tiny"]
+#: merges at this threshold on the tiny models' features of a moving-object clip (checked below)
+FUSION = FusionConfig(similarity=0.9, ratio_lower_bound=0.05)
+
+
+@pytest.fixture(scope="session")
+def loaded_models():
+    from ffexport.models import LoadModel
+
+    return {name: LoadModel(name)() for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def cases(loaded_models):
+    clip = synthetic_video("moving_object", frames=4, height=96, width=128, seed=3)
+    return {name: m.case_from_video(clip, "What moves?") for name, m in loaded_models.items()}
+
+
+@pytest.fixture(scope="session")
+def dynamic_runs(loaded_models, cases):
+    return {name: Reference(loaded_models[name], fusion=FUSION)(cases[name]) for name in FAMILIES}
+
+
+def _hf_inputs(case) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(getattr(case, k)) for k in case.keys}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_plain_prefill_equals_transformers(name, loaded_models, cases):
+    loaded, case = loaded_models[name], cases[name]
+    result = Reference(loaded, max_new_tokens=4)(case)
+    with torch.no_grad():
+        hf = loaded.model(**_hf_inputs(case)).logits[0, -1].numpy()
+        generated = loaded.model.generate(**_hf_inputs(case), max_new_tokens=4, do_sample=False,
+                                          eos_token_id=None, pad_token_id=0)
+    assert np.abs(result.logits[0] - hf).max() <= LOGITS_ATOL_HF
+    np.testing.assert_array_equal(result.generated_ids[0], generated[0, case.input_ids.shape[1]:].numpy())
+
+
+def _oracle_view(model, adapter):
+    """The HF model as the oracle reads it, with the adapter's rotary layout declared on ``rotary_emb``."""
+    parts = adapter.decoder_parts(model)
+    text = model.model.language_model
+    rotary = SimpleNamespace(inv_freq=parts.inv_freq, mrope_section=list(parts.mrope_section))
+    view = SimpleNamespace(layers=text.layers, norm=text.norm, rotary_emb=rotary, config=text.config)
+    return SimpleNamespace(model=SimpleNamespace(language_model=view), lm_head=model.lm_head)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_runs):
+    loaded, case, result = loaded_models[name], cases[name], dynamic_runs[name]
+    inputs = Reference(loaded).prepare(case)
+    oracle = NaiveFrameFusion(_oracle_view(loaded.model, loaded.adapter), cost=FUSION.cost,
+                              similarity=FUSION.similarity, ratio_lower_bound=FUSION.ratio_lower_bound)
+    with torch.no_grad():
+        naive = oracle.prefill(inputs.inputs_embeds[0], inputs.position_ids, int(inputs.video_start),
+                               inputs.visual_tokens, inputs.patches_per_frame)
+    realized = [(r.stage.layer, r.stage.where, r.stage.op, r.stage.remove) for r in result.realized]
+    assert {op for _, _, op, remove in realized if remove} == {"merge", "prune"}, realized  # not vacuous
+    assert realized == naive.steps
+    assert np.abs(result.logits[0] - naive.logits.numpy()).max() <= LOGITS_ATOL
+    assert list(result.kv_lengths) == [k.shape[1] for k, _ in naive.kv]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_static_equals_dynamic_on_the_realized_schedule(name, loaded_models, cases, dynamic_runs):
+    loaded, dynamic = loaded_models[name], dynamic_runs[name]
+    static = Reference(loaded, schedule=dynamic.schedule)(cases[name])
+    assert np.abs(static.logits - dynamic.logits).max() <= LOGITS_ATOL
+    np.testing.assert_array_equal(static.kv_lengths, dynamic.kv_lengths)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, cases, dynamic_runs, tmp_path):
+    import onnxruntime as ort
+
+    from ffexport.export.capture import CaptureOnnx, GraphSpec
+    from ffexport.export.graphs import PrefillGraph, present_names
+
+    loaded, case, schedule = loaded_models[name], cases[name], dynamic_runs[name].schedule
+    reference = Reference(loaded, schedule=schedule)
+    inputs = reference.prepare(case)
+    module = PrefillGraph(reference.decoder, schedule)
+    args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start)
+    names = ["inputs_embeds", "position_ids", "video_start"]
+    proto = CaptureOnnx()(GraphSpec("prefill", module, args, names, ["logits", *present_names(loaded.num_layers)]))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(*args)]
+    assert len(got) == len(expected) == 1 + 2 * loaded.num_layers
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        assert np.abs(g - e).max() <= ORT_ATOL
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_case_npz_holds_the_processor_names(name, loaded_models, cases, tmp_path):
+    loaded, case = loaded_models[name], cases[name]
+    path = case.save(tmp_path / "case.npz")
+    with np.load(path) as data:
+        assert tuple(sorted(data.files)) == tuple(sorted(FIXED_TOWER_CASE_KEYS))
+        arrays = {k: torch.from_numpy(data[k]) for k in data.files}
+    back = load_case(path)
+    np.testing.assert_array_equal(back.pixel_values_videos, case.pixel_values_videos)
+    frames = case.pixel_values_videos.shape[1]
+    span = np.count_nonzero(case.input_ids == loaded.adapter.video_token_id(loaded.config))
+    assert span == loaded.adapter.video_tokens(loaded.config, frames)
+    with torch.no_grad():  # transformers takes the file's arrays unchanged
+        logits = loaded.model(**arrays).logits[0, -1].numpy()
+    assert np.abs(Reference(loaded)(back).logits[0] - logits).max() <= LOGITS_ATOL_HF
+
+
+def test_case_command_writes_a_llava_case(tmp_path, capsys):
+    from ffexport.cli import main
+
+    out = tmp_path / "c.npz"
+    assert main(["case", "--model", "llava-next-video-tiny", "--frames", "4", "--out", str(out)]) == 0
+    with np.load(out) as data:
+        assert sorted(data.files) == sorted(FIXED_TOWER_CASE_KEYS)
+        assert data["pixel_values_videos"].shape == (1, 4, 3, 112, 112)
