@@ -30,9 +30,9 @@ from ffexport.video import synthetic_video
 LOGITS_ATOL_HF = 1e-4
 LOGITS_ATOL = 1e-5
 ORT_ATOL = 1e-4
-FAMILIES = ["llava-next-video-tiny"]
+FAMILIES = ["llava-next-video-tiny", "llava-onevision-tiny"]
 #: merges at this threshold on the tiny models' features of a moving-object clip (checked below)
-FUSION = FusionConfig(similarity=0.9, ratio_lower_bound=0.05)
+FUSION = FusionConfig(similarity=0.95, ratio_lower_bound=0.05, budget_layers=28)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,8 @@ def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_ru
     loaded, case, result = loaded_models[name], cases[name], dynamic_runs[name]
     inputs = Reference(loaded).prepare(case)
     oracle = NaiveFrameFusion(_oracle_view(loaded.model, loaded.adapter), cost=FUSION.cost,
-                              similarity=FUSION.similarity, ratio_lower_bound=FUSION.ratio_lower_bound)
+                              similarity=FUSION.similarity, ratio_lower_bound=FUSION.ratio_lower_bound,
+                              budget_layers=FUSION.budget_layers)
     with torch.no_grad():
         naive = oracle.prefill(inputs.inputs_embeds[0], inputs.position_ids, int(inputs.video_start),
                                inputs.visual_tokens, inputs.patches_per_frame)
