@@ -6,6 +6,9 @@
 Families with a fixed-size vision tower (LLaVA-NeXT-Video, LLaVA-OneVision) hold their processor's
 names instead (:data:`FIXED_TOWER_CASE_KEYS`): ``input_ids`` [1, L], ``attention_mask`` [1, L] int64
 and ``pixel_values_videos`` [1, frames, 3, S, S] float32; such a case has no ``video_grid_thw``.
+InternVL's processor returns the frames as ``pixel_values`` [frames, 3, S, S]
+(:data:`FRAMES_AS_IMAGES_CASE_KEYS`); the case keeps them in ``pixel_values_videos`` and saves them
+under that name.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from ffexport.mrope import video_spans
 CASE_KEYS = ("input_ids", "pixel_values_videos", "video_grid_thw")
 #: what transformers' LLaVA-NeXT-Video / LLaVA-OneVision processors return for a video prompt
 FIXED_TOWER_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
+#: what transformers' InternVL processor returns for a video prompt (the frames go into pixel_values)
+FRAMES_AS_IMAGES_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values")
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,20 @@ class Case:
     @property
     def keys(self) -> tuple[str, ...]:
         """The arrays this case holds, under the names the family's transformers processor uses."""
-        return CASE_KEYS if self.video_grid_thw is not None else FIXED_TOWER_CASE_KEYS
+        if self.video_grid_thw is not None:
+            return CASE_KEYS
+        return FIXED_TOWER_CASE_KEYS if self.pixel_values_videos.ndim == 5 else FRAMES_AS_IMAGES_CASE_KEYS
+
+    @property
+    def pixel_values(self) -> np.ndarray:
+        """InternVL's name for the frames ``[frames, 3, S, S]``."""
+        return self.pixel_values_videos
 
     @property
     def grid(self) -> tuple[int, int, int]:
         """(t, h, w) of ``video_grid_thw``; for a fixed-size-tower case (frames, height, width) in pixels."""
         if self.video_grid_thw is None:
-            _, t, _, h, w = self.pixel_values_videos.shape
+            t, _, h, w = self.pixel_values_videos.shape[-4:]
             return int(t), int(h), int(w)
         t, h, w = (int(x) for x in self.video_grid_thw.reshape(-1)[:3])
         return t, h, w
@@ -125,13 +137,14 @@ def load_case(path: str | os.PathLike[str]) -> Case:
         raise InputError(f"{p}: no such file")
     try:
         with np.load(p, allow_pickle=False) as data:
-            if "video_grid_thw" not in data.files and set(FIXED_TOWER_CASE_KEYS) <= set(data.files):
-                return fixed_tower_case_from_arrays({k: data[k] for k in FIXED_TOWER_CASE_KEYS}, source=str(p))
+            for keys in (FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS):
+                if "video_grid_thw" not in data.files and set(keys) <= set(data.files):
+                    return fixed_tower_case_from_arrays({k: data[k] for k in keys}, source=str(p))
             missing = [k for k in CASE_KEYS if k not in data.files]
             if missing:
                 raise InputError(
                     f"{p} lacks {', '.join(missing)} (a case holds {', '.join(CASE_KEYS)}, or for fixed-size "
-                    f"vision towers {', '.join(FIXED_TOWER_CASE_KEYS)})"
+                    f"vision towers {', '.join(FIXED_TOWER_CASE_KEYS)} or {', '.join(FRAMES_AS_IMAGES_CASE_KEYS)})"
                 )
             arrays = {k: data[k] for k in CASE_KEYS}
     except InputError:
@@ -160,16 +173,19 @@ def case_from_arrays(arrays: dict[str, np.ndarray], *, source: str = "case") -> 
 
 
 def fixed_tower_case_from_arrays(arrays: dict[str, np.ndarray], *, source: str = "case") -> Case:
-    """A fixed-size-tower case (LLaVA families) from its processor's arrays, checked for shape and type."""
-    ids, mask, pixels = (np.asarray(arrays[k]) for k in FIXED_TOWER_CASE_KEYS)
+    """A fixed-size-tower case (LLaVA families, InternVL) from its processor's arrays, checked for shape
+    and type: ``pixel_values_videos`` [1, frames, 3, H, W] or InternVL's ``pixel_values`` [frames, 3, H, W]."""
+    ids, mask = np.asarray(arrays["input_ids"]), np.asarray(arrays["attention_mask"])
+    name = "pixel_values_videos" if "pixel_values_videos" in arrays else "pixel_values"
+    pixels = np.asarray(arrays[name])
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise InputError(f"{source}: input_ids must be integers of shape [1, L], got {ids.dtype} {list(ids.shape)}")
     if mask.shape != ids.shape or not (mask == 1).all():
         raise InputError(f"{source}: attention_mask must be all ones of input_ids' shape (batch 1, no padding)")
-    if pixels.ndim != 5 or pixels.shape[0] != 1 or pixels.shape[2] != 3 or not np.issubdtype(pixels.dtype, np.floating):
-        raise InputError(
-            f"{source}: pixel_values_videos must be float [1, frames, 3, H, W], got {pixels.dtype} {list(pixels.shape)}"
-        )
+    shape_ok = pixels.ndim == 5 and pixels.shape[0] == 1 if name == "pixel_values_videos" else pixels.ndim == 4
+    if not shape_ok or pixels.shape[-3] != 3 or not np.issubdtype(pixels.dtype, np.floating):
+        wanted = "[1, frames, 3, H, W]" if name == "pixel_values_videos" else "[frames, 3, H, W]"
+        raise InputError(f"{source}: {name} must be float {wanted}, got {pixels.dtype} {list(pixels.shape)}")
     if not np.isfinite(pixels).all():
-        raise InputError(f"{source}: pixel_values_videos contains NaN or infinite values")
+        raise InputError(f"{source}: {name} contains NaN or infinite values")
     return Case(ids.astype(np.int64), pixels.astype(np.float32), None, attention_mask=mask.astype(np.int64))

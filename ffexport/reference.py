@@ -67,6 +67,9 @@ class Reference:
             raise InputError("give either FrameFusion settings (dynamic) or a schedule (static), not both")
         if max_new_tokens < 0:
             raise InputError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+        if (fusion is not None or schedule is not None) and not getattr(loaded.adapter, "reduces", True):
+            raise InputError(f"FrameFusion does not run on {loaded.adapter.family} yet (its frames are blocks "
+                             "separated by text); use --no-reduction")
         self.loaded = loaded
         self.fusion = fusion
         self.schedule = schedule.validate(loaded.num_layers) if schedule is not None else None

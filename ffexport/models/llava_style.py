@@ -79,6 +79,8 @@ class LlavaStyleAdapter:
     #: max |logits - reference| for fp32 parity checks (static vs dynamic, graph vs PyTorch)
     logits_atol_fp32: float = 1e-5
     case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
+    #: whether FrameFusion can run on this family's layout (False: plain prefill only)
+    reduces: bool = True
 
     # ---------------------------------------------------------------- config
     @staticmethod

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffexport.case import FIXED_TOWER_CASE_KEYS, load_case
+from ffexport.case import FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS, load_case
+from ffexport.errors import InputError
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.reducers import StaticReducer
 from ffexport.oracle import NaiveFrameFusion
@@ -30,7 +31,12 @@ from ffexport.video import synthetic_video
 LOGITS_ATOL_HF = 1e-4
 LOGITS_ATOL = 1e-5
 ORT_ATOL = 1e-4
-FAMILIES = ["llava-next-video-tiny", "llava-onevision-tiny"]
+FAMILIES = ["llava-next-video-tiny", "llava-onevision-tiny", "internvl-tiny"]
+#: families FrameFusion runs on today (InternVL's frame blocks are separated by text: plain prefill only)
+REDUCING = ["llava-next-video-tiny", "llava-onevision-tiny"]
+#: the names each family's transformers processor returns for a video prompt
+PROCESSOR_KEYS = {"llava-next-video-tiny": FIXED_TOWER_CASE_KEYS, "llava-onevision-tiny": FIXED_TOWER_CASE_KEYS,
+                  "internvl-tiny": FRAMES_AS_IMAGES_CASE_KEYS}
 #: merges at this threshold on the tiny models' features of a moving-object clip (checked below)
 FUSION = FusionConfig(similarity=0.95, ratio_lower_bound=0.05, budget_layers=28)
 
@@ -50,7 +56,7 @@ def cases(loaded_models):
 
 @pytest.fixture(scope="session")
 def dynamic_runs(loaded_models, cases):
-    return {name: Reference(loaded_models[name], fusion=FUSION)(cases[name]) for name in FAMILIES}
+    return {name: Reference(loaded_models[name], fusion=FUSION)(cases[name]) for name in REDUCING}
 
 
 def _hf_inputs(case) -> dict[str, torch.Tensor]:
@@ -78,7 +84,7 @@ def _oracle_view(model, adapter):
     return SimpleNamespace(model=SimpleNamespace(language_model=view), lm_head=model.lm_head)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", REDUCING)
 def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_runs):
     loaded, case, result = loaded_models[name], cases[name], dynamic_runs[name]
     inputs = Reference(loaded).prepare(case)
@@ -95,7 +101,7 @@ def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_ru
     assert list(result.kv_lengths) == [k.shape[1] for k, _ in naive.kv]
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", REDUCING)
 def test_static_equals_dynamic_on_the_realized_schedule(name, loaded_models, cases, dynamic_runs):
     loaded, dynamic = loaded_models[name], dynamic_runs[name]
     static = Reference(loaded, schedule=dynamic.schedule)(cases[name])
@@ -103,7 +109,7 @@ def test_static_equals_dynamic_on_the_realized_schedule(name, loaded_models, cas
     np.testing.assert_array_equal(static.kv_lengths, dynamic.kv_lengths)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", REDUCING)
 def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, cases, dynamic_runs, tmp_path):
     import onnxruntime as ort
 
@@ -132,16 +138,21 @@ def test_case_npz_holds_the_processor_names(name, loaded_models, cases, tmp_path
     loaded, case = loaded_models[name], cases[name]
     path = case.save(tmp_path / "case.npz")
     with np.load(path) as data:
-        assert tuple(sorted(data.files)) == tuple(sorted(FIXED_TOWER_CASE_KEYS))
+        assert sorted(data.files) == sorted(PROCESSOR_KEYS[name])
         arrays = {k: torch.from_numpy(data[k]) for k in data.files}
     back = load_case(path)
     np.testing.assert_array_equal(back.pixel_values_videos, case.pixel_values_videos)
-    frames = case.pixel_values_videos.shape[1]
+    frames = case.grid[0]
     span = np.count_nonzero(case.input_ids == loaded.adapter.video_token_id(loaded.config))
     assert span == loaded.adapter.video_tokens(loaded.config, frames)
     with torch.no_grad():  # transformers takes the file's arrays unchanged
         logits = loaded.model(**arrays).logits[0, -1].numpy()
     assert np.abs(Reference(loaded)(back).logits[0] - logits).max() <= LOGITS_ATOL_HF
+
+
+def test_reduction_is_refused_where_the_layout_does_not_fit(loaded_models):
+    with pytest.raises(InputError, match="FrameFusion does not run on internvl"):
+        Reference(loaded_models["internvl-tiny"], fusion=FUSION)
 
 
 def test_case_command_writes_a_llava_case(tmp_path, capsys):
