@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- commands
 def _load(args):
     from ffexport.models import LoadModel
+    from ffexport.models.loading import require_stage
+
+    require_stage(args.model, args.command)
 
     return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                      layers=args.layers, vision_layers=args.vision_layers)()
@@ -274,6 +277,9 @@ def _cmd_build(args) -> int:
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
 
+    from ffexport.models.loading import require_stage
+
+    require_stage(args.model, "build")
     check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
               graph_only=args.graph_only)
     compute_capabilities = ()

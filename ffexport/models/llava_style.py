@@ -28,6 +28,17 @@ from ffexport.fusion.decoder import DecoderParts
 LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
 
 
+#: what the build/run/calibrate/bench stages still lack for the fixed-size-tower families
+MISSING_STAGES = {
+    "build": "a vision graph for a fixed-size tower (frames [T, 3, S, S] -> tokens) and 1D positions in the "
+             "build, its parity gate and the torch-free runtime (today they take Qwen2-VL's grid and M-RoPE)",
+    "calibrate": "calibration runs on builds' buckets (video_grid_thw shapes); fixed-size-tower buckets are not "
+                 "defined yet",
+    "explain": "explain draws Qwen2-VL buckets (video_grid_thw shapes); fixed-size-tower buckets are not defined yet",
+    "bench": "the prefill benchmark builds Qwen2-VL cases (video_grid_thw); fixed-size-tower cases are not wired in",
+}
+
+
 def one_d_position_ids(length: int) -> np.ndarray:
     """1D RoPE positions as M-RoPE rows: ``[3, L]`` int64, three identical ``arange(L)`` rows."""
     return np.broadcast_to(np.arange(length, dtype=np.int64), (3, length)).copy()
@@ -81,6 +92,9 @@ class LlavaStyleAdapter:
     case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
     #: whether FrameFusion can run on this family's layout (False: plain prefill only)
     reduces: bool = True
+    #: the CLI commands done for this family; the others refuse with one line naming what is missing
+    stages: tuple[str, ...] = ("case", "reference")
+    missing: dict = field(default_factory=lambda: dict(MISSING_STAGES))
 
     # ---------------------------------------------------------------- config
     @staticmethod

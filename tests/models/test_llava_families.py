@@ -163,3 +163,33 @@ def test_case_command_writes_a_llava_case(tmp_path, capsys):
     with np.load(out) as data:
         assert sorted(data.files) == sorted(FIXED_TOWER_CASE_KEYS)
         assert data["pixel_values_videos"].shape == (1, 4, 3, 112, 112)
+
+
+def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path, error_line):
+    from ffexport.cli import main
+    from ffexport.models import FAMILIES
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"]}')
+    assert main(["reference", "--model", str(model), "--out", str(tmp_path / "r.npz")]) == 3
+    line = error_line()
+    assert "'mllama' is not supported" in line
+    for name, adapter in FAMILIES.items():
+        assert f"{adapter.model_class.__name__} ({name})" in line
+
+
+@pytest.mark.parametrize("argv, stage", [
+    (["build", "--model", "llava-next-video-tiny", "--graph-only"], "build"),
+    (["build", "--model", "internvl-tiny"], "build"),
+    (["bench", "--model", "llava-onevision-tiny"], "bench"),
+    (["calibrate", "--model", "llava-onevision-tiny", "--bucket", "8x98x98", "--synthetic", "2"], "calibrate"),
+])
+def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line):
+    from ffexport.cli import main
+
+    out = [] if argv[0] == "bench" else ["--out", str(tmp_path / "out")]
+    assert main([*argv, *out]) == 3
+    line = error_line()
+    assert f"ffexport {stage} is not done for" in line and "missing:" in line
+    assert not (tmp_path / "out").exists()
