@@ -193,3 +193,20 @@ def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line)
     line = error_line()
     assert f"ffexport {stage} is not done for" in line and "missing:" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("preset, billions, per_frame, layers", [
+    ("llava-next-video-7b", 7.06, 144, 32),  # published: 7.06B parameters
+    ("llava-video-7b", 8.03, 196, 28),  # published: 8.03B
+    ("internvl3-8b", 7.94, 256, 28),  # published: 7.94B
+])
+def test_real_size_presets_have_the_released_architecture(preset, billions, per_frame, layers):
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel(preset, structure_only=True)()  # meta device: shapes only, no weights
+    params = sum(p.numel() for p in loaded.model.parameters())
+    assert round(params / 1e9, 2) == billions
+    assert loaded.adapter.tokens_per_frame(loaded.config) == per_frame
+    assert loaded.num_layers == layers
+    parts = loaded.adapter.decoder_parts(loaded.model)
+    assert parts.mrope_section == (parts.head_dim // 2,)  # 1D RoPE: one band table read from row 0
