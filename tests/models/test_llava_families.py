@@ -109,28 +109,55 @@ def test_static_equals_dynamic_on_the_realized_schedule(name, loaded_models, cas
     np.testing.assert_array_equal(static.kv_lengths, dynamic.kv_lengths)
 
 
-@pytest.mark.parametrize("name", REDUCING)
-def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, cases, dynamic_runs, tmp_path):
-    import onnxruntime as ort
-
+@pytest.fixture(scope="session")
+def prefill_graphs(loaded_models, cases, dynamic_runs):
+    """Per reducing family: the static prefill (realized schedule) captured to ONNX once, its inputs and
+    PyTorch's outputs."""
     from ffexport.export.capture import CaptureOnnx, GraphSpec
     from ffexport.export.graphs import PrefillGraph, present_names
 
-    loaded, case, schedule = loaded_models[name], cases[name], dynamic_runs[name].schedule
-    reference = Reference(loaded, schedule=schedule)
-    inputs = reference.prepare(case)
-    module = PrefillGraph(reference.decoder, schedule)
-    args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start)
-    names = ["inputs_embeds", "position_ids", "video_start"]
-    proto = CaptureOnnx()(GraphSpec("prefill", module, args, names, ["logits", *present_names(loaded.num_layers)]))
+    graphs = {}
+    for name in REDUCING:
+        loaded, schedule = loaded_models[name], dynamic_runs[name].schedule
+        reference = Reference(loaded, schedule=schedule)
+        inputs = reference.prepare(cases[name])
+        module = PrefillGraph(reference.decoder, schedule)
+        args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start)
+        names = ["inputs_embeds", "position_ids", "video_start"]
+        spec = GraphSpec("prefill", module, args, names, ["logits", *present_names(loaded.num_layers)])
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(*args)]
+        graphs[name] = (CaptureOnnx()(spec), {n: a.numpy() for n, a in zip(names, args)}, expected)
+    return graphs
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, prefill_graphs):
+    import onnxruntime as ort
+
+    proto, feeds, expected = prefill_graphs[name]
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
-    with torch.no_grad():
-        expected = [t.numpy() for t in module(*args)]
-    assert len(got) == len(expected) == 1 + 2 * loaded.num_layers
+    got = session.run(None, feeds)
+    assert len(got) == len(expected) == 1 + 2 * loaded_models[name].num_layers
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         assert np.abs(g - e).max() <= ORT_ATOL
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_static_prefill_parses_and_builds_with_tensorrt_rtx(name, prefill_graphs, tensorrt_rtx, tmp_path):
+    """NVIDIA's real ONNX parser takes the graph and builds an engine ahead of time for SM89."""
+    import onnx
+
+    from ffexport.export.trt_toolkit import Engine, ParseOnnx, SerializeEngine
+
+    path = tmp_path / "prefill.onnx"
+    onnx.save(prefill_graphs[name][0], path)
+    parsed = ParseOnnx(toolkit=tensorrt_rtx)(path)
+    assert hasattr(parsed, "network"), str(parsed)  # a Rejection says why the parser refused
+    engine = SerializeEngine(compute_capabilities=("SM89",))(parsed, None)
+    assert isinstance(engine, Engine), str(engine)
+    assert engine.nbytes > 0
 
 
 @pytest.mark.parametrize("name", FAMILIES)
