@@ -237,3 +237,13 @@ def test_real_size_presets_have_the_released_architecture(preset, billions, per_
     assert loaded.num_layers == layers
     parts = loaded.adapter.decoder_parts(loaded.model)
     assert parts.mrope_section == (parts.head_dim // 2,)  # 1D RoPE: one band table read from row 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tiny_presets_are_deterministic(name, loaded_models):
+    from ffexport.models import LoadModel
+
+    again = LoadModel(name)()
+    pairs = zip(loaded_models[name].model.state_dict().items(), again.model.state_dict().items(), strict=True)
+    for (key, a), (key_again, b) in pairs:
+        assert key == key_again and torch.equal(a, b), key
