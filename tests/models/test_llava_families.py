@@ -247,3 +247,14 @@ def test_tiny_presets_are_deterministic(name, loaded_models):
     pairs = zip(loaded_models[name].model.state_dict().items(), again.model.state_dict().items(), strict=True)
     for (key, a), (key_again, b) in pairs:
         assert key == key_again and torch.equal(a, b), key
+
+
+def test_a_npy_case_folder_is_refused_for_these_families(tmp_path, capsys):
+    from ffexport.cli import main
+
+    out = tmp_path / "case"
+    assert main(["case", "--model", "llava-next-video-tiny", "--frames", "2", "--format", "npy",
+                 "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "save this family's case as case.npz" in errors[0]
+    assert not out.exists()
