@@ -75,6 +75,31 @@ def test_plain_prefill_equals_transformers(name, loaded_models, cases):
     np.testing.assert_array_equal(result.generated_ids[0], generated[0, case.input_ids.shape[1]:].numpy())
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_decode_steps_continue_the_1d_positions(name, loaded_models, cases):
+    """Two decode steps over the prefill's caches == transformers' forward of the prompt plus the new tokens
+    (the k-th new token sits at position L + k on all three rows)."""
+    loaded, case = loaded_models[name], cases[name]
+    reference = Reference(loaded)
+    inputs = reference.prepare(case)
+    length = case.input_ids.shape[1]
+    with torch.no_grad():
+        state = reference.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
+                                          inputs.visual_tokens, inputs.patches_per_frame)
+        tokens = []
+        for k in range(2):
+            token = int(state.logits[0].argmax()) if k == 0 else 5 + k  # a forced token too
+            tokens.append(token)
+            embeds = loaded.adapter.embed_tokens(loaded.model, torch.tensor([[token]]))
+            positions = torch.full((3, 1), length + inputs.rope_delta + k, dtype=torch.int64)
+            state = reference.decoder.decode(embeds, positions, state.presents)
+        hf_inputs = _hf_inputs(case)
+        hf_inputs["input_ids"] = torch.cat([hf_inputs["input_ids"], torch.tensor([tokens])], dim=1)
+        hf_inputs["attention_mask"] = torch.ones_like(hf_inputs["input_ids"])
+        hf = loaded.model(**hf_inputs).logits[0, -1]
+    assert (state.logits[0] - hf).abs().max() <= LOGITS_ATOL_HF
+
+
 def _oracle_view(model, adapter):
     """The HF model as the oracle reads it, with the adapter's rotary layout declared on ``rotary_emb``."""
     parts = adapter.decoder_parts(model)
