@@ -65,6 +65,7 @@ class InternVLAdapter(LlavaStyleAdapter):
 
     # ------------------------------------------------------------------ cases
     def check_case(self, config, case) -> None:
+        self.check_ids(config, case)
         pixels = case.pixel_values_videos
         size, channels = self.frame_size(config), config.vision_config.num_channels
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (channels, size, size):

@@ -158,8 +158,15 @@ class LlavaStyleAdapter:
         return out.pooler_output.reshape(-1, out.pooler_output.shape[-1])
 
     # ------------------------------------------------------------------ cases
+    @staticmethod
+    def check_ids(config, case) -> None:
+        vocab = config.text_config.vocab_size
+        if int(case.input_ids.max()) >= vocab or int(case.input_ids.min()) < 0:
+            raise InputError(f"input_ids hold token ids outside the model's vocabulary [0, {vocab})")
+
     def check_case(self, config, case) -> None:
         """Raise :class:`InputError` when ``case`` does not fit a model with this config."""
+        self.check_ids(config, case)
         pixels = case.pixel_values_videos
         size = self.frame_size(config)
         channels = config.vision_config.num_channels

@@ -283,3 +283,20 @@ def test_a_npy_case_folder_is_refused_for_these_families(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "save this family's case as case.npz" in errors[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cases_that_do_not_fit_are_one_input_error(name, loaded_models, cases):
+    from dataclasses import replace
+
+    loaded, case = loaded_models[name], cases[name]
+    reference = Reference(loaded)
+    bad_ids = case.input_ids.copy()
+    bad_ids[0, 0] = loaded.config.text_config.vocab_size
+    fewer_frames = case.pixel_values_videos[..., :-1, :, :, :]  # one frame fewer than the prompt's tokens
+    smaller = case.pixel_values_videos[..., :-2, :-2]
+    for bad, words in [(replace(case, input_ids=bad_ids), "vocabulary"),
+                       (replace(case, pixel_values_videos=fewer_frames), "frames give"),
+                       (replace(case, pixel_values_videos=smaller), "must have shape")]:
+        with pytest.raises(InputError, match=words):
+            reference(bad)
