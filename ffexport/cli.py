@@ -184,7 +184,7 @@ def _load(args):
     from ffexport.models import LoadModel
     from ffexport.models.loading import require_stage
 
-    require_stage(args.model, args.command)
+    require_stage(args.model, getattr(args, "command", None))
 
     return LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                      layers=args.layers, vision_layers=args.vision_layers)()

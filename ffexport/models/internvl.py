@@ -77,6 +77,13 @@ class InternVLAdapter(LlavaStyleAdapter):
         if found != expected:
             raise InputError(f"input_ids hold {found} frame tokens but {pixels.shape[0]} frames give {expected}")
 
+    def frame_blocks(self, config, input_ids: np.ndarray) -> list[tuple[int, int]]:
+        """``(start, length)`` of each ``<IMG_CONTEXT>`` run: one block per frame, text between blocks."""
+        ids = np.asarray(input_ids).reshape(-1)
+        mask = np.concatenate([[0], (ids == self.video_token_id(config)).astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(mask))
+        return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
     def prepare_inputs(self, model, case) -> dict:
         config = model.config
         self.check_case(config, case)

@@ -182,6 +182,17 @@ class LlavaStyleAdapter:
                 f"the video span in input_ids has {end - start} tokens but {pixels.shape[1]} frames give {expected}"
             )
 
+    def frame_blocks(self, config, input_ids: np.ndarray) -> list[tuple[int, int]]:
+        """The video as frame blocks ``(start, length)`` in ``input_ids`` (the layout the generalised
+        FrameFusion span of issue 13 item 1 takes): here consecutive blocks of ``tokens_per_frame``
+        with no text between them; a trailing newline token is not part of any block."""
+        ids = np.asarray(input_ids).reshape(-1)
+        where = np.flatnonzero(ids == self.video_token_id(config))
+        per_frame = self.tokens_per_frame(config)
+        frames = (where.size - self.trailing_video_tokens) // per_frame
+        start = int(where[0]) if where.size else 0
+        return [(start + f * per_frame, per_frame) for f in range(frames)]
+
     def prepare_inputs(self, model, case) -> dict:
         """Decoder inputs for a case: embeddings with the video features in place and 1D positions."""
         config = model.config

@@ -224,11 +224,13 @@ def family_of(model: str) -> str | None:
         return None
 
 
-def require_stage(model: str, stage: str) -> None:
+def require_stage(model: str, stage: str | None) -> None:
     """Refuse with one :class:`ModelError` line (exit 3) when ``stage`` is not done for the model's family.
 
     An adapter declares ``stages`` (the commands it supports; absent: all) and ``missing`` (stage ->
     what is not there yet)."""
+    if not stage:
+        return
     from ffexport import models
 
     adapter = models.FAMILIES.get(family_of(model) or "")  # attribute access registers every family

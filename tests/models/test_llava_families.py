@@ -300,3 +300,23 @@ def test_cases_that_do_not_fit_are_one_input_error(name, loaded_models, cases):
                        (replace(case, pixel_values_videos=smaller), "must have shape")]:
         with pytest.raises(InputError, match=words):
             reference(bad)
+
+
+@pytest.mark.parametrize("name, text_between", [("llava-next-video-tiny", False), ("llava-onevision-tiny", False),
+                                                ("internvl-tiny", True)])
+def test_frame_blocks_describe_the_prompt_layout(name, text_between, loaded_models, cases):
+    """The frame blocks each adapter declares (for the generalised span) match the processor-style prompt."""
+    loaded, case = loaded_models[name], cases[name]
+    adapter, config = loaded.adapter, loaded.config
+    blocks = adapter.frame_blocks(config, case.input_ids)
+    frames, per_frame = case.grid[0], adapter.tokens_per_frame(config)
+    assert [length for _, length in blocks] == [per_frame] * frames
+    ids = case.input_ids[0]
+    token = adapter.video_token_id(config)
+    for start, length in blocks:
+        assert (ids[start:start + length] == token).all()
+    gaps = [b[0] - (a[0] + a[1]) for a, b in zip(blocks, blocks[1:])]
+    assert all(g > 0 for g in gaps) if text_between else gaps == [0] * (frames - 1)
+    if text_between:  # InternVL: "</img>\nFrame2: <img>" between blocks
+        between = ids[blocks[0][0] + per_frame: blocks[1][0]]
+        assert bytes(int(i) for i in between).decode() == "</img>\nFrame2: <img>"
