@@ -70,7 +70,8 @@ class InternVLAdapter(LlavaStyleAdapter):
         size, channels = self.frame_size(config), config.vision_config.num_channels
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (channels, size, size):
             raise InputError(
-                f"pixel_values must have shape [frames, {channels}, {size}, {size}] for this model, got {list(pixels.shape)}"
+                f"pixel_values must have shape [frames, {channels}, {size}, {size}] for this model, "
+                f"got {list(pixels.shape)}"
             )
         found = int(np.count_nonzero(case.input_ids == self.video_token_id(config)))
         expected = pixels.shape[0] * self.tokens_per_frame(config)
