@@ -36,6 +36,9 @@ def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool =
     A new folder appears complete or not at all (written beside it, then renamed); in an existing
     folder each file is replaced atomically.
     """
+    if case.keys != CASE_KEYS:
+        raise InputError("a case folder of .npy files holds Qwen2-VL cases (for the C++ runtime); save this "
+                         "family's case as case.npz")
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} exists and is not a directory; a case folder needs a directory")

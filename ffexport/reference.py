@@ -67,6 +67,9 @@ class Reference:
             raise InputError("give either FrameFusion settings (dynamic) or a schedule (static), not both")
         if max_new_tokens < 0:
             raise InputError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+        if (fusion is not None or schedule is not None) and not getattr(loaded.adapter, "reduces", True):
+            raise InputError(f"FrameFusion does not run on {loaded.adapter.family} yet (its frames are blocks "
+                             "separated by text); use --no-reduction")
         self.loaded = loaded
         self.fusion = fusion
         self.schedule = schedule.validate(loaded.num_layers) if schedule is not None else None
@@ -78,6 +81,8 @@ class Reference:
     def prepare(self, case: Case) -> PreparedInputs:
         """Check the case against the model, run the vision encoder, place features, build positions."""
         model, adapter, config = self.loaded.model, self.loaded.adapter, self.loaded.config
+        if hasattr(adapter, "prepare_inputs"):  # fixed-size-tower families (ffexport/models/llava_style.py)
+            return PreparedInputs(**adapter.prepare_inputs(model, case))
         vision = config.vision_config
         patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         case.check(

@@ -76,6 +76,9 @@ def bench_command(args: argparse.Namespace) -> int:
                          schedule=load_schedule(args.schedule) if args.schedule else None, repeats=args.repeats,
                          warmup=args.warmup, threads=args.threads, max_text=args.max_text,
                          cuda_graphs=args.cuda_graphs, quiet=args.quiet)
+    from ffexport.models import require_stage
+
+    require_stage(args.model, "bench")
     loaded = LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                        layers=args.layers, vision_layers=args.vision_layers,
                        device=args.device if args.random_weights else "cpu")()

@@ -16,5 +16,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'ffexport.models' has no attribute {name!r}")
     from ffexport.models import loading, qwen2_vl, registry  # noqa: F401  (qwen2_vl registers itself)
     from ffexport.models import qwen2_5_vl, qwen3_vl  # noqa: F401  (register themselves)
+    from ffexport.models import internvl, llava_next_video, llava_onevision  # noqa: F401  (register themselves)
 
     return {**vars(registry), **vars(loading)}[name]

@@ -50,6 +50,8 @@ class LoadedModel:
 
         if self.tokenizer is None:
             raise InputError(f"{self.name} has no tokenizer, so a prompt cannot be tokenized; pass --inputs CASE.npz")
+        if hasattr(self.adapter, "case_from_video"):  # families with their own processor names and prompt
+            return self.adapter.case_from_video(self.config, frames, prompt, tokenizer=self.tokenizer)
         vision = self.config.vision_config
         return case_from_video(
             frames, prompt, tokenizer=self.tokenizer, patch_size=vision.patch_size,
@@ -169,9 +171,11 @@ class LoadModel:
                 text.layer_types = text.layer_types[: self.layers]
             notes.append(f"first {self.layers} decoder layers")
         if self.vision_layers is not None:
-            if self.vision_layers > vision.depth:
-                raise ModelError(f"--vision-layers {self.vision_layers}: the model has only {vision.depth} vision blocks")
-            vision.depth = self.vision_layers
+            depth = "depth" if hasattr(vision, "depth") else "num_hidden_layers"  # Qwen2-VL / CLIP-like towers
+            if self.vision_layers > getattr(vision, depth):
+                raise ModelError(f"--vision-layers {self.vision_layers}: the model has only {getattr(vision, depth)} "
+                                 "vision blocks")
+            setattr(vision, depth, self.vision_layers)
             notes.append(f"first {self.vision_layers} vision blocks")
         return f", {', '.join(notes)}" if notes else ""
 
@@ -190,12 +194,13 @@ class LoadModel:
             raise ModelError(f"{directory} has no config.json; it is not a Hugging Face model directory")
         try:
             model_type = json.loads(config_file.read_text()).get("model_type")
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
             raise ModelError(f"{config_file} is not readable JSON ({e})") from e
         adapter = FAMILIES.get(model_type)
         if adapter is None:
+            supported = ", ".join(f"{a.model_class.__name__} ({name})" for name, a in FAMILIES.items())
             raise ModelError(
-                f"{directory}: model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES.names())})"
+                f"{directory}: model_type {model_type!r} is not supported; supported architectures: {supported}"
             )
         if not any(directory.glob("*.safetensors")):
             raise ModelError(f"{directory} has no *.safetensors weights")
@@ -210,6 +215,19 @@ class LoadModel:
         log.info("video processor settings from %s: pixels %d..%d", processor.source, *processor.pixels)
         return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory),
                            processor.pixels, processor)
+
+
+def family_of(model: str) -> str | None:
+    """The family a ``--model`` value names (a preset, or a local directory's ``model_type``), or None
+    when that cannot be told without loading (LoadModel then says what is wrong)."""
+    preset = PRESETS.get(model)
+    if preset is not None:
+        return preset.family
+    config_file = Path(model) / "config.json"
+    try:
+        return json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _load_tokenizer(directory: Path):

@@ -58,7 +58,7 @@ PRESETS: Registry[Preset] = Registry("preset")
 STAGES = ("case", "reference", "build", "run", "calibrate", "bench")
 
 
-def require_stage(model: str, stage: str) -> None:
+def require_stage(model: str, stage: str | None) -> None:
     """Refuse, with one line (:class:`~ffexport.errors.ModelError`, exit 3), a ``stage`` that ``model``'s
     family does not support yet (its adapter's ``stages``; an adapter without one supports all).
     ``model`` is a preset name or a model directory; anything else is left to the loader to refuse."""
@@ -67,6 +67,8 @@ def require_stage(model: str, stage: str) -> None:
 
     from ffexport.errors import ModelError
 
+    if not stage:
+        return
     preset = PRESETS.get(model)
     family = preset.family if preset is not None else None
     config = Path(model) / "config.json"
@@ -79,7 +81,9 @@ def require_stage(model: str, stage: str) -> None:
     stages = getattr(adapter, "stages", None)
     if adapter is None or stages is None or stage in stages:
         return
+    missing = getattr(adapter, "missing", {}).get(stage)
     raise ModelError(
-        f"{model} ({family}): `ffexport {stage}` is not supported for this family yet "
-        f"(supported: {', '.join(s for s in STAGES if s in stages) or 'none'}); see docs/families.md"
+        f"{model} ({family}): ffexport {stage} is not done for this family yet "
+        f"(done: {', '.join(s for s in STAGES if s in stages) or 'none'})"
+        + (f"; missing: {missing}" if missing else "") + "; see docs/families.md"
     )

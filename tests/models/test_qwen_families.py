@@ -258,8 +258,8 @@ def test_a_stage_a_family_lacks_is_refused_in_one_line_before_loading(tmp_path, 
 
     monkeypatch.setattr(LoadModel, "__call__", no_loading)
     assert cli.main(["build", "--model", "qwen2.5vl-tiny", "--out", str(tmp_path / "b")]) == 3
-    assert error_line() == ("error: model: qwen2.5vl-tiny (qwen2_5_vl): `ffexport build` is not supported for this "
-                            "family yet (supported: case, reference); see docs/families.md")
+    assert error_line() == ("error: model: qwen2.5vl-tiny (qwen2_5_vl): ffexport build is not done for this "
+                            "family yet (done: case, reference); see docs/families.md")
     assert not (tmp_path / "b").exists()
 
 
@@ -390,8 +390,8 @@ def test_families_refuse_the_stages_they_lack(tmp_path, error_line, argv, suppor
     model = argv[argv.index("--model") + 1]
     family = "qwen3_vl" if model.startswith("qwen3") else "qwen2_5_vl"
     assert cli.main(argv) == 3
-    assert error_line() == (f"error: model: {model} ({family}): `ffexport {argv[0]}` is not supported for this "
-                            f"family yet (supported: {supported}); see docs/families.md")
+    assert error_line() == (f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this "
+                            f"family yet (done: {supported}); see docs/families.md")
     assert not list(tmp_path.iterdir())
 
 

@@ -1,0 +1,221 @@
+"""What the LLaVA-style families share: a fixed-size vision tower, a projector, a plain LLM with 1D RoPE.
+
+LLaVA-NeXT-Video and LLaVA-OneVision (LLaVA-Video) feed every frame at one fixed size to a
+CLIP/SigLIP tower, pool its patch grid, and place ``tokens_per_frame`` tokens per frame contiguously
+in the prompt (OneVision adds one learned newline token after the last frame: text after the span
+as far as FrameFusion is concerned). The partner of visual token ``i`` is ``i - tokens_per_frame``:
+today's contiguous visual span.
+
+Positions are 1D RoPE. ``ReducedDecoder`` builds M-RoPE tables from ``[3, L]`` position ids and
+``mrope_section``; with three identical rows any section split gives the same table, so the adapter
+declares one section covering every frequency (``(head_dim // 2,)``: all bands read row 0). Llama's
+and Qwen2's rotary embeddings compute ``cat(freqs, freqs)`` with ``rotate_half`` exactly like
+``ffexport.fusion.decoder.mrope_cos_sin``; a rotary type that rescales cos/sin
+(``attention_scaling != 1``, e.g. YaRN) is refused rather than silently mis-rotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ffexport.errors import InputError, ModelError
+from ffexport.fusion.decoder import DecoderParts
+
+#: the names a LLaVA-style transformers processor returns for a video prompt (case.npz holds these)
+LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
+
+
+#: what the build/run/calibrate/bench stages still lack for the fixed-size-tower families
+MISSING_STAGES = {
+    "build": "a vision graph for a fixed-size tower (frames [T, 3, S, S] -> tokens) and 1D positions in the "
+             "build, its parity gate and the torch-free runtime (today they take Qwen2-VL's grid and M-RoPE)",
+    "calibrate": "calibration runs on builds' buckets (video_grid_thw shapes); fixed-size-tower buckets are not "
+                 "defined yet",
+    "explain": "explain draws Qwen2-VL buckets (video_grid_thw shapes); fixed-size-tower buckets are not defined yet",
+    "bench": "the prefill benchmark builds Qwen2-VL cases (video_grid_thw); fixed-size-tower cases are not wired in",
+}
+
+
+def one_d_position_ids(length: int) -> np.ndarray:
+    """1D RoPE positions as M-RoPE rows: ``[3, L]`` int64, three identical ``arange(L)`` rows."""
+    return np.broadcast_to(np.arange(length, dtype=np.int64), (3, length)).copy()
+
+
+def rotary_parts(text_model) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``inv_freq`` and the one-section ``mrope_section`` of a 1D-RoPE decoder's rotary embedding."""
+    rope = text_model.rotary_emb
+    scaling = float(getattr(rope, "attention_scaling", 1.0))
+    if scaling != 1.0:
+        raise ModelError(
+            f"rotary type {getattr(rope, 'rope_type', '?')!r} scales cos/sin by {scaling}; ffexport's decoder "
+            "supports unscaled RoPE tables only (default, linear, dynamic-free)"
+        )
+    return rope.inv_freq, (int(rope.inv_freq.shape[0]),)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A one-video chat prompt: ``before`` + video tokens + ``after``, the text tokenized without BOS/EOS
+    unless ``bos`` says to put the tokenizer's BOS first."""
+
+    before: str
+    after: str
+    bos: bool = False
+
+    def ids(self, tokenizer, *, video_token_id: int, num_video_tokens: int, prompt: str) -> np.ndarray:
+        head = list(tokenizer.encode(self.before, add_special_tokens=False))
+        tail = list(tokenizer.encode(self.after.format(prompt=prompt), add_special_tokens=False))
+        if self.bos and getattr(tokenizer, "bos_token_id", None) is not None:
+            head = [int(tokenizer.bos_token_id), *head]
+        ids = head + [video_token_id] * num_video_tokens + tail
+        return np.asarray(ids, dtype=np.int64).reshape(1, -1)
+
+
+@dataclass(frozen=True)
+class LlavaStyleAdapter:
+    """Declarative parts of a fixed-size-tower family; subclasses say how many tokens a frame gives."""
+
+    family: str
+    model_class: type
+    prompt: PromptTemplate
+    #: how a frame is brought to the tower's size (:class:`ffexport.video.fixed.FixedFramePreprocess`)
+    resize_mode: str = "square"
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    #: video tokens the model places after the last frame (OneVision's newline: 1)
+    trailing_video_tokens: int = 0
+    #: max |logits - reference| for fp32 parity checks (static vs dynamic, graph vs PyTorch)
+    logits_atol_fp32: float = 1e-5
+    case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
+    #: whether FrameFusion can run on this family's layout (False: plain prefill only)
+    reduces: bool = True
+    #: the CLI commands done for this family; the others refuse with one line naming what is missing
+    stages: tuple[str, ...] = ("case", "reference")
+    missing: dict = field(default_factory=lambda: dict(MISSING_STAGES))
+
+    # ---------------------------------------------------------------- config
+    @staticmethod
+    def num_layers(config) -> int:
+        return config.text_config.num_hidden_layers
+
+    @staticmethod
+    def video_token_id(config) -> int:
+        return config.video_token_id
+
+    def tokens_per_frame(self, config) -> int:  # pragma: no cover - every family overrides it
+        raise NotImplementedError
+
+    def patches_per_frame(self, config, grid=None) -> int:
+        return self.tokens_per_frame(config)
+
+    def video_tokens(self, config, frames: int) -> int:
+        """Video tokens in the prompt for ``frames`` frames (the visual span plus any trailing token)."""
+        return frames * self.tokens_per_frame(config) + self.trailing_video_tokens
+
+    @staticmethod
+    def frame_size(config) -> int:
+        return config.vision_config.image_size
+
+    def preprocessor(self, config):
+        """The torch-free frame preprocessing for this model (numpy + Pillow)."""
+        from ffexport.video.fixed import FixedFramePreprocess
+
+        return FixedFramePreprocess(self.frame_size(config), mode=self.resize_mode, mean=self.image_mean,
+                                    std=self.image_std)
+
+    @staticmethod
+    def position_ids(config, input_ids: np.ndarray, video_grid_thw=None) -> tuple[np.ndarray, int]:
+        """1D positions as ``[3, L]`` rows and the delta for generated tokens (0: they continue at L)."""
+        return one_d_position_ids(np.asarray(input_ids).shape[-1]), 0
+
+    # ----------------------------------------------------------------- model
+    @staticmethod
+    def decoder_parts(model) -> DecoderParts:
+        text = model.model.language_model
+        cfg = text.config
+        inv_freq, section = rotary_parts(text)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return DecoderParts(
+            layers=text.layers, norm=text.norm, lm_head=model.lm_head, inv_freq=inv_freq, mrope_section=section,
+            num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim,
+        )
+
+    @staticmethod
+    def embed_tokens(model, input_ids: torch.Tensor) -> torch.Tensor:
+        return model.model.language_model.embed_tokens(input_ids)
+
+    @staticmethod
+    def video_features(model, pixel_values_videos: torch.Tensor, video_grid_thw=None) -> torch.Tensor:
+        """Tower + projector (+ pooling, + trailing newline): ``[video tokens, hidden]`` for one video."""
+        config = model.config
+        out = model.model.get_video_features(
+            pixel_values_videos, vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        return out.pooler_output.reshape(-1, out.pooler_output.shape[-1])
+
+    # ------------------------------------------------------------------ cases
+    @staticmethod
+    def check_ids(config, case) -> None:
+        vocab = config.text_config.vocab_size
+        if int(case.input_ids.max()) >= vocab or int(case.input_ids.min()) < 0:
+            raise InputError(f"input_ids hold token ids outside the model's vocabulary [0, {vocab})")
+
+    def check_case(self, config, case) -> None:
+        """Raise :class:`InputError` when ``case`` does not fit a model with this config."""
+        self.check_ids(config, case)
+        pixels = case.pixel_values_videos
+        size = self.frame_size(config)
+        channels = config.vision_config.num_channels
+        if pixels.ndim != 5 or pixels.shape[0] != 1 or tuple(pixels.shape[2:]) != (channels, size, size):
+            raise InputError(
+                f"pixel_values_videos must have shape [1, frames, {channels}, {size}, {size}] for this model, "
+                f"got {list(pixels.shape)}"
+            )
+        start, end = case.video_span(self.video_token_id(config))
+        expected = self.video_tokens(config, pixels.shape[1])
+        if end - start != expected:
+            raise InputError(
+                f"the video span in input_ids has {end - start} tokens but {pixels.shape[1]} frames give {expected}"
+            )
+
+    def frame_blocks(self, config, input_ids: np.ndarray) -> list[tuple[int, int]]:
+        """The video as frame blocks ``(start, length)`` in ``input_ids`` (the layout the generalised
+        FrameFusion span of issue 13 item 1 takes): here consecutive blocks of ``tokens_per_frame``
+        with no text between them; a trailing newline token is not part of any block."""
+        ids = np.asarray(input_ids).reshape(-1)
+        where = np.flatnonzero(ids == self.video_token_id(config))
+        per_frame = self.tokens_per_frame(config)
+        frames = (where.size - self.trailing_video_tokens) // per_frame
+        start = int(where[0]) if where.size else 0
+        return [(start + f * per_frame, per_frame) for f in range(frames)]
+
+    def prepare_inputs(self, model, case) -> dict:
+        """Decoder inputs for a case: embeddings with the video features in place and 1D positions."""
+        config = model.config
+        self.check_case(config, case)
+        start, end = case.video_span(self.video_token_id(config))
+        positions, delta = self.position_ids(config, case.input_ids)
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            features = self.video_features(model, torch.from_numpy(case.pixel_values_videos).to(dtype))
+            embeds = self.embed_tokens(model, torch.from_numpy(case.input_ids)).clone()
+            embeds[0, start:end] = features.to(embeds.dtype)
+        return dict(
+            inputs_embeds=embeds, position_ids=torch.from_numpy(positions),
+            video_start=torch.tensor(start, dtype=torch.int64),
+            visual_tokens=end - start - self.trailing_video_tokens,
+            patches_per_frame=self.tokens_per_frame(config), rope_delta=delta,
+        )
+
+    def case_from_video(self, config, frames: np.ndarray, prompt: str, *, tokenizer):
+        """A case (the transformers processor's names) from uint8 frames ``[T, H, W, 3]`` and a prompt."""
+        from ffexport.case import Case
+
+        pixels = self.preprocessor(config)(frames)
+        ids = self.prompt.ids(tokenizer, video_token_id=self.video_token_id(config),
+                              num_video_tokens=self.video_tokens(config, pixels.shape[1]), prompt=prompt)
+        return Case(ids, pixels, None, attention_mask=np.ones_like(ids))

@@ -1,0 +1,322 @@
+"""LLaVA-style families (fixed-size vision tower, contiguous frames, 1D RoPE): the same proofs as Qwen2-VL.
+
+Per family, on its tiny preset (deterministic random weights, a few frames):
+
+* the adapter's plain prefill (no reduction) == transformers' own forward of the same model (last
+  logits <= 1e-4 fp32) and greedy tokens == ``generate``;
+* the dynamic FrameFusion reference == the spec-derived oracle (same realized steps, logits <= 1e-5);
+  the oracle reads ``rotary_emb.mrope_section``, which a 1D-RoPE model lacks, so it gets the text
+  model through a view that adds the adapter's declared one-section layout (nothing else changes);
+* the static decoder on the realized schedule == the dynamic one (<= 1e-5);
+* the static prefill captured to ONNX and run in ONNX Runtime == PyTorch (<= 1e-4);
+* ``case.npz`` holds exactly the processor's names and transformers' forward takes it unchanged.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ffexport.case import FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS, load_case
+from ffexport.errors import InputError
+from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.reducers import StaticReducer
+from ffexport.oracle import NaiveFrameFusion
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+LOGITS_ATOL_HF = 1e-4
+LOGITS_ATOL = 1e-5
+ORT_ATOL = 1e-4
+FAMILIES = ["llava-next-video-tiny", "llava-onevision-tiny", "internvl-tiny"]
+#: families FrameFusion runs on today (InternVL's frame blocks are separated by text: plain prefill only)
+REDUCING = ["llava-next-video-tiny", "llava-onevision-tiny"]
+#: the names each family's transformers processor returns for a video prompt
+PROCESSOR_KEYS = {"llava-next-video-tiny": FIXED_TOWER_CASE_KEYS, "llava-onevision-tiny": FIXED_TOWER_CASE_KEYS,
+                  "internvl-tiny": FRAMES_AS_IMAGES_CASE_KEYS}
+#: merges at this threshold on the tiny models' features of a moving-object clip (checked below)
+FUSION = FusionConfig(similarity=0.95, ratio_lower_bound=0.05, budget_layers=28)
+
+
+@pytest.fixture(scope="session")
+def loaded_models():
+    from ffexport.models import LoadModel
+
+    return {name: LoadModel(name)() for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def cases(loaded_models):
+    clip = synthetic_video("moving_object", frames=4, height=96, width=128, seed=3)
+    return {name: m.case_from_video(clip, "What moves?") for name, m in loaded_models.items()}
+
+
+@pytest.fixture(scope="session")
+def dynamic_runs(loaded_models, cases):
+    return {name: Reference(loaded_models[name], fusion=FUSION)(cases[name]) for name in REDUCING}
+
+
+def _hf_inputs(case) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(getattr(case, k)) for k in case.keys}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_plain_prefill_equals_transformers(name, loaded_models, cases):
+    loaded, case = loaded_models[name], cases[name]
+    result = Reference(loaded, max_new_tokens=4)(case)
+    with torch.no_grad():
+        hf = loaded.model(**_hf_inputs(case)).logits[0, -1].numpy()
+        generated = loaded.model.generate(**_hf_inputs(case), max_new_tokens=4, do_sample=False,
+                                          eos_token_id=None, pad_token_id=0)
+    assert np.abs(result.logits[0] - hf).max() <= LOGITS_ATOL_HF
+    np.testing.assert_array_equal(result.generated_ids[0], generated[0, case.input_ids.shape[1]:].numpy())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_decode_steps_continue_the_1d_positions(name, loaded_models, cases):
+    """Two decode steps over the prefill's caches == transformers' forward of the prompt plus the new tokens
+    (the k-th new token sits at position L + k on all three rows)."""
+    loaded, case = loaded_models[name], cases[name]
+    reference = Reference(loaded)
+    inputs = reference.prepare(case)
+    length = case.input_ids.shape[1]
+    with torch.no_grad():
+        state = reference.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
+                                          inputs.visual_tokens, inputs.patches_per_frame)
+        tokens = []
+        for k in range(2):
+            token = int(state.logits[0].argmax()) if k == 0 else 5 + k  # a forced token too
+            tokens.append(token)
+            embeds = loaded.adapter.embed_tokens(loaded.model, torch.tensor([[token]]))
+            positions = torch.full((3, 1), length + inputs.rope_delta + k, dtype=torch.int64)
+            state = reference.decoder.decode(embeds, positions, state.presents)
+        hf_inputs = _hf_inputs(case)
+        hf_inputs["input_ids"] = torch.cat([hf_inputs["input_ids"], torch.tensor([tokens])], dim=1)
+        hf_inputs["attention_mask"] = torch.ones_like(hf_inputs["input_ids"])
+        hf = loaded.model(**hf_inputs).logits[0, -1]
+    assert (state.logits[0] - hf).abs().max() <= LOGITS_ATOL_HF
+
+
+def _oracle_view(model, adapter):
+    """The HF model as the oracle reads it, with the adapter's rotary layout declared on ``rotary_emb``."""
+    parts = adapter.decoder_parts(model)
+    text = model.model.language_model
+    rotary = SimpleNamespace(inv_freq=parts.inv_freq, mrope_section=list(parts.mrope_section))
+    view = SimpleNamespace(layers=text.layers, norm=text.norm, rotary_emb=rotary, config=text.config)
+    return SimpleNamespace(model=SimpleNamespace(language_model=view), lm_head=model.lm_head)
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_runs):
+    loaded, case, result = loaded_models[name], cases[name], dynamic_runs[name]
+    inputs = Reference(loaded).prepare(case)
+    oracle = NaiveFrameFusion(_oracle_view(loaded.model, loaded.adapter), cost=FUSION.cost,
+                              similarity=FUSION.similarity, ratio_lower_bound=FUSION.ratio_lower_bound,
+                              budget_layers=FUSION.budget_layers)
+    with torch.no_grad():
+        naive = oracle.prefill(inputs.inputs_embeds[0], inputs.position_ids, int(inputs.video_start),
+                               inputs.visual_tokens, inputs.patches_per_frame)
+    realized = [(r.stage.layer, r.stage.where, r.stage.op, r.stage.remove) for r in result.realized]
+    assert {op for _, _, op, remove in realized if remove} == {"merge", "prune"}, realized  # not vacuous
+    assert realized == naive.steps
+    assert np.abs(result.logits[0] - naive.logits.numpy()).max() <= LOGITS_ATOL
+    assert list(result.kv_lengths) == [k.shape[1] for k, _ in naive.kv]
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_static_equals_dynamic_on_the_realized_schedule(name, loaded_models, cases, dynamic_runs):
+    loaded, dynamic = loaded_models[name], dynamic_runs[name]
+    static = Reference(loaded, schedule=dynamic.schedule)(cases[name])
+    assert np.abs(static.logits - dynamic.logits).max() <= LOGITS_ATOL
+    np.testing.assert_array_equal(static.kv_lengths, dynamic.kv_lengths)
+
+
+@pytest.fixture(scope="session")
+def prefill_graphs(loaded_models, cases, dynamic_runs):
+    """Per reducing family: the static prefill (realized schedule) captured to ONNX once, its inputs and
+    PyTorch's outputs."""
+    from ffexport.export.capture import CaptureOnnx, GraphSpec
+    from ffexport.export.graphs import PrefillGraph, present_names
+
+    graphs = {}
+    for name in REDUCING:
+        loaded, schedule = loaded_models[name], dynamic_runs[name].schedule
+        reference = Reference(loaded, schedule=schedule)
+        inputs = reference.prepare(cases[name])
+        module = PrefillGraph(reference.decoder, schedule)
+        args = (inputs.inputs_embeds, inputs.position_ids, inputs.video_start)
+        names = ["inputs_embeds", "position_ids", "video_start"]
+        spec = GraphSpec("prefill", module, args, names, ["logits", *present_names(loaded.num_layers)])
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(*args)]
+        graphs[name] = (CaptureOnnx()(spec), {n: a.numpy() for n, a in zip(names, args)}, expected)
+    return graphs
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, prefill_graphs):
+    import onnxruntime as ort
+
+    proto, feeds, expected = prefill_graphs[name]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)
+    assert len(got) == len(expected) == 1 + 2 * loaded_models[name].num_layers
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        assert np.abs(g - e).max() <= ORT_ATOL
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_static_prefill_parses_and_builds_with_tensorrt_rtx(name, prefill_graphs, tensorrt_rtx, tmp_path):
+    """NVIDIA's real ONNX parser takes the graph and builds an engine ahead of time for SM89."""
+    import onnx
+
+    from ffexport.export.trt_toolkit import Engine, ParseOnnx, SerializeEngine
+
+    path = tmp_path / "prefill.onnx"
+    onnx.save(prefill_graphs[name][0], path)
+    parsed = ParseOnnx(toolkit=tensorrt_rtx)(path)
+    assert hasattr(parsed, "network"), str(parsed)  # a Rejection says why the parser refused
+    engine = SerializeEngine(compute_capabilities=("SM89",))(parsed, None)
+    assert isinstance(engine, Engine), str(engine)
+    assert engine.nbytes > 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_case_npz_holds_the_processor_names(name, loaded_models, cases, tmp_path):
+    loaded, case = loaded_models[name], cases[name]
+    path = case.save(tmp_path / "case.npz")
+    with np.load(path) as data:
+        assert sorted(data.files) == sorted(PROCESSOR_KEYS[name])
+        arrays = {k: torch.from_numpy(data[k]) for k in data.files}
+    back = load_case(path)
+    np.testing.assert_array_equal(back.pixel_values_videos, case.pixel_values_videos)
+    frames = case.grid[0]
+    span = np.count_nonzero(case.input_ids == loaded.adapter.video_token_id(loaded.config))
+    assert span == loaded.adapter.video_tokens(loaded.config, frames)
+    with torch.no_grad():  # transformers takes the file's arrays unchanged
+        logits = loaded.model(**arrays).logits[0, -1].numpy()
+    assert np.abs(Reference(loaded)(back).logits[0] - logits).max() <= LOGITS_ATOL_HF
+
+
+def test_reduction_is_refused_where_the_layout_does_not_fit(loaded_models):
+    with pytest.raises(InputError, match="FrameFusion does not run on internvl"):
+        Reference(loaded_models["internvl-tiny"], fusion=FUSION)
+
+
+def test_case_command_writes_a_llava_case(tmp_path, capsys):
+    from ffexport.cli import main
+
+    out = tmp_path / "c.npz"
+    assert main(["case", "--model", "llava-next-video-tiny", "--frames", "4", "--out", str(out)]) == 0
+    with np.load(out) as data:
+        assert sorted(data.files) == sorted(FIXED_TOWER_CASE_KEYS)
+        assert data["pixel_values_videos"].shape == (1, 4, 3, 112, 112)
+
+
+def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path, error_line):
+    from ffexport.cli import main
+    from ffexport.models import FAMILIES
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"]}')
+    assert main(["reference", "--model", str(model), "--out", str(tmp_path / "r.npz")]) == 3
+    line = error_line()
+    assert "'mllama' is not supported" in line
+    for name, adapter in FAMILIES.items():
+        assert f"{adapter.model_class.__name__} ({name})" in line
+
+
+@pytest.mark.parametrize("argv, stage", [
+    (["build", "--model", "llava-next-video-tiny", "--graph-only"], "build"),
+    (["build", "--model", "internvl-tiny"], "build"),
+    (["bench", "--model", "llava-onevision-tiny"], "bench"),
+    (["calibrate", "--model", "llava-onevision-tiny", "--bucket", "8x98x98", "--synthetic", "2"], "calibrate"),
+])
+def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line):
+    from ffexport.cli import main
+
+    out = [] if argv[0] == "bench" else ["--out", str(tmp_path / "out")]
+    assert main([*argv, *out]) == 3
+    line = error_line()
+    assert f"ffexport {stage} is not done for" in line and "missing:" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("preset, billions, per_frame, layers", [
+    ("llava-next-video-7b", 7.06, 144, 32),  # published: 7.06B parameters
+    ("llava-video-7b", 8.03, 196, 28),  # published: 8.03B
+    ("internvl3-8b", 7.94, 256, 28),  # published: 7.94B
+])
+def test_real_size_presets_have_the_released_architecture(preset, billions, per_frame, layers):
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel(preset, structure_only=True)()  # meta device: shapes only, no weights
+    params = sum(p.numel() for p in loaded.model.parameters())
+    assert round(params / 1e9, 2) == billions
+    assert loaded.adapter.tokens_per_frame(loaded.config) == per_frame
+    assert loaded.num_layers == layers
+    parts = loaded.adapter.decoder_parts(loaded.model)
+    assert parts.mrope_section == (parts.head_dim // 2,)  # 1D RoPE: one band table read from row 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tiny_presets_are_deterministic(name, loaded_models):
+    from ffexport.models import LoadModel
+
+    again = LoadModel(name)()
+    pairs = zip(loaded_models[name].model.state_dict().items(), again.model.state_dict().items(), strict=True)
+    for (key, a), (key_again, b) in pairs:
+        assert key == key_again and torch.equal(a, b), key
+
+
+def test_a_npy_case_folder_is_refused_for_these_families(tmp_path, capsys):
+    from ffexport.cli import main
+
+    out = tmp_path / "case"
+    assert main(["case", "--model", "llava-next-video-tiny", "--frames", "2", "--format", "npy",
+                 "--out", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "save this family's case as case.npz" in errors[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cases_that_do_not_fit_are_one_input_error(name, loaded_models, cases):
+    from dataclasses import replace
+
+    loaded, case = loaded_models[name], cases[name]
+    reference = Reference(loaded)
+    bad_ids = case.input_ids.copy()
+    bad_ids[0, 0] = loaded.config.text_config.vocab_size
+    fewer_frames = case.pixel_values_videos[..., :-1, :, :, :]  # one frame fewer than the prompt's tokens
+    smaller = case.pixel_values_videos[..., :-2, :-2]
+    for bad, words in [(replace(case, input_ids=bad_ids), "vocabulary"),
+                       (replace(case, pixel_values_videos=fewer_frames), "frames give"),
+                       (replace(case, pixel_values_videos=smaller), "must have shape")]:
+        with pytest.raises(InputError, match=words):
+            reference(bad)
+
+
+@pytest.mark.parametrize("name, text_between", [("llava-next-video-tiny", False), ("llava-onevision-tiny", False),
+                                                ("internvl-tiny", True)])
+def test_frame_blocks_describe_the_prompt_layout(name, text_between, loaded_models, cases):
+    """The frame blocks each adapter declares (for the generalised span) match the processor-style prompt."""
+    loaded, case = loaded_models[name], cases[name]
+    adapter, config = loaded.adapter, loaded.config
+    blocks = adapter.frame_blocks(config, case.input_ids)
+    frames, per_frame = case.grid[0], adapter.tokens_per_frame(config)
+    assert [length for _, length in blocks] == [per_frame] * frames
+    ids = case.input_ids[0]
+    token = adapter.video_token_id(config)
+    for start, length in blocks:
+        assert (ids[start:start + length] == token).all()
+    gaps = [b[0] - (a[0] + a[1]) for a, b in zip(blocks, blocks[1:])]
+    assert all(g > 0 for g in gaps) if text_between else gaps == [0] * (frames - 1)
+    if text_between:  # InternVL: "</img>\nFrame2: <img>" between blocks
+        between = ids[blocks[0][0] + per_frame: blocks[1][0]]
+        assert bytes(int(i) for i in between).decode() == "</img>\nFrame2: <img>"
