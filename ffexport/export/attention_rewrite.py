@@ -16,8 +16,10 @@ manifest):
 
 Rewrites (onnxscript rewriter rules; a failed match is a value with its reason):
 
-* :class:`SoftmaxFloat32`: half-precision ``Attention`` nodes take their softmax in float32
-  (``softmax_precision = FLOAT``), the semantics of the PyTorch reference.
+* :class:`SoftmaxFloat32` (ONNX Runtime only): half-precision ``Attention`` nodes take their softmax
+  in float32 (``softmax_precision = FLOAT``), the semantics of the PyTorch reference. TensorRT's parser
+  rejects the attribute ("Setting softmax precision is not supported in TensorRT Attention";
+  TensorRT-RTX 1.7.1), so graphs for TensorRT leave it out.
 * :class:`CausalToGroupQueryAttention` (ONNX Runtime only): a causal self-attention node with 4-D
   q/k/v of equal length -> ``com.microsoft.GroupQueryAttention`` on [B, S, H*d] views.
 """
@@ -54,8 +56,9 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class AttentionChoice:
-    """What a build's graphs use: ``mode`` (fused/explicit), the opset, whether the causal prefill
-    attention becomes ONNX Runtime's contrib kernel, and why (for the manifest)."""
+    """What a build's graphs use: ``mode`` (fused/explicit), the opset, whether the graphs are for ONNX
+    Runtime (``contrib``: the causal prefill attention becomes its contrib kernel and half-precision
+    attention says ``softmax_precision``), and why (for the manifest)."""
 
     mode: str
     contrib: bool
@@ -204,11 +207,12 @@ class CausalToGroupQueryAttention(RewriteRuleClassBase):
 
 
 def rewrite_attention(model: ir.Model, *, contrib: bool) -> dict[str, int]:
-    """Apply the rules in place; returns how many nodes each rule rewrote (for logs and tests)."""
+    """Apply the rules in place (``contrib``: graphs for ONNX Runtime; TensorRT's keep the exporter's
+    ``Attention`` as it is); returns how many nodes each rule rewrote (for logs and tests)."""
     from onnxscript.rewriter import rewrite
 
     counts = {}
-    rules = [SoftmaxFloat32.rule()] + ([CausalToGroupQueryAttention.rule()] if contrib else [])
+    rules = [SoftmaxFloat32.rule(), CausalToGroupQueryAttention.rule()] if contrib else []
     for rule in rules:
         before = _count(model)
         rewrite(model, pattern_rewrite_rules=RewriteRuleSet([rule]))

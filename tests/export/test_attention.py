@@ -105,16 +105,23 @@ def test_tensorrt_graphs_keep_the_standard_attention_op(prefill):
     assert _ort_matches_torch(model, prefill, [TEXT]) <= 1e-4
 
 
-def test_half_precision_attention_takes_its_softmax_in_float32(prefill):
-    from ffexport.models import LoadModel
+@pytest.mark.parametrize(("contrib", "expected"), [(True, [onnx.TensorProto.FLOAT]), (False, [])])
+def test_half_precision_attention_takes_its_softmax_in_float32_for_onnxruntime(contrib, expected):
+    """ONNX Runtime graphs say float32 softmax; TensorRT's parser rejects the attribute, so its graphs
+    leave it out."""
+    import onnx_ir
 
-    module, n, _ = prefill
-    tiny = LoadModel("qwen2vl-tiny", dtype="float16")()
-    half = PrefillGraph(ReducedDecoder(tiny.adapter.decoder_parts(tiny.model)), module.prefill.schedule).eval()
-    model = _capture((half, n, tiny), AttentionChoice("fused", contrib=False, reason="test"), torch.float16)
-    precisions = [a.i for node in model.graph.node if node.op_type == "Attention" for a in node.attribute
-                  if a.name == "softmax_precision"]
-    assert precisions == [onnx.TensorProto.FLOAT] * tiny.num_layers
+    from ffexport.export.attention_rewrite import rewrite_attention
+
+    vi = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT16, [1, 2, 1 if n == "q" else 8, 4])
+          for n in ("q", "k", "v")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Attention", ["q", "k", "v"], ["o"])], "g", vi,
+                                   [onnx.helper.make_tensor_value_info("o", onnx.TensorProto.FLOAT16, [1, 2, 1, 4])])
+    model = onnx_ir.serde.deserialize_model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 23)]))
+    rewrite_attention(model, contrib=contrib)
+    (node,) = list(model.graph)
+    assert node.op_type == "Attention"
+    assert [a.value for name, a in node.attributes.items() if name == "softmax_precision"] == expected
 
 
 def test_the_decode_step_keeps_a_non_causal_attention(prefill):
