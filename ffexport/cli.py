@@ -149,6 +149,11 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
                        help="standard: FrameFusion's merge/prune steps in standard ONNX ops (default); plugin: one "
                             "FrameFusionMerge/FrameFusionPrune node per step (ONNX Runtime runs them through "
                             "onnxruntime-extensions in fp32; TensorRT needs --plugins libffexport_plugins.so)")
+    build.add_argument("--attention", default=None, choices=["fused", "explicit"],
+                       help="fused: one attention op per layer (ONNX Attention, opset 23; the causal prefill as ONNX "
+                            "Runtime's GroupQueryAttention for --backend onnxruntime), memory linear in the length; "
+                            "explicit: MatMul+Softmax (L x L per head). Default: fused where the backend builds it "
+                            "(not TensorRT fp32); recorded in the manifest")
     build.add_argument("--graph-only", action="store_true",
                        help="capture the graphs' structure without weights (meta device, seconds, little memory) "
                             "for ffexport lint at real sizes; nothing is validated or usable")
@@ -307,6 +312,9 @@ def _cmd_build(args) -> int:
                              "use --ops standard, or --backend tensorrt --plugins LIB.so on a GPU machine")
     if args.precision == "bf16" and args.backend != "tensorrt" and not args.graph_only:
         raise InputError(BF16_NEEDS_TENSORRT)
+    from ffexport.export.attention_rewrite import choose_attention
+
+    choose_attention(args.attention, backend=args.backend, precision=args.precision, graph_only=args.graph_only)
     buckets = tuple(args.bucket or ["8x112x112"])
     schedule = load_schedule(args.schedule) if args.schedule else None
     if schedule is not None and len(buckets) != 1:
@@ -333,7 +341,8 @@ def _cmd_build(args) -> int:
                          quiet=args.quiet, graph_only=args.graph_only, backend=args.backend,
                          plugins=tuple(args.plugins), ops=args.ops, compute_capabilities=compute_capabilities,
                          schedule_origin=_given_origin(args.schedule) if args.schedule else None,
-                         shipped_schedules=not args.no_shipped_schedule, fidelity=args.fidelity)
+                         shipped_schedules=not args.no_shipped_schedule, fidelity=args.fidelity,
+                         attention=args.attention)
     if not args.graph_only and streamed:
         from ffexport.export.streamed import StreamedBuild
 

@@ -43,6 +43,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        help="onnxruntime: longest text the captured graphs take, as in ffexport build (default 256)")
     bench.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                        help="--device cuda: time eager PyTorch only (no CUDA-graph replays)")
+    bench.add_argument("--race", action="store_true",
+                       help="race what users run, in one process, interleaved, same inputs and threads: transformers "
+                            "Qwen2VLForConditionalGeneration (sdpa, no reduction), the full model in ONNX Runtime, "
+                            "ffexport's reduced graphs and the dynamic reference; prefill, time to first token, decode "
+                            "tokens/s, end to end for --new-tokens, peak memory (CPU, fp32)")
+    bench.add_argument("--new-tokens", type=positive_int, default=64, metavar="N",
+                       help="--race: greedy tokens each variant generates (default 64)")
     bench.add_argument("--json", metavar="OUT.json", help="also write every number here")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     bench.set_defaults(func=bench_command)
@@ -70,6 +77,8 @@ def bench_command(args: argparse.Namespace) -> int:
     from ffexport.fusion.schedule import load_schedule
     from ffexport.models import LoadModel
 
+    if args.race and args.device != "cpu":
+        raise InputError("--race runs on the CPU (ONNX Runtime's CPU provider); drop --device cuda")
     fusion = FusionConfig(cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
                           budget_layers=args.budget_layers)
     config = BenchConfig(bucket=args.bucket, runtime=args.runtime, device=args.device, fusion=fusion,
@@ -82,6 +91,17 @@ def bench_command(args: argparse.Namespace) -> int:
     loaded = LoadModel(args.model, random_weights=args.random_weights, weights=args.weights, dtype=args.dtype,
                        layers=args.layers, vision_layers=args.vision_layers,
                        device=args.device if args.random_weights else "cpu")()
+    if args.race:
+        from ffexport.bench.race import Race, RaceConfig, render_race
+
+        race = Race(loaded, RaceConfig(bucket=args.bucket, fusion=fusion, schedule=config.schedule,
+                                       repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                                       max_text=args.max_text, new_tokens=args.new_tokens, quiet=args.quiet))()
+        if args.json:
+            save_json(race.to_json(), args.json, overwrite=args.overwrite)
+            log.info("wrote %s", args.json)
+        render_race(race)
+        return 0
     try:
         result = PrefillBench(loaded, config)()
     except torch.OutOfMemoryError as e:

@@ -25,7 +25,8 @@ import ffexport
 from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
 from ffexport.export.buckets import Bucket, parse_bucket
-from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
+from ffexport.export.attention_rewrite import choose_attention
+from ffexport.export.capture import CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, present_names
 from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
@@ -87,6 +88,9 @@ class BuildConfig:
     shipped_schedules: bool = True
     #: also write <bucket>/fidelity.json: static schedule vs dynamic reference on the parity videos
     fidelity: bool = False
+    #: "fused" / "explicit" attention in the graphs; None: the backend's default
+    #: (ffexport.export.attention_rewrite.choose_attention)
+    attention: str | None = None
 
 
 @dataclass
@@ -140,7 +144,9 @@ class Build:
         self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
         self.steps, self.translations = prefill_steps(config.ops)
         self.embed = loaded.model.model.language_model.embed_tokens
-        self.capture = CaptureOnnx(structure_only=config.graph_only)
+        self.attention = choose_attention(config.attention, backend=config.backend, precision=config.precision,
+                                          graph_only=config.graph_only)
+        self.capture = CaptureOnnx(structure_only=config.graph_only, attention=self.attention)
         self.runner = OrtRunner()
         self.engines = None
         if config.backend == "tensorrt":  # fail before any work when TensorRT or the GPU is missing
@@ -292,6 +298,10 @@ class Build:
             raise InputError(
                 f"{out} holds a build of {model.get('name')} ({model.get('source')}, {manifest.get('precision')}, "
                 f"max_text {manifest.get('max_text')}); use another --out or pass --overwrite to replace it")
+        built_attention = manifest.get("attention", {}).get("mode", "explicit")
+        if built_attention != self.attention.mode:  # one build never mixes attention formulations
+            raise InputError(f"{out} holds a build with --attention {built_attention}; use another --out, or pass "
+                             f"--overwrite to rebuild it with --attention {self.attention.mode}")
         built_ops = manifest.get("ops", "standard")
         if built_ops != self.config.ops:  # one build never mixes standard and plugin prefill graphs
             raise InputError(f"{out} holds a build with --ops {built_ops}; use another --out, or pass --overwrite to "
@@ -337,7 +347,8 @@ class Build:
             "graphs": {}, "buckets": [], "files": {},
             "tools": {"ffexport": ffexport.__version__, "torch": torch.__version__,
                       "transformers": transformers.__version__, "onnx": onnx.__version__,
-                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+                      "onnxruntime": onnxruntime.__version__, "opset": self.attention.opset},
+            "attention": self.attention.to_json(),
         }
 
     def _save_tokenizer(self, manifest: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from ffexport.errors import CaptureError
 
 log = logging.getLogger(__name__)
 
+#: the opset of graphs without the Attention op (``--attention explicit``); fused graphs use 23
 OPSET = 18
 #: constants with more elements than this are never folded (weights keep their identity)
 FOLD_INPUT_LIMIT = 1024
@@ -42,11 +43,20 @@ class GraphSpec:
 
 
 class CaptureOnnx:
-    """``CaptureOnnx(opset=18)(spec) -> onnx.ModelProto`` with weights inline (saved later)."""
+    """``CaptureOnnx(attention=...)(spec) -> onnx.ModelProto`` with weights inline (saved later).
 
-    def __init__(self, *, opset: int = OPSET, structure_only: bool = False, keep_metadata: bool = False,
-                 constants: Any = None) -> None:
-        self.opset = opset
+    ``attention``: an :class:`~ffexport.export.attention_rewrite.AttentionChoice`, or None for the
+    default of an ONNX Runtime build (fused: ``Attention`` at opset 23, the causal prefill node as
+    ONNX Runtime's GroupQueryAttention). The opset follows the choice unless ``opset`` is given."""
+
+    def __init__(self, *, attention: Any = None, opset: int | None = None, structure_only: bool = False,
+                 keep_metadata: bool = False, constants: Any = None) -> None:
+        if attention is None:
+            from ffexport.export.attention_rewrite import choose_attention
+
+            attention = choose_attention(None, backend="onnxruntime", precision="fp32")
+        self.attention = attention
+        self.opset = opset if opset is not None else attention.opset
         #: meta-device modules: no optimizer pass (it needs values) and no initializers in the result
         self.structure_only = structure_only
         #: structure only: ``constants(tensor) -> tensor | None`` decides for every captured tensor (meta
@@ -59,11 +69,14 @@ class CaptureOnnx:
     def __call__(self, spec: GraphSpec) -> onnx.ModelProto:
         import onnxscript.optimizer
 
-        log.debug("capturing %s", spec.name)
+        from ffexport.export.attention_rewrite import rewrite_attention
+        from ffexport.fusion.attention import FUSED, capturing
+
+        log.debug("capturing %s (attention %s)", spec.name, self.attention.mode)
         for noisy in ("torch.onnx", "onnxscript", "onnx_ir"):  # e.g. "torchvision is not installed"
             logging.getLogger(noisy).setLevel(logging.ERROR)
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), capturing(self.attention.mode):
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     spec.module, spec.inputs, dynamo=True, opset_version=self.opset, optimize=False,
@@ -96,6 +109,9 @@ class CaptureOnnx:
                 model = onnxscript.optimizer.optimize(
                     program.model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
                 )
+            if self.attention.mode == FUSED:
+                counts = rewrite_attention(model, contrib=self.attention.contrib)
+                log.debug("%s: attention rewrites %s", spec.name, counts)
             proto = onnx.ModelProto()
             proto.CopyFrom(_to_proto(model))
         except Exception as e:  # the exporter raises many types; all mean "this graph did not capture"

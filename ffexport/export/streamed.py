@@ -433,7 +433,7 @@ class StreamedBuild:
                     "(ffexport/export/streamed.py)",
         }
         weights = WeightFile(self.out)
-        capture = CaptureOnnx(structure_only=True, constants=self._constant)
+        capture = CaptureOnnx(structure_only=True, constants=self._constant, attention=build.capture.attention)
         try:
             with Steps(len(self.build.buckets) * 2 + 2, "streamed build", quiet=self.config.quiet) as steps:
                 t0 = time.perf_counter()
@@ -676,7 +676,7 @@ def _copy_build(build_class):
             self.source = source
             self._names = {id(p): n for n, p in loaded.model.named_parameters()}
             self._weights: WeightFile | None = None
-            self._streamed_capture = CaptureOnnx(structure_only=True,
+            self._streamed_capture = CaptureOnnx(structure_only=True, attention=self.capture.attention,
                                                  constants=lambda t: None if id(t) in self._names else t)
             # ONNX Runtime's CPU build widens fp16 weights to fp32 when it loads a session: four cached
             # sessions of the 7B copy held 10 GB; one at a time bounds the gate by the largest graph

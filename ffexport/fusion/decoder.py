@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ffexport.fusion import ops
+from ffexport.fusion import attention, ops
 from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.reducers import Reduction, StaticReducer, StepOps, VisualSpan, reduce_extra
 from ffexport.fusion.schedule import Schedule
@@ -144,17 +144,9 @@ class ReducedDecoder(nn.Module):
         return kv if self.groups == 1 else kv.repeat_interleave(self.groups, dim=1)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
-        """Attention over repeated k/v. float32 models use SDPA; fp16/bf16 ones compute the softmax in
-        float32 explicitly (the exporter lowers SDPA to a half-precision Softmax)."""
-        if q.dtype == torch.float32:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.scale)
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
-        if causal:
-            length = q.shape[-2]
-            pos = torch.arange(length, device=q.device)
-            scores = scores.masked_fill(pos.unsqueeze(0) > pos.unsqueeze(1), float("-inf"))
-        probs = torch.softmax(scores.to(torch.float32), dim=-1).to(v.dtype)
-        return torch.matmul(probs, v)
+        """Attention over repeated k/v: SDPA in PyTorch (every dtype); in a captured graph the
+        formulation the capture asks for (:mod:`ffexport.fusion.attention`)."""
+        return attention.attend(q, k, v, causal=causal, scale=self.scale)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden[:, -1, :]))

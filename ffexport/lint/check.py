@@ -17,6 +17,8 @@ Torch-free.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -62,6 +64,8 @@ class GraphCheck:
     engine_bytes: int | None = None
     seconds: float | None = None
     build_for: tuple[str, ...] = ()
+    #: what the check changed before parsing or building (e.g. ONNX Runtime's attention as the ONNX op)
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -69,10 +73,11 @@ class GraphCheck:
 
     def line(self) -> str:
         targets = ",".join(self.build_for)
+        extra = f"; {self.note}" if self.note else ""
         if self.status == BUILT:
-            return f"{self.label}: built for {targets} ({self.engine_bytes} bytes, {self.seconds:.1f} s)"
+            return f"{self.label}: built for {targets} ({self.engine_bytes} bytes, {self.seconds:.1f} s{extra})"
         if self.status == PARSED:
-            return f"{self.label}: parsed"
+            return f"{self.label}: parsed" + (f" ({self.note})" if self.note else "")
         if self.status == HAND_RULES:
             return (f"{self.label}: not parsed: {RTX_HAS_NO_PLUGIN_LAYERS} its {self.op_type} nodes were checked by the "
                     f"hand rules: " + (self.detail or "no findings"))
@@ -98,12 +103,21 @@ class CheckGraph:
             plugins = plugins_in_file(path)
             if plugins:
                 return self._hand_rules(label, path, plugins)
-        parsed = self.parse(path)
-        if isinstance(parsed, Rejection):
-            return GraphCheck(label, REJECTED, parsed.message, parsed.node, parsed.op_type)
-        if self.serialize is None:
-            return GraphCheck(label, PARSED, seconds=parsed.seconds)
-        return self._build(label, parsed, dims)
+        with standard_attention(Path(path)) as (parse_path, note):
+            parsed = self.parse(parse_path)
+            if isinstance(parsed, Rejection):
+                return GraphCheck(label, REJECTED, parsed.message, parsed.node, parsed.op_type, note=note)
+            if self.serialize is None:
+                return GraphCheck(label, PARSED, seconds=parsed.seconds, note=note)
+            result = self._build(label, parsed, dims)
+            if result.status == BUILD_FAILED and NO_ATTENTION_KERNEL in result.detail:
+                # float32 has no dedicated attention kernel: TensorRT decomposes it once asked to (a user's
+                # build must do the same: IAttention.decomposable, see docs/tensorrt.md); say so
+                parsed = self.parse(parse_path)
+                if not isinstance(parsed, Rejection) and mark_attention_decomposable(parsed):
+                    result = self._build(label, parsed, dims)
+                    note = "; ".join(x for x in (note, "attention marked decomposable (no fp32 kernel)") if x)
+            return dataclasses.replace(result, note=note)
 
     def _hand_rules(self, label: str, path: Path, plugins: list[dict[str, str]]) -> GraphCheck:
         from ffexport.lint.core import lint_model
@@ -117,6 +131,68 @@ class CheckGraph:
         if isinstance(engine, BuildFailure):
             return GraphCheck(label, BUILD_FAILED, engine.message, build_for=self.build_for)
         return GraphCheck(label, BUILT, engine_bytes=engine.nbytes, seconds=engine.seconds, build_for=self.build_for)
+
+
+#: the builder's words when an ``Attention`` node has no dedicated kernel (TensorRT-RTX 1.7, float32)
+NO_ATTENTION_KERNEL = "Attention operation was not supported by a dedicated kernel"
+
+
+def mark_attention_decomposable(parsed: ParsedNetwork) -> int:
+    """Allow TensorRT to decompose every IAttention of a parsed network; returns how many."""
+    trt = parsed.toolkit.module
+    kind = getattr(trt.LayerType, "ATTENTION_OUTPUT", None)
+    count = 0
+    for i in range(parsed.network.num_layers):
+        layer = parsed.network.get_layer(i)
+        if kind is not None and layer.type == kind:
+            layer.__class__ = trt.IAttentionOutputLayer
+            layer.attention.decomposable = True
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def standard_attention(path: Path):
+    """``(path to parse, note)``: a graph with ONNX Runtime's ``com.microsoft.GroupQueryAttention``
+    (ffexport's fused prefill for ``--backend onnxruntime``) is parsed as the standard ONNX ``Attention``
+    it was rewritten from (3-D form, causal), and ``Attention`` nodes lose ``softmax_precision``
+    (ONNX Runtime graphs in fp16 carry it; TensorRT's parser rejects it). A temporary file beside the
+    graph, so external weights resolve."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [n for n in model.graph.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
+    precise = [n for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
+               and any(a.name == "softmax_precision" for a in n.attribute)]
+    if not nodes and not precise:
+        yield path, ""
+        return
+    for node in precise:  # ONNX Runtime graphs say it; TensorRT's parser rejects it (its kernels choose)
+        kept = [a for a in node.attribute if a.name != "softmax_precision"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        inputs, output = list(node.input[:3]), node.output[0]
+        del node.input[:], node.output[:], node.attribute[:]
+        node.input.extend(inputs)
+        node.output.append(output)
+        node.op_type, node.domain = "Attention", ""
+        node.attribute.extend([onnx.helper.make_attribute("is_causal", 1),
+                               onnx.helper.make_attribute("q_num_heads", attrs["num_heads"]),
+                               onnx.helper.make_attribute("kv_num_heads", attrs["kv_num_heads"])])
+        if "scale" in attrs:
+            node.attribute.append(onnx.helper.make_attribute("scale", attrs["scale"]))
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 23 for o in model.opset_import):
+        raise InputError(f"{path}: GroupQueryAttention in a graph below opset 23 (not an ffexport graph)")
+    tmp = path.with_name(f".{path.name}.check.onnx")
+    onnx.save(model, str(tmp))
+    notes = ([f"its {len(nodes)} GroupQueryAttention node(s) checked as ONNX Attention"] if nodes else []) + (
+        [f"softmax_precision dropped from {len(precise)} Attention node(s) (TensorRT rejects it)"] if precise else [])
+    try:
+        yield tmp, "; ".join(notes)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- which graphs, which profiles

@@ -1,0 +1,49 @@
+"""``ffexport bench --race`` on the tiny model: four variants, the two headline lines, fair work
+(the full ONNX graph generates transformers' tokens, the reduced graph the dynamic reference's).
+Timings are never asserted."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ffexport.cli import main
+
+PREFILL = re.compile(r"^prefill speedup vs transformers sdpa: \d+\.\d\dx \(ideal \d+\.\d\dx\)$")
+END_TO_END = re.compile(r"^end-to-end speedup vs transformers sdpa: \d+\.\d\dx$")
+
+
+@pytest.mark.slow
+def test_race_runs_four_variants_and_ends_with_the_headlines(tmp_path, capsys):
+    out = tmp_path / "race.json"
+    assert main(["bench", "--race", "--bucket", "8x112x112", "--repeats", "1", "--warmup", "0", "--new-tokens", "5",
+                 "--threads", "1", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert PREFILL.match(lines[-2]), lines[-2]
+    assert END_TO_END.match(lines[-1]), lines[-1]
+    data = json.loads(out.read_text())
+    variants = {v["name"]: v for v in data["variants"]}
+    assert list(variants) == ["transformers sdpa", "onnxruntime full", "ffexport reduced", "dynamic reference"]
+    assert all(len(v["tokens"]) == 5 and len(v["prefill_s"]) == 1 for v in variants.values())
+    # same work: the full graph reproduces transformers, the reduced graph the dynamic reference (parity contract)
+    assert variants["onnxruntime full"]["tokens"] == variants["transformers sdpa"]["tokens"]
+    assert variants["ffexport reduced"]["tokens"] == variants["dynamic reference"]["tokens"]
+    assert variants["ffexport reduced"]["visual_tokens_left"] == variants["dynamic reference"]["visual_tokens_left"] < 64
+    assert variants["transformers sdpa"]["visual_tokens_left"] == 64
+    # the headline numbers are the table's medians
+    a, c = variants["transformers sdpa"], variants["ffexport reduced"]
+    assert data["prefill_speedup"] == pytest.approx(a["prefill_median_s"] / c["prefill_median_s"])
+    assert data["end_to_end_speedup"] == pytest.approx(a["end_to_end_s"] / c["end_to_end_s"])
+    assert f"(ideal {data['ideal_prefill_speedup']:.2f}x)" in lines[-2]
+    assert data["ideal_prefill_speedup"] == pytest.approx(data["flops"]["full"] / data["flops"]["reduced"])
+    for v in variants.values():  # time to first token = vision + prefill; end to end adds the decode
+        assert v["ttft_s"] == pytest.approx(data["vision_seconds"] + v["prefill_median_s"])
+        assert v["memory"]["peak_bytes"] > 0
+
+
+def test_race_is_cpu_only(error_line):
+    assert main(["bench", "--race", "--device", "cuda"]) != 0
+    line = error_line()
+    assert "--device cuda" in line
