@@ -59,6 +59,8 @@ class CaptureOnnx:
     def __call__(self, spec: GraphSpec) -> onnx.ModelProto:
         import onnxscript.optimizer
 
+        from ffexport.export.selection import TRANSLATIONS as SELECTION  # top-k's cut: one Loop
+
         log.debug("capturing %s", spec.name)
         for noisy in ("torch.onnx", "onnxscript", "onnx_ir"):  # e.g. "torchvision is not installed"
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -69,7 +71,7 @@ class CaptureOnnx:
                     spec.module, spec.inputs, dynamo=True, opset_version=self.opset, optimize=False,
                     input_names=list(spec.input_names), output_names=list(spec.output_names),
                     dynamic_shapes=spec.dynamic_shapes, verbose=False,
-                    custom_translation_table=spec.translations,
+                    custom_translation_table={**SELECTION, **(spec.translations or {})},
                 )
             if self.structure_only:
                 model = program.model
