@@ -32,7 +32,7 @@ from ffexport.export.manifest import (
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
-from ffexport.export.policy import calibration_case
+from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import VisionEncoder
 from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
@@ -341,7 +341,10 @@ class Build:
 
     def _save_tokenizer(self, manifest: dict[str, Any]) -> None:
         tok = self.loaded.tokenizer
-        if tok is None or manifest.get("tokenizer"):
+        if tok is None:  # the schedule and the parity gate ran on synthetic prompt ids; run takes --inputs only
+            manifest["prompt_ids"] = SYNTHETIC_PROMPT_IDS
+            return
+        if manifest.get("tokenizer"):
             return
         target = self.out / "tokenizer"
         tok.save_pretrained(target)
@@ -573,7 +576,7 @@ class Build:
         h, w = bucket.resized
         for kind, seed in PARITY_VIDEOS:
             clip = synthetic_video(kind, frames=bucket.frames, height=h, width=w, seed=seed)
-            cases.append(self.loaded.case_from_video(clip, "What is in this video?"))
+            cases.append(video_case(self.loaded, clip, "What is in this video?"))
         return cases
 
     def _torch_inputs(self, case: Case) -> "TorchInputs":

@@ -106,7 +106,7 @@ class Manifest:
     model: ModelFacts
     precision: str
     max_text: int
-    tokenizer_file: Path
+    tokenizer_file: Path | None  # None: built without a tokenizer (synthetic prompt ids); cases only
     graphs: dict[str, str]  # "embed", "decode" -> file
     all_buckets: tuple[Bucket, ...]
     files: dict[str, FileEntry]
@@ -220,7 +220,8 @@ class _Reader:
         model = self.model(self.get(raw, "model", dict, ""))
         precision = self.get(raw, "precision", str, "")
         max_text = self.positive(raw, "max_text", "")
-        tokenizer_dir = self.relative(self.get(raw, "tokenizer", str, ""), "tokenizer")
+        no_tokenizer = raw.get("tokenizer") is None and "prompt_ids" in raw  # a build without a tokenizer
+        tokenizer_dir = None if no_tokenizer else self.relative(self.get(raw, "tokenizer", str, ""), "tokenizer")
         graphs_raw = self.get(raw, "graphs", dict, "")
         graphs = {name: self.file(self.get(graphs_raw, name, dict, "graphs"), f"graphs.{name}")
                   for name in ("embed", "decode")}
@@ -236,7 +237,7 @@ class _Reader:
         for name in needed:
             if name not in files:
                 raise self.fail("files", f"does not list the graph {name}")
-        tokenizer_file = root / tokenizer_dir / "tokenizer.json"
+        tokenizer_file = None if tokenizer_dir is None else root / tokenizer_dir / "tokenizer.json"
         return Manifest(root=root, model=model, precision=precision, max_text=max_text,
                         tokenizer_file=tokenizer_file, graphs=graphs, all_buckets=buckets, files=files, raw=raw)
 
@@ -312,7 +313,8 @@ def _always_hashed(name: str, tokenizer_dir: str) -> bool:
 
 
 def _check_files(manifest: Manifest, *, verify: bool) -> None:
-    tokenizer_dir = manifest.tokenizer_file.parent.relative_to(manifest.root).as_posix()
+    tokenizer = manifest.tokenizer_file
+    tokenizer_dir = "tokenizer" if tokenizer is None else tokenizer.parent.relative_to(manifest.root).as_posix()
     for name, entry in manifest.files.items():
         path = manifest.path(name)
         if not path.is_file():
@@ -324,8 +326,8 @@ def _check_files(manifest: Manifest, *, verify: bool) -> None:
         if verify or _always_hashed(name, tokenizer_dir):
             if sha256_of(path) != entry.sha256:
                 raise InputError(f"{path} does not match its sha256 in the manifest (altered or damaged): {REBUILD}")
-    if not manifest.tokenizer_file.is_file():
-        raise InputError(f"{manifest.tokenizer_file} is missing: {REBUILD}")
+    if tokenizer is not None and not tokenizer.is_file():
+        raise InputError(f"{tokenizer} is missing: {REBUILD}")
 
 
 def _one_line(e: BaseException) -> str:

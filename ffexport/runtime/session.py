@@ -148,6 +148,9 @@ class Runtime:
     # ------------------------------------------------------------------ inputs
     @property
     def tokenizer(self) -> BuildTokenizer:
+        if self.manifest.tokenizer_file is None:
+            raise InputError(f"{self.manifest.root} has no tokenizer (built without one: synthetic prompt ids), so it "
+                             "cannot tokenize a prompt; run it on a prepared case (--inputs CASE.npz)")
         if self._tokenizer is None:
             self._tokenizer = BuildTokenizer(self.manifest.tokenizer_file)
         return self._tokenizer
@@ -231,7 +234,7 @@ class Runtime:
             log.info("generated %d tokens in %.0f ms (%.1f tokens/s)", len(tokens), 1000 * (t2 - t1),
                      len(tokens) / max(t2 - t1, 1e-9))
         generated = np.array(tokens, dtype=np.int64).reshape(1, -1)
-        text = self.tokenizer.decode(tokens) if tokens else ""
+        text = self.tokenizer.decode(tokens) if tokens and self.manifest.tokenizer_file is not None else ""
         return Result(logits=logits, generated_ids=generated, text=text, bucket=b.name)
 
     def run_video(
@@ -246,6 +249,7 @@ class Runtime:
 
         Only the frames the bucket needs are kept while decoding the file.
         """
+        self.tokenizer  # noqa: B018 (a build without a tokenizer refuses before reading the video)
         info = probe_video(path)
         b = self.bucket(bucket) if bucket is not None else self.pick_bucket(info.frames, info.height, info.width)
         log.info("%s: %d frames of %dx%d -> bucket %s", path, info.frames, info.height, info.width, b.name)
