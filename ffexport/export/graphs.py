@@ -101,3 +101,14 @@ class StaticDecodeStep(nn.Module):
             hidden = hidden + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(1, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return (d._logits(hidden).float(), *presents)
+
+
+def cache_capacities(schedule: Schedule, num_layers: int, *, max_text: int, max_new_tokens: int) -> list[int]:
+    """Rows each layer's static decode cache needs: the longest prompt that layer can hold after the
+    schedule's steps (``max_text`` text tokens + the visual tokens left at its attention) plus
+    ``max_new_tokens`` generated tokens."""
+    capacities = []
+    for layer in range(num_layers):
+        removed = sum(s.remove for s in schedule.stages if s.slot < (layer, 1))  # steps before this attention
+        capacities.append(max_text + schedule.visual_tokens - removed + max_new_tokens)
+    return capacities

@@ -77,6 +77,9 @@ class Bucket:
     parity_passed: bool | None
     #: FrameFusion plugin ops the prefill graph holds (``ffexport build --ops plugin``), by name
     prefill_plugins: tuple[str, ...] = ()
+    #: the static decode graph (caches preallocated per layer, updated in place) and each layer's rows
+    decode_static: str | None = None
+    cache_capacities: tuple[int, ...] = ()
 
     @property
     def aspect(self) -> float:
@@ -233,7 +236,7 @@ class _Reader:
         files_raw = self.get(raw, "files", dict, "")
         files = {self.relative(name, f"files[{name!r}]"): self.file_entry(entry, name)
                  for name, entry in files_raw.items()}
-        needed = [*graphs.values(), *(f for b in buckets for f in (b.vision, b.prefill))]
+        needed = [*graphs.values(), *(f for b in buckets for f in (b.vision, b.prefill, b.decode_static) if f)]
         for name in needed:
             if name not in files:
                 raise self.fail("files", f"does not list the graph {name}")
@@ -289,7 +292,19 @@ class _Reader:
             usable=usable,
             parity_passed=passed if isinstance(passed, bool) else None,
             prefill_plugins=self.plugins(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
+            **self.static_decode(graphs.get("decode_static"), f"{where}.graphs.decode_static"),
         )
+
+    def static_decode(self, graph: Any, where: str) -> dict[str, Any]:
+        """A bucket's optional static decode graph: its file and per-layer cache rows (older builds have none)."""
+        if graph is None:
+            return {}
+        if not isinstance(graph, dict):
+            raise self.fail(where, "is not an object")
+        capacities = graph.get("capacities")
+        if not isinstance(capacities, list) or not all(isinstance(c, int) and c > 0 for c in capacities):
+            raise self.fail(f"{where}.capacities", "is not a list of positive integers")
+        return {"decode_static": self.file(graph, where), "cache_capacities": tuple(capacities)}
 
     def plugins(self, graph: dict[str, Any], where: str) -> tuple[str, ...]:
         """Names of the plugin ops a graph entry lists (``"plugins"``: absent for standard graphs)."""

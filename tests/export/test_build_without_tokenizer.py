@@ -67,3 +67,26 @@ def test_case_then_run_inputs_works(build_dir, without_tokenizer, tmp_path, caps
     with np.load(out) as saved:
         assert saved["generated_ids"].shape == (1, 3)
     assert capsys.readouterr().out == "\n"  # no tokenizer: no text to print
+
+
+def test_runtime_decodes_with_the_static_graph_like_the_dynamic_one(build_dir, no_tokenizer):
+    """(This module's build serves here too.) The build holds a static decode graph per bucket with each
+    layer's capacity; ``Runtime.generate`` decodes with it (caches in place) and gives the tokens that
+    ``decode.onnx``'s loop gives."""
+    from ffexport.export.policy import video_case
+    from ffexport.runtime import Runtime
+    from ffexport.video import synthetic_video
+
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    record = manifest["buckets"][0]["graphs"]["decode_static"]
+    assert len(record["capacities"]) == no_tokenizer.num_layers
+    case = video_case(no_tokenizer, synthetic_video("pan", frames=8, height=112, width=112, seed=3), "")
+    runtime = Runtime(build_dir)
+    static = runtime.generate(case, 12)
+    assert any(key.startswith("static decode") for key in runtime._graphs)
+    dynamic = Runtime(build_dir)
+    bucket = dataclasses.replace(dynamic.manifest.buckets[0], decode_static=None)
+    dynamic._check_case = lambda case, bucket_name: bucket
+    expected = dynamic.generate(case, 12)
+    assert "decode.onnx" in dynamic._graphs
+    assert static.generated_ids.tolist() == expected.generated_ids.tolist()
