@@ -213,7 +213,11 @@ def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: 
         clip = synthetic_video(video.split(":", 1)[1], frames=frames, height=size[0], width=size[1], seed=seed)
     except ValueError as e:
         raise InputError(f"--video {video!r}: {e}") from e
-    return loaded.case_from_video(clip, prompt)
+    from ffexport.export.policy import video_case
+
+    if loaded.tokenizer is None:
+        log.warning("%s has no tokenizer: the case holds synthetic text ids around the video, not the prompt", loaded.name)
+    return video_case(loaded, clip, prompt)
 
 
 def _cmd_case(args) -> int:

@@ -26,14 +26,16 @@ from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
 from ffexport.export.buckets import Bucket, parse_bucket
 from ffexport.export.attention_rewrite import choose_attention
-from ffexport.export.capture import CaptureOnnx, GraphSpec, save_checked
-from ffexport.export.graphs import DecodeStep, EmbedTokens, PrefillGraph, present_names
+from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
+from ffexport.export.graphs import (
+    DecodeStep, EmbedTokens, PrefillGraph, StaticDecodeStep, cache_capacities, present_names,
+)
 from ffexport.export.manifest import (
     MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
-from ffexport.export.policy import calibration_case
+from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import VisionEncoder
 from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
@@ -142,6 +144,7 @@ class Build:
         if config.graph_only and loaded.tokenizer is not None and next(loaded.model.parameters()).device.type != "meta":
             raise InputError("--graph-only builds the structure without weights; it takes a preset name")
         self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
+        self._static_decode: dict[str, dict[str, Any]] = {}
         self.steps, self.translations = prefill_steps(config.ops)
         self.embed = loaded.model.model.language_model.embed_tokens
         self.attention = choose_attention(config.attention, backend=config.backend, precision=config.precision,
@@ -237,7 +240,8 @@ class Build:
                     "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
                     "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                                "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
-                                   **plugin_record(self.out / prefill_file)}},
+                                   **plugin_record(self.out / prefill_file)},
+                       "decode_static": decode_static},
                     "parity": {"passed": False, "validated": False,
                                "note": "graph only: captured without weights; nothing was run"},
                     "usable": False}]
@@ -353,7 +357,10 @@ class Build:
 
     def _save_tokenizer(self, manifest: dict[str, Any]) -> None:
         tok = self.loaded.tokenizer
-        if tok is None or manifest.get("tokenizer"):
+        if tok is None:  # the schedule and the parity gate ran on synthetic prompt ids; run takes --inputs only
+            manifest["prompt_ids"] = SYNTHETIC_PROMPT_IDS
+            return
+        if manifest.get("tokenizer"):
             return
         target = self.out / "tokenizer"
         tok.save_pretrained(target)
@@ -406,6 +413,25 @@ class Build:
             ({1: length}, {1: length}, None), translations=self.translations,
         )
 
+    def _save_static_decode(self, bucket: Bucket, schedule: Schedule, store: SharedWeights) -> dict[str, Any]:
+        """The bucket's static decode graph: caches preallocated per layer (docs/build-format.md)."""
+        layers, parts = self.loaded.num_layers, self.decoder.parts
+        capacities = cache_capacities(schedule, layers, max_text=self.config.max_text,
+                                      max_new_tokens=self.config.max_new_tokens)
+        weight = self.embed.weight  # the caches take the graphs' dtype (and the meta device of --graph-only)
+        caches = [torch.zeros(1, parts.num_kv_heads, c, parts.head_dim, dtype=weight.dtype, device=weight.device)
+                  for c in capacities for _ in "kv"]
+        module = StaticDecodeStep(self.decoder, self.embed).eval()
+        example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(3, 1, dtype=torch.int64),
+                   torch.tensor(capacities) - self.config.max_new_tokens, *caches)
+        file = f"{bucket.name}.decode_static.onnx"
+        self._save_graph(GraphSpec("static decode", module, example,
+                                   ["input_ids", "position_ids", "cache_lengths", *present_names(layers, "past_key_values")],
+                                   ["logits", *present_names(layers)]), file, store)
+        record = {"file": file, "capacities": capacities, **graph_io(self.out / file)}
+        self._static_decode[bucket.name] = record  # the end-to-end gate decodes with it too
+        return record
+
     # ================================================================ one bucket
     def _build_bucket(self, bucket: Bucket, store: SharedWeights, manifest: dict[str, Any], steps: Steps,
                       shared_missing: bool) -> dict[str, Any]:
@@ -438,6 +464,8 @@ class Build:
         prefill_file = f"{name}.prefill.onnx"
         self._save_graph(self._prefill_spec(prefill, bucket, torch_inputs[0]), prefill_file, store)
         steps.advance()
+
+        decode_static = self._save_static_decode(bucket, schedule, store)
 
         if shared_missing:
             self._build_shared(manifest, store, steps, cases[0], torch_inputs[0], prefill)
@@ -485,7 +513,8 @@ class Build:
             "schedule_source": source, "schedule_origin": chosen.origin, "schedule_kind": contract["schedule_kind"],
             "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                        "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
-                                   **plugin_record(self.out / prefill_file)}},
+                                   **plugin_record(self.out / prefill_file)},
+                       "decode_static": decode_static},
             "parity": {"file": f"{name}/parity.json", "passed": passed, "validated": True,
                        "contract": contract_record(contract)},
             "engines": engines, **fidelity,
@@ -589,7 +618,7 @@ class Build:
         h, w = bucket.resized
         for kind, seed in PARITY_VIDEOS:
             clip = synthetic_video(kind, frames=bucket.frames, height=h, width=w, seed=seed)
-            cases.append(self.loaded.case_from_video(clip, "What is in this video?"))
+            cases.append(video_case(self.loaded, clip, "What is in this video?"))
         return cases
 
     def _torch_inputs(self, case: Case) -> "TorchInputs":
@@ -660,12 +689,17 @@ class Build:
         n_tokens = self.config.check_tokens
         ort_logits, ort_tokens = run_graphs(self.runner, self.out, case, vision_file, prefill_file,
                                             self.loaded.config, self.loaded.adapter, n_tokens)
+        static_decode = self._static_decode.get(bucket.name)
+        in_place = ort_tokens if static_decode is None else run_graphs(
+            self.runner, self.out, case, vision_file, prefill_file, self.loaded.config, self.loaded.adapter, n_tokens,
+            static_decode=static_decode)[1]
         static = Reference(self.loaded, schedule=schedule, max_new_tokens=n_tokens)(case)
         record = {
             "case": case_name,
             "logits": compare("logits", ort_logits, static.logits, self.tolerance).__dict__,
-            "tokens_equal": ort_tokens == static.generated_ids[0].tolist(),
+            "tokens_equal": ort_tokens == static.generated_ids[0].tolist() and in_place == ort_tokens,
             "generated_ids": ort_tokens,
+            "static_decode_ids": in_place,
         }
         return record
 
@@ -705,8 +739,9 @@ def _worst(a: GraphReport | None, b: GraphReport) -> GraphReport:
 
 
 def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefill_file: str, config, adapter,
-               max_new_tokens: int) -> tuple[np.ndarray, list[int]]:
-    """Run a case through the saved graphs with ONNX Runtime (embed -> vision -> prefill -> decode)."""
+               max_new_tokens: int, *, static_decode: dict[str, Any] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Run a case through the saved graphs with ONNX Runtime (embed -> vision -> prefill -> decode);
+    ``static_decode`` (a bucket's manifest record): decode with that graph, caches updated in place."""
     video_id = adapter.video_token_id(config)
     start, end = case.video_span(video_id)
     embeds = runner.run(out / "embed.onnx", {"input_ids": case.input_ids})["inputs_embeds"]
@@ -722,11 +757,19 @@ def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefi
     tokens: list[int] = []
     step_logits = logits
     first = case.input_ids.shape[1] + delta
+    if static_decode is not None:
+        from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+        decoder = StaticCacheDecoder(runner.session(out / static_decode["file"]), static_decode["capacities"])
+        decoder.start({name[len("past_key_values."):]: value for name, value in past.items()})
     for k in range(max_new_tokens):
         token = int(step_logits[0].argmax())
         tokens.append(token)
         if k == max_new_tokens - 1:
             break
+        if static_decode is not None:
+            step_logits = decoder.step(token, first + k)
+            continue
         feeds = {"input_ids": np.array([[token]], dtype=np.int64),
                  "position_ids": np.full((3, 1), first + k, dtype=np.int64), **past}
         outs = runner.run(out / "decode.onnx", feeds)

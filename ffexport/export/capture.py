@@ -70,6 +70,7 @@ class CaptureOnnx:
         import onnxscript.optimizer
 
         from ffexport.export.attention_rewrite import rewrite_attention
+        from ffexport.export.selection import TRANSLATIONS as SELECTION  # top-k's cut: one Loop
         from ffexport.fusion.attention import FUSED, capturing
 
         log.debug("capturing %s (attention %s)", spec.name, self.attention.mode)
@@ -82,7 +83,7 @@ class CaptureOnnx:
                     spec.module, spec.inputs, dynamo=True, opset_version=self.opset, optimize=False,
                     input_names=list(spec.input_names), output_names=list(spec.output_names),
                     dynamic_shapes=spec.dynamic_shapes, verbose=False,
-                    custom_translation_table=spec.translations,
+                    custom_translation_table={**SELECTION, **(spec.translations or {})},
                 )
             if self.structure_only:
                 model = program.model

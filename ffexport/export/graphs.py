@@ -56,3 +56,59 @@ class DecodeStep(nn.Module):
         result = self.decoder.decode(self.embed_tokens(input_ids), position_ids, pairs)
         flat = [t for kv in result.presents for t in kv]
         return (result.logits.float(), *flat)
+
+
+class StaticDecodeStep(nn.Module):
+    """One generated token over preallocated caches of fixed size (the static decode graph).
+
+    Inputs: ``input_ids`` [1, 1], ``position_ids`` [3, 1], ``cache_lengths`` [num_layers] int64 (the
+    tokens each layer's cache holds before this one), then per layer ``past_key_values.{i}.key`` /
+    ``.value`` [1, kv_heads, C_i, head_dim] with a capacity ``C_i`` fixed at export. Outputs: logits
+    (float32), then per layer ``present.{i}.key`` / ``.value``: the same buffers with this token's key
+    and value written at row ``cache_lengths[i]`` (a ScatterElements over one row, so a runtime that
+    binds ``present`` to the ``past`` buffer updates it in place and copies nothing per token). Every
+    shape is static: CUDA graphs and TensorRT take it with no optimization profile. Attention covers
+    the rows ``<= cache_lengths[i]``; the rest are masked (softmax in float32 whatever the dtype).
+    """
+
+    def __init__(self, decoder: ReducedDecoder, embed_tokens: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.embed_tokens = embed_tokens
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache_lengths: torch.Tensor,
+                *past: torch.Tensor):
+        from ffexport.fusion.decoder import mrope_cos_sin
+
+        d = self.decoder
+        hidden = self.embed_tokens(input_ids)
+        cos, sin = mrope_cos_sin(d.parts.inv_freq, position_ids, d.parts.mrope_section, hidden.dtype)
+        presents = []
+        for i, layer in enumerate(d.layers):
+            past_k, past_v = past[2 * i], past[2 * i + 1]
+            q, k, v = d._qkv(layer, layer.input_layernorm(hidden), cos, sin)
+            length = cache_lengths[i]
+            row = length.reshape(1, 1, 1, 1).expand(1, k.shape[1], 1, k.shape[3])
+            past_k, past_v = past_k.scatter(2, row, k), past_v.scatter(2, row, v)
+            presents += [past_k, past_v]
+            capacity = past_k.shape[2]
+            keys, values = d._repeat(past_k), d._repeat(past_v)
+            scores = torch.matmul(q, keys.transpose(-2, -1)).to(torch.float32) * d.scale
+            visible = torch.arange(capacity, device=scores.device) <= length
+            scores = scores.masked_fill(~visible, float("-inf"))
+            probs = torch.softmax(scores, dim=-1).to(values.dtype)
+            attn = torch.matmul(probs, values)
+            hidden = hidden + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(1, 1, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return (d._logits(hidden).float(), *presents)
+
+
+def cache_capacities(schedule: Schedule, num_layers: int, *, max_text: int, max_new_tokens: int) -> list[int]:
+    """Rows each layer's static decode cache needs: the longest prompt that layer can hold after the
+    schedule's steps (``max_text`` text tokens + the visual tokens left at its attention) plus
+    ``max_new_tokens`` generated tokens."""
+    capacities = []
+    for layer in range(num_layers):
+        removed = sum(s.remove for s in schedule.stages if s.slot < (layer, 1))  # steps before this attention
+        capacities.append(max_text + schedule.visual_tokens - removed + max_new_tokens)
+    return capacities

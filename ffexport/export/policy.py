@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ffexport.case import Case
 from ffexport.export.buckets import Bucket
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.schedule import Schedule
@@ -35,7 +38,36 @@ def calibration_case(loaded: LoadedModel, bucket: Bucket, *, kind: str = CALIBRA
     """The calibration clip at the bucket's size, preprocessed for the model."""
     h, w = bucket.resized
     clip = synthetic_video(kind, frames=bucket.frames, height=h, width=w, seed=seed)
-    return loaded.case_from_video(clip, DEFAULT_PROMPT)
+    return video_case(loaded, clip, DEFAULT_PROMPT)
+
+
+#: text ids before and after the video span when the model has no tokenizer (as ``ffexport bench``)
+SYNTHETIC_TEXT = (20, 14)
+#: what the manifest's ``prompt_ids`` says about a build made without a tokenizer
+SYNTHETIC_PROMPT_IDS = (f"synthetic: no tokenizer; {SYNTHETIC_TEXT[0]} + {SYNTHETIC_TEXT[1]} random text ids (seed 0) "
+                        "around the video span stood in for the prompts of the schedule and the parity gate")
+
+
+def video_case(loaded: LoadedModel, frames: np.ndarray, prompt: str) -> Case:
+    """A case from uint8 frames [T, H, W, 3]: ``prompt`` through the model's tokenizer or, for a model
+    without one (random weights of a preset whose tokenizer is not cached here: sizing a deployment
+    before the weights arrive), fixed random text ids below the special ids around the video span
+    (:data:`SYNTHETIC_TEXT`), the prompt ignored."""
+    if loaded.tokenizer is not None:
+        return loaded.case_from_video(frames, prompt)
+    from ffexport.video import preprocess_video
+
+    cfg, vision = loaded.config, loaded.config.vision_config
+    low, high = loaded.video_pixels or (None, None)
+    pixels, grid = preprocess_video(frames, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                                    merge_size=vision.spatial_merge_size, min_pixels=low, max_pixels=high)
+    visual = int(np.prod(grid)) // vision.spatial_merge_size**2
+    special = [cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id]
+    rng = np.random.default_rng(0)
+    before, after = (rng.integers(0, min(special), size=k) for k in SYNTHETIC_TEXT)
+    ids = np.concatenate([before, [cfg.vision_start_token_id], np.full(visual, cfg.video_token_id),
+                          [cfg.vision_end_token_id], after]).astype(np.int64)
+    return Case(ids.reshape(1, -1), pixels, grid.reshape(1, 3).astype(np.int64))
 
 
 class DefaultPolicy:

@@ -102,13 +102,39 @@ def selection_key(scores: torch.Tensor, *, relative: bool = False) -> torch.Tens
     return torch.where(nan, lowest - 1.0, x)  # just below every real score: bisection stays fine
 
 
+@torch.library.custom_op("ffexport::selection_cut", mutates_args=())
+def selection_cut(key: torch.Tensor, count: int) -> torch.Tensor:
+    """The cut of top-``count`` selection: ``low`` after :data:`_BISECT_STEPS` float32 bisection steps
+    on ``count(key >= mid) >= count`` from ``[key.min(), key.max() + 1]``, a float32 scalar.
+
+    One custom op, so an exported graph holds the bisection once, as an ONNX ``Loop`` of
+    ``_BISECT_STEPS`` iterations (``ffexport.export.selection``), not 40 unrolled copies: the same
+    float32 operations in the same order, so ONNX Runtime and TensorRT get the same ``low`` as this
+    eager code, bit for bit. ``key`` [n] float32 (:func:`selection_key`), ``1 <= count <= n``.
+    """
+    low = key.min()  # count(key >= low) = n >= count
+    high = key.max() + 1.0  # count(key >= high) = 0 < count
+    for _ in range(_BISECT_STEPS):
+        mid = (low + high) / 2
+        enough = (key >= mid).to(torch.float32).sum() >= count
+        low = torch.where(enough, mid, low)
+        high = torch.where(enough, high, mid)
+    return low.clone()  # custom op outputs must be fresh tensors
+
+
+@selection_cut.register_fake
+def _selection_cut_shape(key: torch.Tensor, count: int) -> torch.Tensor:
+    return key.new_empty((), dtype=torch.float32)
+
+
 def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> torch.Tensor:
     """float32 0/1 flags marking the ``count`` highest scores; near-ties at the cut go by position.
 
     Backend-stable: static content gives tokens whose scores differ only in the last bits
     (similarities 0.99999994, 1.0, 1.00000012), and two backends round them differently. So the
-    cut value ``v`` (the count-th largest) is found by bisection (``count(x >= v) >= count``: 32
-    compare-and-sum steps, no TopK, so no K limit); every score above ``v + eps`` is taken, and
+    cut value ``v`` (the count-th largest) is found by bisection (``count(x >= v) >= count``: 40
+    compare-and-sum steps, no TopK, so no K limit; :func:`selection_cut`, one ONNX ``Loop`` in a
+    graph); every score above ``v + eps`` is taken, and
     the rest come from the scores within ``eps`` of ``v``, lowest positions first (a cumulative sum).
     ``eps`` is :data:`SIMILARITY_EPS` (for merge keys from :func:`chain_closeness`), or
     :data:`IMPORTANCE_EPS` in log2 for ``relative`` scores.
@@ -119,13 +145,7 @@ def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> to
         return torch.zeros(n, dtype=torch.float32, device=scores.device)
     x = selection_key(scores, relative=relative)
     eps = IMPORTANCE_EPS if relative else SIMILARITY_EPS
-    low = x.min()  # count(x >= low) = n >= count
-    high = x.max() + 1.0  # count(x >= high) = 0 < count
-    for _ in range(_BISECT_STEPS):
-        mid = (low + high) / 2
-        enough = (x >= mid).to(torch.float32).sum() >= count
-        low = torch.where(enough, mid, low)
-        high = torch.where(enough, high, mid)
+    low = torch.ops.ffexport.selection_cut(x, count)
     # compare distances to the cut with eps (not x with low + eps): the ONNX optimizer treats an Add
     # of a constant below ~1e-8 as an Add of zero and drops it
     distance = x - low

@@ -82,6 +82,9 @@ class Bucket:
     parity_passed: bool | None
     #: FrameFusion plugin ops the prefill graph holds (``ffexport build --ops plugin``), by name
     prefill_plugins: tuple[str, ...] = ()
+    #: the static decode graph (caches preallocated per layer, updated in place) and each layer's rows
+    decode_static: str | None = None
+    cache_capacities: tuple[int, ...] = ()
 
     @property
     def aspect(self) -> float:
@@ -111,7 +114,7 @@ class Manifest:
     model: ModelFacts
     precision: str
     max_text: int
-    tokenizer_file: Path
+    tokenizer_file: Path | None  # None: built without a tokenizer (synthetic prompt ids); cases only
     graphs: dict[str, str]  # "embed", "decode" -> file
     all_buckets: tuple[Bucket, ...]
     files: dict[str, FileEntry]
@@ -228,7 +231,8 @@ class _Reader:
         model = self.model(self.get(raw, "model", dict, ""))
         precision = self.get(raw, "precision", str, "")
         max_text = self.positive(raw, "max_text", "")
-        tokenizer_dir = self.relative(self.get(raw, "tokenizer", str, ""), "tokenizer")
+        no_tokenizer = raw.get("tokenizer") is None and "prompt_ids" in raw  # a build without a tokenizer
+        tokenizer_dir = None if no_tokenizer else self.relative(self.get(raw, "tokenizer", str, ""), "tokenizer")
         graphs_raw = self.get(raw, "graphs", dict, "")
         graphs = {name: self.file(self.get(graphs_raw, name, dict, "graphs"), f"graphs.{name}")
                   for name in ("embed", "decode")}
@@ -240,11 +244,11 @@ class _Reader:
         files_raw = self.get(raw, "files", dict, "")
         files = {self.relative(name, f"files[{name!r}]"): self.file_entry(entry, name)
                  for name, entry in files_raw.items()}
-        needed = [*graphs.values(), *(f for b in buckets for f in (b.vision, b.prefill))]
+        needed = [*graphs.values(), *(f for b in buckets for f in (b.vision, b.prefill, b.decode_static) if f)]
         for name in needed:
             if name not in files:
                 raise self.fail("files", f"does not list the graph {name}")
-        tokenizer_file = root / tokenizer_dir / "tokenizer.json"
+        tokenizer_file = None if tokenizer_dir is None else root / tokenizer_dir / "tokenizer.json"
         return Manifest(root=root, model=model, precision=precision, max_text=max_text,
                         tokenizer_file=tokenizer_file, graphs=graphs, all_buckets=buckets, files=files, raw=raw)
 
@@ -296,7 +300,19 @@ class _Reader:
             usable=usable,
             parity_passed=passed if isinstance(passed, bool) else None,
             prefill_plugins=self.plugins(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
+            **self.static_decode(graphs.get("decode_static"), f"{where}.graphs.decode_static"),
         )
+
+    def static_decode(self, graph: Any, where: str) -> dict[str, Any]:
+        """A bucket's optional static decode graph: its file and per-layer cache rows (older builds have none)."""
+        if graph is None:
+            return {}
+        if not isinstance(graph, dict):
+            raise self.fail(where, "is not an object")
+        capacities = graph.get("capacities")
+        if not isinstance(capacities, list) or not all(isinstance(c, int) and c > 0 for c in capacities):
+            raise self.fail(f"{where}.capacities", "is not a list of positive integers")
+        return {"decode_static": self.file(graph, where), "cache_capacities": tuple(capacities)}
 
     def plugins(self, graph: dict[str, Any], where: str) -> tuple[str, ...]:
         """Names of the plugin ops a graph entry lists (``"plugins"``: absent for standard graphs)."""
@@ -320,7 +336,8 @@ def _always_hashed(name: str, tokenizer_dir: str) -> bool:
 
 
 def _check_files(manifest: Manifest, *, verify: bool) -> None:
-    tokenizer_dir = manifest.tokenizer_file.parent.relative_to(manifest.root).as_posix()
+    tokenizer = manifest.tokenizer_file
+    tokenizer_dir = "tokenizer" if tokenizer is None else tokenizer.parent.relative_to(manifest.root).as_posix()
     cache = _VerifiedCache(manifest.root) if verify else None
     for name, entry in manifest.files.items():
         path = manifest.path(name)
@@ -343,8 +360,8 @@ def _check_files(manifest: Manifest, *, verify: bool) -> None:
             cache.add(name, path, entry)
     if cache is not None:
         cache.save()
-    if not manifest.tokenizer_file.is_file():
-        raise InputError(f"{manifest.tokenizer_file} is missing: {REBUILD}")
+    if tokenizer is not None and not tokenizer.is_file():
+        raise InputError(f"{tokenizer} is missing: {REBUILD}")
 
 
 class _VerifiedCache:

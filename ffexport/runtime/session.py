@@ -150,6 +150,9 @@ class Runtime:
     # ------------------------------------------------------------------ inputs
     @property
     def tokenizer(self) -> BuildTokenizer:
+        if self.manifest.tokenizer_file is None:
+            raise InputError(f"{self.manifest.root} has no tokenizer (built without one: synthetic prompt ids), so it "
+                             "cannot tokenize a prompt; run it on a prepared case (--inputs CASE.npz)")
         if self._tokenizer is None:
             self._tokenizer = BuildTokenizer(self.manifest.tokenizer_file)
         return self._tokenizer
@@ -227,13 +230,13 @@ class Runtime:
         t1 = time.perf_counter()
         log.info("bucket %s: prefill of %d tokens (%d video) in %.0f ms", b.name, length, end - start, 1000 * (t1 - t0))
 
-        tokens = self._decode(logits, _presents(out), max_new_tokens, first_position=length + delta)
+        tokens = self._decode(logits, _presents(out), max_new_tokens, first_position=length + delta, bucket=b)
         if tokens:
             t2 = time.perf_counter()
             log.info("generated %d tokens in %.0f ms (%.1f tokens/s)", len(tokens), 1000 * (t2 - t1),
                      len(tokens) / max(t2 - t1, 1e-9))
         generated = np.array(tokens, dtype=np.int64).reshape(1, -1)
-        text = self.tokenizer.decode(tokens) if tokens else ""
+        text = self.tokenizer.decode(tokens) if tokens and self.manifest.tokenizer_file is not None else ""
         return Result(logits=logits, generated_ids=generated, text=text, bucket=b.name)
 
     def run_video(
@@ -248,6 +251,7 @@ class Runtime:
 
         Only the frames the bucket needs are kept while decoding the file.
         """
+        self.tokenizer  # noqa: B018 (a build without a tokenizer refuses before reading the video)
         info = probe_video(path)
         b = self.bucket(bucket) if bucket is not None else self.pick_bucket(info.frames, info.height, info.width)
         log.info("%s: %d frames of %dx%d -> bucket %s", path, info.frames, info.height, info.width, b.name)
@@ -258,15 +262,24 @@ class Runtime:
         return self.generate(case, max_new_tokens, bucket=b)
 
     # ------------------------------------------------------------------ internals
-    def _decode(self, logits: np.ndarray, presents: dict[str, np.ndarray], budget: int, *, first_position: int) -> list[int]:
-        """Greedy tokens: the first from the prefill logits, each next one from ``decode.onnx``."""
+    def _decode(self, logits: np.ndarray, presents: dict[str, np.ndarray], budget: int, *, first_position: int,
+                bucket: Bucket | None = None) -> list[int]:
+        """Greedy tokens: the first from the prefill logits, each next one from the bucket's static decode
+        graph (caches preallocated and updated in place: :mod:`ffexport.runtime.kv_cache`) when the build
+        has one and ONNX Runtime runs it, else from ``decode.onnx`` (every cache back through numpy)."""
         eos = set(self.manifest.model.eos_token_ids)
         tokens: list[int] = []
+        static = self._static_decoder(bucket, presents) if budget > 1 else None
+        if static is not None and static.room() < budget - 1:  # more tokens asked than the build sized for
+            static = None
         for k in range(budget):
             token = int(np.argmax(logits[0]))
             tokens.append(token)
             if token in eos or k == budget - 1:
                 break
+            if static is not None:
+                logits = static.step(token, first_position + k)
+                continue
             decode = self._graph("decode", self.manifest.graphs["decode"])
             feeds: dict[str, np.ndarray] = {
                 "input_ids": np.array([[token]], dtype=np.int64),
@@ -276,6 +289,23 @@ class Runtime:
             out = decode.run(**feeds)
             logits, presents = out["logits"], _presents(out)
         return tokens
+
+    def _static_decoder(self, bucket: Bucket | None, presents: dict[str, np.ndarray]):
+        """The bucket's :class:`~ffexport.runtime.kv_cache.StaticCacheDecoder` (one per bucket, reused across
+        prompts), started on ``presents``; None without a static decode graph or on another backend."""
+        if bucket is None or bucket.decode_static is None or self.backend != "onnxruntime":
+            return None
+        from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+        key = "static decode " + bucket.decode_static
+        decoder = self._graphs.get(key)
+        if decoder is None:
+            graph = _Graph(self.manifest, bucket.decode_static, "decode", self.providers)
+            device = "cuda" if graph.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+            decoder = StaticCacheDecoder(graph.session, bucket.cache_capacities, device=device)
+            self._graphs[key] = decoder
+        decoder.start(presents)
+        return decoder
 
     def _check_case(self, case: Case, bucket: str | Bucket | None) -> Bucket:
         if not isinstance(case, Case):
