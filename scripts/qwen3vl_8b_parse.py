@@ -2,7 +2,13 @@
 # Usage: PYTHONPATH=. python scripts/qwen3vl_8b_parse.py [OUT.onnx]   (docs/families.md; ~12 min on 2 cores)
 """Qwen3-VL-8B (structure only) static prefill at 64 frames x 448x448 (32 blocks of 196 tokens, timestamps
 between; 6272 visual tokens), DeepStack levels as an input: capture on the meta device, then TensorRT-RTX."""
-import sys, time, torch
+import sys
+import time
+from pathlib import Path
+
+import torch
+import onnx
+
 from ffexport.models import LoadModel
 from ffexport.fusion.decoder import ReducedDecoder
 from ffexport.fusion.layout import FrameBlock, FrameLayout
@@ -41,5 +47,5 @@ path = sys.argv[1] if len(sys.argv) > 1 else "qwen3vl-8b-prefill.onnx"
 onnx.save(proto, path)
 print(f"captured {len(proto.graph.node)} nodes, {len(proto.graph.input)} inputs in {time.time()-t0:.0f}s", flush=True)
 toolkit = find_toolkit(("tensorrt_rtx",))
-check = CheckGraph(toolkit=toolkit)(__import__("pathlib").Path(path), None)
+check = CheckGraph(toolkit=toolkit)(Path(path), None)
 print("parse:", check.status, getattr(check, "detail", ""), f"{time.time()-t0:.0f}s", flush=True)
