@@ -42,7 +42,6 @@ length = torch.export.Dim("L", min=layout.region_length + 1, max=layout.region_l
 spec = GraphSpec("prefill", Prefill().eval(), args, ["inputs_embeds", "position_ids", "video_start", "deepstack"],
                  ["logits", *present_names(loaded.num_layers)], ({1: length}, {1: length}, None, None))
 proto = CaptureOnnx(structure_only=True)(spec)
-import onnx
 path = sys.argv[1] if len(sys.argv) > 1 else "qwen3vl-8b-prefill.onnx"
 onnx.save(proto, path)
 print(f"captured {len(proto.graph.node)} nodes, {len(proto.graph.input)} inputs in {time.time()-t0:.0f}s", flush=True)
