@@ -94,6 +94,11 @@ def test_a_model_directory_carries_its_limits_into_the_loaded_model(tmp_path: Pa
     frames = synthetic_video("moving_object", frames=2, height=112, width=140, seed=3)
     case = loaded.case_from_video(frames, "what happens?")
     assert case.video_grid_thw.reshape(-1).tolist() == [1, 8, 10]
+    # the streamed build's meta-device loader reads the same file
+    from ffexport.export.streamed import _meta_from_directory
+
+    meta = _meta_from_directory(tmp_path, dtype="float32", name="dir")
+    assert meta.video_pixels == (3136, 12845056) and meta.processor.source == "preprocessor_config.json"
 
 
 # ------------------------------------------------------------------ Qwen2.5-VL
