@@ -336,7 +336,8 @@ class Build:
             "spatial_merge_size": vision.spatial_merge_size, "patch_size": vision.patch_size,
             "temporal_patch_size": vision.temporal_patch_size,
             "video_pixels": list(loaded.video_pixels) if loaded.video_pixels else None,
-            "video_processor": loaded.processor.to_json() if loaded.processor is not None else None,
+            "video_processor": (loaded.processor.to_json() if getattr(loaded, "processor", None) is not None
+                                else None),
         }
 
     def _new_manifest(self) -> dict[str, Any]:

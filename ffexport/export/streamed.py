@@ -354,7 +354,7 @@ def truncated_copy(loaded: LoadedModel, source: WeightSource, *, layers: int = P
     fill_parameters(model, source)
     return LoadedModel(loaded.name, loaded.adapter, model, loaded.tokenizer,
                        f"{source.description}, first {layers} decoder layers, first {vision_layers} vision blocks",
-                       loaded.video_pixels)
+                       loaded.video_pixels, loaded.processor)
 
 
 def parity_bucket(bucket: Bucket, loaded: LoadedModel) -> Bucket:
@@ -753,4 +753,7 @@ def _meta_from_directory(directory: Path, *, dtype: str, name: str) -> LoadedMod
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = adapter.model_class._from_config(config, dtype=DTYPES[dtype]).eval()
-    return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory))
+    from ffexport.video.processor_config import read_processor_config
+
+    processor = read_processor_config(directory)  # the directory's pixel limits, as transformers reads them
+    return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory), processor.pixels, processor)

@@ -84,6 +84,43 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def video_smart_resize(
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    temporal_factor: int = 2,
+    factor: int = 32,
+    min_pixels: int = 128 * 32 * 32,
+    max_pixels: int = 768 * 32 * 32,
+) -> tuple[int, int]:
+    """Qwen3-VL's video resize rule: like :func:`smart_resize`, but the pixel budget covers the whole
+    clip (``frames x height x width``, frames rounded to ``temporal_factor``), and sides shorter than
+    ``factor`` are first scaled up to it. Defaults are ``Qwen3VLVideoProcessor``'s (patch 16, merge 2).
+    """
+    if num_frames < temporal_factor:
+        raise ValueError(f"{num_frames} frames: Qwen3-VL's video resize needs at least {temporal_factor}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be positive, got {height=}, {width=}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > _MAX_ASPECT_RATIO:
+        raise ValueError(f"absolute aspect ratio must be at most {_MAX_ASPECT_RATIO}, got {height}x{width}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
 def preprocess_video(
     frames: np.ndarray,
     *,

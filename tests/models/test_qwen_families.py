@@ -94,6 +94,11 @@ def test_a_model_directory_carries_its_limits_into_the_loaded_model(tmp_path: Pa
     frames = synthetic_video("moving_object", frames=2, height=112, width=140, seed=3)
     case = loaded.case_from_video(frames, "what happens?")
     assert case.video_grid_thw.reshape(-1).tolist() == [1, 8, 10]
+    # the streamed build's meta-device loader reads the same file
+    from ffexport.export.streamed import _meta_from_directory
+
+    meta = _meta_from_directory(tmp_path, dtype="float32", name="dir")
+    assert meta.video_pixels == (3136, 12845056) and meta.processor.source == "preprocessor_config.json"
 
 
 # ------------------------------------------------------------------ Qwen2.5-VL
@@ -455,3 +460,40 @@ def test_real_size_presets_have_the_released_architecture(preset, parameters):
 
     loaded = LoadModel(preset, structure_only=True)()
     assert sum(p.numel() for p in loaded.model.parameters()) == parameters
+
+
+@pytest.mark.parametrize("frames, height, width", [(8, 112, 140), (16, 448, 448), (2, 20, 700), (64, 1080, 1920),
+                                                   (4, 33, 31), (30, 360, 640)])
+def test_qwen3_video_resize_rule_equals_transformers(frames, height, width):
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as theirs
+
+    from ffexport.video.preprocess import video_smart_resize
+
+    limits = dict(min_pixels=128 * 32 * 32, max_pixels=32 * 32 * 768)
+    assert video_smart_resize(frames, height, width, **limits) == theirs(frames, height, width, 2, 32, **limits)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "real"])
+def test_qwen3_pixels_equal_transformers_per_frame(source):
+    """Patch 16, mean/std 0.5: every frame in its temporal slot equals transformers' Pillow processor
+    (configured as Qwen3-VL's) on the same resized frame (the video processor itself needs torchvision)."""
+    pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
+                              reason="transformers' Qwen2-VL Pillow processor is the reference")
+    from PIL import Image
+
+    from ffexport.video.preprocess import video_smart_resize
+
+    video = synthetic_video("pan", frames=4, height=90, width=160, seed=4) if source == "synthetic" else _real_clip(4)
+    size = video_smart_resize(len(video), video.shape[1], video.shape[2], min_pixels=64 * 64, max_pixels=4 * 128 * 160)
+    pixels, grid = preprocess_video(video, patch_size=16, size=size, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    t, h, w = grid[0].tolist()
+    per_patch = pixels.reshape(t, h * w, 3, 2, 16 * 16)
+    area = size[0] * size[1]
+    reference = pil.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=area,
+                                             max_pixels=area, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    for f, frame in enumerate(video):
+        resized = np.asarray(Image.fromarray(frame).resize(size[::-1], resample=Image.Resampling.BICUBIC))
+        out = reference(images=resized, return_tensors="np")
+        assert out["image_grid_thw"][0].tolist() == [1, h, w]
+        expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 16 * 16)[:, :, 0]
+        np.testing.assert_allclose(per_patch[f // 2, :, :, f % 2], expected, rtol=0, atol=1e-5)
