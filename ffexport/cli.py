@@ -276,7 +276,6 @@ def _cmd_build(args) -> int:
     from ffexport.export.plugin_mode import check_ops
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
-
     from ffexport.models.loading import require_stage
 
     require_stage(args.model, "build")
