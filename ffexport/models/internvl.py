@@ -104,19 +104,19 @@ class InternVLAdapter(LlavaStyleAdapter):
 
     def video_prompt_ids(self, config, tokenizer, frames: int, prompt: str) -> np.ndarray:
         """The processor's video text (``FrameN: <img>`` + frame tokens + ``</img>``, joined by newlines)
-        inside the chat template, as ids."""
-        per_frame, token = self.tokens_per_frame(config), self.video_token_id(config)
+        inside the chat template, tokenized in one piece as the processor does."""
+        from ffexport.models.llava_style import tokenize_like_the_processor
 
-        def encode(text: str) -> list[int]:
-            return list(tokenizer.encode(text, add_special_tokens=False))
-
-        ids = encode(self.prompt.before)
-        for i in range(frames):
-            if i:
-                ids += encode(self.frame_separator)
-            ids += encode(self.frame_prefix.format(index=i + 1)) + [token] * per_frame + encode(self.frame_suffix)
-        ids += encode(self.prompt.after.format(prompt=prompt))
-        return np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        per_frame, token_id = self.tokens_per_frame(config), self.video_token_id(config)
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        video = self.frame_separator.join(
+            self.frame_prefix.format(index=i + 1) + token * per_frame + self.frame_suffix for i in range(frames)
+        )
+        ids = tokenize_like_the_processor(tokenizer, self.prompt.text(video, prompt))
+        if int(np.count_nonzero(ids == token_id)) != frames * per_frame:
+            raise InputError(f"the tokenizer does not keep {token!r} (id {token_id}) as one token; "
+                             "it is not this model's tokenizer")
+        return ids
 
     def case_from_video(self, config, frames: np.ndarray, prompt: str, *, tokenizer):
         from ffexport.case import Case

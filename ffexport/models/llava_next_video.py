@@ -31,7 +31,7 @@ ADAPTER = FAMILIES.register("llava_next_video", LlavaNextVideoAdapter(
     family="llava_next_video",
     model_class=LlavaNextVideoForConditionalGeneration,
     # the checkpoint's chat template: "USER: <video>\n{prompt} ASSISTANT:" after BOS
-    prompt=PromptTemplate("USER: ", "\n{prompt} ASSISTANT:", bos=True),
+    prompt=PromptTemplate("USER: ", "\n{prompt} ASSISTANT:"),
     resize_mode="shortest_edge_crop",
 ))
 

@@ -56,22 +56,31 @@ def rotary_parts(text_model) -> tuple[torch.Tensor, tuple[int, ...]]:
     return rope.inv_freq, (int(rope.inv_freq.shape[0]),)
 
 
+def tokenize_like_the_processor(tokenizer, text: str) -> np.ndarray:
+    """``[1, L]`` int64 ids of ``text`` tokenized in one piece with the tokenizer's own special tokens
+    (BOS for Llama), as transformers' processors tokenize the prompt after expanding the video."""
+    return np.asarray(tokenizer(text).input_ids, dtype=np.int64).reshape(1, -1)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A one-video chat prompt: ``before`` + video tokens + ``after``, the text tokenized without BOS/EOS
-    unless ``bos`` says to put the tokenizer's BOS first."""
+    """A one-video chat prompt: ``before`` + the video's text + ``after``. The video's placeholder
+    tokens are written as the token's string and the whole text is tokenized at once, like the
+    family's processor does after it expands ``<video>``."""
 
     before: str
     after: str
-    bos: bool = False
+
+    def text(self, video_text: str, prompt: str) -> str:
+        return self.before + video_text + self.after.format(prompt=prompt)
 
     def ids(self, tokenizer, *, video_token_id: int, num_video_tokens: int, prompt: str) -> np.ndarray:
-        head = list(tokenizer.encode(self.before, add_special_tokens=False))
-        tail = list(tokenizer.encode(self.after.format(prompt=prompt), add_special_tokens=False))
-        if self.bos and getattr(tokenizer, "bos_token_id", None) is not None:
-            head = [int(tokenizer.bos_token_id), *head]
-        ids = head + [video_token_id] * num_video_tokens + tail
-        return np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        token = tokenizer.convert_ids_to_tokens(video_token_id)
+        ids = tokenize_like_the_processor(tokenizer, self.text(token * num_video_tokens, prompt))
+        if int(np.count_nonzero(ids == video_token_id)) != num_video_tokens:
+            raise InputError(f"the tokenizer does not keep {token!r} (id {video_token_id}) as one token; "
+                             "it is not this model's tokenizer")
+        return ids
 
 
 @dataclass(frozen=True)
