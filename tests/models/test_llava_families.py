@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ffexport.case import FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS, load_case
-from ffexport.errors import InputError
+from ffexport.errors import InputError, ScheduleError
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.reducers import StaticReducer
 from ffexport.oracle import NaiveFrameFusion
@@ -242,6 +242,20 @@ def test_internvl_text_between_frame_blocks_is_never_reduced_and_keeps_its_posit
         matches = [r for r in range(key_reduced.shape[1]) if torch.equal(key_reduced[:, r], key_full[:, t])]
         assert len(matches) == 1
     np.testing.assert_array_equal(result.kv_lengths, [k.shape[2] for k, _ in reduced.presents])
+
+
+def test_a_schedule_for_other_frame_blocks_is_refused(loaded_models, cases, dynamic_runs):
+    """A static schedule whose blocks are not the prompt's (same token counts, text of other lengths)
+    is one ScheduleError, not a silently misplaced reduction."""
+    from ffexport.fusion.layout import FrameBlock, FrameLayout
+    from ffexport.fusion.schedule import Schedule
+
+    realized = dynamic_runs["internvl-tiny"].schedule
+    shifted = FrameLayout(tuple(FrameBlock(b.start + i, b.length, b.patches_per_frame)
+                                for i, b in enumerate(realized.layout.blocks)))
+    other = Schedule(realized.visual_tokens, realized.patches_per_frame, realized.stages, shifted)
+    with pytest.raises(ScheduleError, match="frame blocks"):
+        Reference(loaded_models["internvl-tiny"], schedule=other)(cases["internvl-tiny"])
 
 
 def test_case_command_writes_a_llava_case(tmp_path, capsys):
