@@ -17,6 +17,7 @@ from ffexport.case import Case
 from ffexport.errors import InputError, ScheduleError
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import PrefillResult, ReducedDecoder
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.reducers import DynamicReducer, RealizedStep, StaticReducer
 from ffexport.fusion.schedule import Schedule
 from ffexport.models.loading import LoadedModel
@@ -49,6 +50,8 @@ class PreparedInputs:
     visual_tokens: int
     patches_per_frame: int
     rope_delta: int
+    #: the video as frame blocks with text between them (None: one contiguous block)
+    layout: FrameLayout | None = None
 
 
 class Reference:
@@ -67,9 +70,6 @@ class Reference:
             raise InputError("give either FrameFusion settings (dynamic) or a schedule (static), not both")
         if max_new_tokens < 0:
             raise InputError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-        if (fusion is not None or schedule is not None) and not getattr(loaded.adapter, "reduces", True):
-            raise InputError(f"FrameFusion does not run on {loaded.adapter.family} yet (its frames are blocks "
-                             "separated by text); use --no-reduction")
         self.loaded = loaded
         self.fusion = fusion
         self.schedule = schedule.validate(loaded.num_layers) if schedule is not None else None
@@ -119,6 +119,11 @@ class Reference:
                     f"the schedule is for {s.visual_tokens} visual tokens, {s.patches_per_frame} per frame; "
                     f"this video has {inputs.visual_tokens}, {inputs.patches_per_frame} per frame"
                 )
+            layout = inputs.layout or FrameLayout.contiguous(inputs.visual_tokens, inputs.patches_per_frame)
+            if s.frame_layout != layout:
+                raise ScheduleError(
+                    f"the schedule's frame blocks {s.frame_layout.to_json()} are not this prompt's {layout.to_json()}"
+                )
             return StaticReducer(s)
         if self.fusion is not None:
             return DynamicReducer(self.fusion, self.fusion.layers_for(self.decoder.num_layers))
@@ -133,12 +138,12 @@ class Reference:
         with torch.no_grad():
             result = self.decoder.prefill(
                 inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
-                inputs.visual_tokens, inputs.patches_per_frame, acting,
+                inputs.visual_tokens, inputs.patches_per_frame, acting, inputs.layout,
             )
             generated = self._generate(result, case.input_ids.shape[1] + inputs.rope_delta)
         schedule, realized = self.schedule, []
         if isinstance(reducer, DynamicReducer):
-            schedule = reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame)
+            schedule = reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame, inputs.layout)
             realized = reducer.realized
         return ReferenceResult(
             logits=result.logits.float().numpy(),

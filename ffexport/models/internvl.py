@@ -7,10 +7,11 @@ frame blocks joined by text::
     Frame1: <img> 256 x <IMG_CONTEXT> </img>\\nFrame2: <img> ... </img> ...
 
 and returns the frames as ``pixel_values`` ``[frames, 3, 448, 448]`` (the model takes videos through
-its image path). The frame blocks are separated by text, so FrameFusion's contiguous visual span
-does not fit: this adapter runs the plain prefill (no reduction) only, until the span is
-generalised into frame blocks (issue 13 item 1); ``reduces = False`` makes the reference refuse.
-The LLM is a Qwen2 (InternVL3) with 1D RoPE. See :mod:`ffexport.models.llava_style`.
+its image path). The adapter declares that layout as one frame block per ``<IMG_CONTEXT>`` run
+(:meth:`InternVLAdapter.layout`, :mod:`ffexport.fusion.layout`): FrameFusion merges a token with the
+same patch of the previous frame's block and ranks visual tokens only; the text between blocks
+(``</img>\\nFrame2: <img>``) is never merged or pruned and keeps its positions. The LLM is a Qwen2
+(InternVL3) with 1D RoPE. See :mod:`ffexport.models.llava_style`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
 
-from ffexport.errors import InputError
+from ffexport.errors import InputError, ScheduleError
+from ffexport.fusion.layout import FrameLayout
 from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.video.fixed import IMAGENET_MEAN, IMAGENET_STD
@@ -32,7 +34,7 @@ INTERNVL_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values")
 
 @dataclass(frozen=True)
 class InternVLAdapter(LlavaStyleAdapter):
-    """How ffexport drives an InternVL model (plain prefill; no FrameFusion until frame blocks land)."""
+    """How ffexport drives an InternVL model: one frame block per frame, text between blocks."""
 
     #: text the processor writes around frame ``i`` (1-based) and between frames
     frame_prefix: str = "Frame{index}: <img>"
@@ -78,16 +80,24 @@ class InternVLAdapter(LlavaStyleAdapter):
         if found != expected:
             raise InputError(f"input_ids hold {found} frame tokens but {pixels.shape[0]} frames give {expected}")
 
-    def frame_blocks(self, config, input_ids: np.ndarray) -> list[tuple[int, int]]:
-        """``(start, length)`` of each ``<IMG_CONTEXT>`` run: one block per frame, text between blocks."""
-        ids = np.asarray(input_ids).reshape(-1)
-        mask = np.concatenate([[0], (ids == self.video_token_id(config)).astype(np.int8), [0]])
-        edges = np.flatnonzero(np.diff(mask))
-        return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+    def layout(self, config, input_ids: np.ndarray) -> tuple[int, FrameLayout]:
+        """``(video_start, layout)``: one frame block per ``<IMG_CONTEXT>`` run, each exactly one frame,
+        the ``</img>\\nFrameN: <img>`` text between them outside every block."""
+        per_frame = self.tokens_per_frame(config)
+        try:
+            start, layout = FrameLayout.from_token_ids(input_ids, self.video_token_id(config), per_frame)
+        except ScheduleError as e:
+            raise InputError(str(e)) from e
+        lengths = [b.length for b in layout.blocks]
+        if any(n != per_frame for n in lengths):
+            raise InputError(f"each frame block must hold {per_frame} <IMG_CONTEXT> tokens, input_ids hold runs of "
+                             f"{lengths}")
+        return start, layout
 
     def prepare_inputs(self, model, case) -> dict:
         config = model.config
         self.check_case(config, case)
+        start, layout = self.layout(config, case.input_ids)
         where = np.flatnonzero(case.input_ids[0] == self.video_token_id(config))
         positions, delta = self.position_ids(config, case.input_ids)
         dtype = next(model.parameters()).dtype
@@ -95,11 +105,10 @@ class InternVLAdapter(LlavaStyleAdapter):
             features = self.video_features(model, torch.from_numpy(case.pixel_values_videos).to(dtype))
             embeds = self.embed_tokens(model, torch.from_numpy(case.input_ids)).clone()
             embeds[0, torch.from_numpy(where)] = features.to(embeds.dtype)
-        # the frames are blocks separated by text: no single visual span (the reference refuses reduction)
         return dict(
             inputs_embeds=embeds, position_ids=torch.from_numpy(positions),
-            video_start=torch.tensor(int(where[0]), dtype=torch.int64), visual_tokens=int(where.size),
-            patches_per_frame=self.tokens_per_frame(config), rope_delta=delta,
+            video_start=torch.tensor(start, dtype=torch.int64), visual_tokens=layout.visual_tokens,
+            patches_per_frame=layout.patches_per_frame, rope_delta=delta, layout=layout,
         )
 
     def video_prompt_ids(self, config, tokenizer, frames: int, prompt: str) -> np.ndarray:
@@ -135,7 +144,6 @@ ADAPTER = FAMILIES.register("internvl", InternVLAdapter(
     image_mean=IMAGENET_MEAN,
     image_std=IMAGENET_STD,
     case_keys=INTERNVL_CASE_KEYS,
-    reduces=False,
 ))
 
 

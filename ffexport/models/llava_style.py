@@ -23,6 +23,7 @@ import torch
 
 from ffexport.errors import InputError, ModelError
 from ffexport.fusion.decoder import DecoderParts
+from ffexport.fusion.layout import FrameLayout
 
 #: the names a LLaVA-style transformers processor returns for a video prompt (case.npz holds these)
 LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
@@ -99,8 +100,6 @@ class LlavaStyleAdapter:
     #: max |logits - reference| for fp32 parity checks (static vs dynamic, graph vs PyTorch)
     logits_atol_fp32: float = 1e-5
     case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
-    #: whether FrameFusion can run on this family's layout (False: plain prefill only)
-    reduces: bool = True
     #: the CLI commands done for this family; the others refuse with one line naming what is missing
     stages: tuple[str, ...] = ("case", "reference")
     missing: dict = field(default_factory=lambda: dict(MISSING_STAGES))
@@ -191,16 +190,16 @@ class LlavaStyleAdapter:
                 f"the video span in input_ids has {end - start} tokens but {pixels.shape[1]} frames give {expected}"
             )
 
-    def frame_blocks(self, config, input_ids: np.ndarray) -> list[tuple[int, int]]:
-        """The video as frame blocks ``(start, length)`` in ``input_ids`` (the layout the generalised
-        FrameFusion span of issue 13 item 1 takes): here consecutive blocks of ``tokens_per_frame``
-        with no text between them; a trailing newline token is not part of any block."""
+    def layout(self, config, input_ids: np.ndarray) -> tuple[int, FrameLayout]:
+        """``(video_start, layout)``: the video as frame blocks (:mod:`ffexport.fusion.layout`). Here one
+        contiguous block of whole frames; a trailing newline token is text after it, in no block."""
         ids = np.asarray(input_ids).reshape(-1)
         where = np.flatnonzero(ids == self.video_token_id(config))
         per_frame = self.tokens_per_frame(config)
-        frames = (where.size - self.trailing_video_tokens) // per_frame
-        start = int(where[0]) if where.size else 0
-        return [(start + f * per_frame, per_frame) for f in range(frames)]
+        visual = where.size - self.trailing_video_tokens
+        if visual < per_frame:
+            raise InputError(f"input_ids hold {visual} video tokens: not one frame of {per_frame}")
+        return int(where[0]), FrameLayout.contiguous(visual, per_frame)
 
     def prepare_inputs(self, model, case) -> dict:
         """Decoder inputs for a case: embeddings with the video features in place and 1D positions."""

@@ -87,13 +87,17 @@ class NaiveFrameFusion:
         similarity: float = 0.6,
         ratio_lower_bound: float = 0.1,
         budget_layers: int | None = None,
+        mrope_section: list[int] | tuple[int, ...] | None = None,
     ) -> None:
+        """``mrope_section``: frequencies per position row (t, h, w), as data; None reads the model's
+        ``rotary_emb.mrope_section``. A 1D-RoPE model (no such attribute) passes ``[head_dim // 2]``:
+        one section, every frequency on row 0."""
         text = model.model.language_model
         self.layers = list(text.layers)
         self.norm = text.norm
         self.lm_head = model.lm_head
         self.inv_freq = text.rotary_emb.inv_freq.to(torch.float32)
-        self.mrope_section = list(text.rotary_emb.mrope_section)
+        self.mrope_section = list(text.rotary_emb.mrope_section if mrope_section is None else mrope_section)
         cfg = text.config
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads

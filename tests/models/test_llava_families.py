@@ -5,23 +5,23 @@ Per family, on its tiny preset (deterministic random weights, a few frames):
 * the adapter's plain prefill (no reduction) == transformers' own forward of the same model (last
   logits <= 1e-4 fp32) and greedy tokens == ``generate``;
 * the dynamic FrameFusion reference == the spec-derived oracle (same realized steps, logits <= 1e-5);
-  the oracle reads ``rotary_emb.mrope_section``, which a 1D-RoPE model lacks, so it gets the text
-  model through a view that adds the adapter's declared one-section layout (nothing else changes);
+  the oracle gets the 1D rotary layout as data (one section of ``head_dim // 2`` frequencies) and,
+  for InternVL, the frame blocks (one per frame, ``</img>\\nFrameN: <img>`` text between them);
 * the static decoder on the realized schedule == the dynamic one (<= 1e-5);
-* the static prefill captured to ONNX and run in ONNX Runtime == PyTorch (<= 1e-4);
+* the static prefill captured to ONNX and run in ONNX Runtime == PyTorch (<= 1e-4), and TensorRT-RTX
+  parses it and builds it ahead of time for SM89;
+* InternVL: the text rows between frame blocks are never merged or pruned and keep their positions;
 * ``case.npz`` holds exactly the processor's names and transformers' forward takes it unchanged.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from ffexport.case import FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS, load_case
-from ffexport.errors import InputError
+from ffexport.errors import InputError, ScheduleError
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.reducers import StaticReducer
 from ffexport.oracle import NaiveFrameFusion
@@ -32,8 +32,8 @@ LOGITS_ATOL_HF = 1e-4
 LOGITS_ATOL = 1e-5
 ORT_ATOL = 1e-4
 FAMILIES = ["llava-next-video-tiny", "llava-onevision-tiny", "internvl-tiny"]
-#: families FrameFusion runs on today (InternVL's frame blocks are separated by text: plain prefill only)
-REDUCING = ["llava-next-video-tiny", "llava-onevision-tiny"]
+#: families FrameFusion runs on (all: InternVL's frames are blocks with text between them)
+REDUCING = FAMILIES
 #: the names each family's transformers processor returns for a video prompt
 PROCESSOR_KEYS = {"llava-next-video-tiny": FIXED_TOWER_CASE_KEYS, "llava-onevision-tiny": FIXED_TOWER_CASE_KEYS,
                   "internvl-tiny": FRAMES_AS_IMAGES_CASE_KEYS}
@@ -100,25 +100,19 @@ def test_decode_steps_continue_the_1d_positions(name, loaded_models, cases):
     assert (state.logits[0] - hf).abs().max() <= LOGITS_ATOL_HF
 
 
-def _oracle_view(model, adapter):
-    """The HF model as the oracle reads it, with the adapter's rotary layout declared on ``rotary_emb``."""
-    parts = adapter.decoder_parts(model)
-    text = model.model.language_model
-    rotary = SimpleNamespace(inv_freq=parts.inv_freq, mrope_section=list(parts.mrope_section))
-    view = SimpleNamespace(layers=text.layers, norm=text.norm, rotary_emb=rotary, config=text.config)
-    return SimpleNamespace(model=SimpleNamespace(language_model=view), lm_head=model.lm_head)
-
-
 @pytest.mark.parametrize("name", REDUCING)
 def test_dynamic_reference_matches_oracle(name, loaded_models, cases, dynamic_runs):
     loaded, case, result = loaded_models[name], cases[name], dynamic_runs[name]
     inputs = Reference(loaded).prepare(case)
-    oracle = NaiveFrameFusion(_oracle_view(loaded.model, loaded.adapter), cost=FUSION.cost,
-                              similarity=FUSION.similarity, ratio_lower_bound=FUSION.ratio_lower_bound,
-                              budget_layers=FUSION.budget_layers)
+    text = loaded.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    oracle = NaiveFrameFusion(loaded.model, cost=FUSION.cost, similarity=FUSION.similarity,
+                              ratio_lower_bound=FUSION.ratio_lower_bound, budget_layers=FUSION.budget_layers,
+                              mrope_section=[head_dim // 2])  # 1D RoPE: every frequency reads row 0
+    blocks = None if inputs.layout is None else inputs.layout.to_json()
     with torch.no_grad():
         naive = oracle.prefill(inputs.inputs_embeds[0], inputs.position_ids, int(inputs.video_start),
-                               inputs.visual_tokens, inputs.patches_per_frame)
+                               inputs.visual_tokens, inputs.patches_per_frame, blocks=blocks)
     realized = [(r.stage.layer, r.stage.where, r.stage.op, r.stage.remove) for r in result.realized]
     assert {op for _, _, op, remove in realized if remove} == {"merge", "prune"}, realized  # not vacuous
     assert realized == naive.steps
@@ -171,18 +165,16 @@ def test_static_prefill_in_onnx_runtime_equals_pytorch(name, loaded_models, pref
 
 @pytest.mark.parametrize("name", REDUCING)
 def test_static_prefill_parses_and_builds_with_tensorrt_rtx(name, prefill_graphs, tensorrt_rtx, tmp_path):
-    """NVIDIA's real ONNX parser takes the graph and builds an engine ahead of time for SM89."""
+    """NVIDIA's real ONNX parser takes the graph and builds an engine ahead of time for SM89, as
+    ``ffexport check --build-for SM89`` does (ONNX Runtime's fused attention checked as ONNX Attention)."""
     import onnx
 
-    from ffexport.export.trt_toolkit import Engine, ParseOnnx, SerializeEngine
+    from ffexport.lint.check import CheckGraph
 
     path = tmp_path / "prefill.onnx"
     onnx.save(prefill_graphs[name][0], path)
-    parsed = ParseOnnx(toolkit=tensorrt_rtx)(path)
-    assert hasattr(parsed, "network"), str(parsed)  # a Rejection says why the parser refused
-    engine = SerializeEngine(compute_capabilities=("SM89",))(parsed, None)
-    assert isinstance(engine, Engine), str(engine)
-    assert engine.nbytes > 0
+    check = CheckGraph(toolkit=tensorrt_rtx, build_for=("SM89",))(path, None)
+    assert check.status == "built", check
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -202,9 +194,68 @@ def test_case_npz_holds_the_processor_names(name, loaded_models, cases, tmp_path
     assert np.abs(Reference(loaded)(back).logits[0] - logits).max() <= LOGITS_ATOL_HF
 
 
-def test_reduction_is_refused_where_the_layout_does_not_fit(loaded_models):
-    with pytest.raises(InputError, match="FrameFusion does not run on internvl"):
-        Reference(loaded_models["internvl-tiny"], fusion=FUSION)
+def test_internvl_text_between_frame_blocks_is_never_reduced_and_keeps_its_positions(loaded_models, cases):
+    """Every reduction step of the dynamic reference keeps each text row between frame blocks, with its
+    own value (never averaged into a merge); and a text row's layer-0 key (its embedding rotated at its
+    position, nothing else) is the unreduced run's at the same original row: its position is kept."""
+    loaded, case = loaded_models["internvl-tiny"], cases["internvl-tiny"]
+    reference = Reference(loaded, fusion=FUSION)
+    inputs = reference.prepare(case)
+    start, layout = int(inputs.video_start), inputs.layout
+    assert len(layout.blocks) == case.grid[0] and layout.text_tokens > 0
+    text_rows = start + np.flatnonzero(layout.text_mask())  # original rows of the text between blocks
+    seen = []
+
+    class Watch:
+        def __init__(self, reducer):
+            self.reducer = reducer
+
+        def __getattr__(self, name):
+            return getattr(self.reducer, name)
+
+        def step(self, layer, where, rows, span, importance):
+            reduction = self.reducer.step(layer, where, rows, span, importance)
+            if reduction is not None:
+                text = torch.nonzero(span.text).flatten()
+                assert text.numel() == layout.text_tokens
+                kept = reduction.kept.tolist()
+                assert set(text.tolist()) <= set(kept), (layer, where)
+                if reduction.values is not None:  # a merge: the text rows keep their own values
+                    at = [kept.index(r) for r in text.tolist()]
+                    assert torch.equal(reduction.values[at], rows[text])
+                seen.append((layer, where, "merge" if reduction.values is not None else "prune",
+                             span.length - len(kept)))
+            return reduction
+
+    result = reference(case, observe=lambda reducer, n: Watch(reducer))
+    assert {op for *_, op, removed in seen if removed} == {"merge", "prune"}, seen  # not vacuous
+    assert seen[0][:2] == (0, "before_attention") and seen[0][3] > 0, seen  # layer 0's keys see a merge
+    with torch.no_grad():
+        full = reference.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
+                                         inputs.visual_tokens, inputs.patches_per_frame)
+        reduced = reference.decoder.prefill(inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
+                                            inputs.visual_tokens, inputs.patches_per_frame,
+                                            reference._reducer(inputs), layout)
+    key_full, key_reduced = full.presents[0][0][0], reduced.presents[0][0][0]  # [kv_heads, rows, head_dim]
+    assert key_reduced.shape[1] == key_full.shape[1] - seen[0][3]
+    for t in text_rows:  # a key rotated at another position (or from a merged value) would match none
+        matches = [r for r in range(key_reduced.shape[1]) if torch.equal(key_reduced[:, r], key_full[:, t])]
+        assert len(matches) == 1
+    np.testing.assert_array_equal(result.kv_lengths, [k.shape[2] for k, _ in reduced.presents])
+
+
+def test_a_schedule_for_other_frame_blocks_is_refused(loaded_models, cases, dynamic_runs):
+    """A static schedule whose blocks are not the prompt's (same token counts, text of other lengths)
+    is one ScheduleError, not a silently misplaced reduction."""
+    from ffexport.fusion.layout import FrameBlock, FrameLayout
+    from ffexport.fusion.schedule import Schedule
+
+    realized = dynamic_runs["internvl-tiny"].schedule
+    shifted = FrameLayout(tuple(FrameBlock(b.start + i, b.length, b.patches_per_frame)
+                                for i, b in enumerate(realized.layout.blocks)))
+    other = Schedule(realized.visual_tokens, realized.patches_per_frame, realized.stages, shifted)
+    with pytest.raises(ScheduleError, match="frame blocks"):
+        Reference(loaded_models["internvl-tiny"], schedule=other)(cases["internvl-tiny"])
 
 
 def test_case_command_writes_a_llava_case(tmp_path, capsys):
@@ -305,18 +356,23 @@ def test_cases_that_do_not_fit_are_one_input_error(name, loaded_models, cases):
 @pytest.mark.parametrize("name, text_between", [("llava-next-video-tiny", False), ("llava-onevision-tiny", False),
                                                 ("internvl-tiny", True)])
 def test_frame_blocks_describe_the_prompt_layout(name, text_between, loaded_models, cases):
-    """The frame blocks each adapter declares (for the generalised span) match the processor-style prompt."""
+    """The frame blocks each adapter declares (:class:`FrameLayout`) match the processor-style prompt."""
     loaded, case = loaded_models[name], cases[name]
     adapter, config = loaded.adapter, loaded.config
-    blocks = adapter.frame_blocks(config, case.input_ids)
+    start, layout = adapter.layout(config, case.input_ids)
+    blocks = [(start + b.start, b.length) for b in layout.blocks]
     frames, per_frame = case.grid[0], adapter.tokens_per_frame(config)
-    assert [length for _, length in blocks] == [per_frame] * frames
+    assert layout.frames == frames and layout.patches_per_frame == per_frame
+    if text_between:
+        assert [length for _, length in blocks] == [per_frame] * frames
+    else:
+        assert blocks == [(start, frames * per_frame)]
     ids = case.input_ids[0]
     token = adapter.video_token_id(config)
-    for start, length in blocks:
-        assert (ids[start:start + length] == token).all()
+    for first, length in blocks:
+        assert (ids[first:first + length] == token).all()
     gaps = [b[0] - (a[0] + a[1]) for a, b in zip(blocks, blocks[1:])]
-    assert all(g > 0 for g in gaps) if text_between else gaps == [0] * (frames - 1)
+    assert all(g > 0 for g in gaps) and layout.text_tokens == sum(gaps) if text_between else layout.is_contiguous
     if text_between:  # InternVL: "</img>\nFrame2: <img>" between blocks
         between = ids[blocks[0][0] + per_frame: blocks[1][0]]
         assert bytes(int(i) for i in between).decode() == "</img>\nFrame2: <img>"
