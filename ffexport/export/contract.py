@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ffexport.case import Case
-from ffexport.errors import FusionError
+from ffexport.errors import CaptureError, FusionError
 from ffexport.export.parity import OrtRunner, Tolerance, compare
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.schedule import Schedule
@@ -121,7 +121,12 @@ class ScheduleContract:
                 record["realized"] = [s.to_json() for s in realized.stages]
                 record["deployed_equals_realized"] = realized == deployed
                 if realized not in graphs:
-                    graphs[realized] = self.export_prefill(realized, scratch / f"contract{len(graphs)}")
+                    try:
+                        graphs[realized] = self.export_prefill(realized, scratch / f"contract{len(graphs)}")
+                    except CaptureError as e:  # the realized schedule cannot be exported: nothing proven here
+                        record.update({"compared": True, "passed": False, "error": str(e),
+                                       "note": "the static graph of the realized schedule could not be captured"})
+                        continue
                     exported += 1
                 prefill = graphs[realized]
                 record["graph"] = "deployed" if realized == deployed else "exported for this check (not kept)"
@@ -223,7 +228,7 @@ class ScheduleContract:
         oracles = [r["oracle"] for r in records if "oracle" in r]
         oracle_compared = [o for o in oracles if o["compared"]]
         oracle_failed = [o for o in oracles if o["passed"] is False]
-        logits_diffs = [r["logits"]["max_abs"] for r in compared]
+        logits_diffs = [r["logits"]["max_abs"] for r in compared if "logits" in r]
         oracle_diffs = [o["logits"]["max_abs"] for o in oracle_compared]
         differs = [r for r in records if "fidelity" in r]
         fidelity = None

@@ -33,6 +33,7 @@ alone: that is what lets the truncated copy hold exactly the full model's first 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -595,9 +596,13 @@ class StreamedBuild:
                             if isinstance(copy_model, _StandInPrompt) else "")),
             }
             try:
+                # the copy's dynamic reference (the contract check) budgets for the full model's depth, so
+                # its first layers decide what the full model's would
+                fusion = dataclasses.replace(self.config.fusion,
+                                             budget_layers=self.config.fusion.layers_for(self.loaded.num_layers))
                 config = BuildConfig(buckets=(small.name,), out=scratch / "build", schedule=schedule,
                                      schedule_source="streamed build's schedule, truncated to the copy",
-                                     fusion=self.config.fusion, precision=self.config.precision,
+                                     fusion=fusion, precision=self.config.precision,
                                      max_text=self.config.max_text, quiet=True)
                 from ffexport.errors import ValidationError
 
@@ -614,6 +619,8 @@ class StreamedBuild:
                 record.update({"file": f"{entry['name']}/parity-copy/parity.json", "passed": bool(copy_entry["usable"]),
                                "validated": True, "shared_graphs": {k: v["parity"]["passed"]
                                                                     for k, v in built["graphs"].items()}})
+                if "contract" in copy_entry["parity"]:  # the parity contract and the oracle, on the copy
+                    record["contract"] = {**copy_entry["parity"]["contract"], "on": on}
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             results[entry["name"]] = record
@@ -690,6 +697,19 @@ def _copy_build(build_class):
             _no_loose_inputs(model, spec)
             self._weights.flush()
             return save_checked(model, self.out, filename)
+
+        def _save_contract_graph(self, spec: GraphSpec, directory: Path, filename: str) -> Path:
+            """The contract check's extra prefill graphs (:mod:`ffexport.export.contract`) go through the same
+            streamed path as the copy's own graphs, with a weight file of their own in ``directory``."""
+            directory.mkdir(parents=True, exist_ok=True)
+            weights = WeightFile(directory)
+            try:
+                model = self._streamed_capture(spec)
+                fill_graph(model, _weight_names(spec.module, self._names), self.source, weights)
+                _no_loose_inputs(model, spec)
+            finally:
+                weights.close()
+            return save_checked(model, directory, filename)
 
     return StreamedCopyBuild
 

@@ -137,6 +137,13 @@ def test_streamed_manifest_records_what_parity_ran_on(streamed_dir):
     assert bucket["usable"] is False  # the full-depth graphs were never executed
     report = json.loads((streamed_dir / parity["file"]).read_text())
     assert report["passed"] and {g["graph"] for g in report["graphs"]} == {"vision", "prefill"}
+    # the parity contract on the copy: static graphs (written by the streamed path) with the schedules the
+    # dynamic reference realizes on the copy equal it; the oracle runs where the copy is fp32
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] == 3 and contract["on"] == parity["on"]
+    assert report["contract"]["videos"][0]["logits"]["max_abs"] <= 1e-5
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] + contract["oracle"]["ambiguous"] + \
+        contract["oracle"]["not_run"] == 3
     copy = json.loads((streamed_dir / BUCKET / "parity-copy" / "manifest.json").read_text())
     assert copy["model"]["num_layers"] == 2 and "first 2 decoder layers" in copy["model"]["source"]
     assert manifest["lint"]["findings"] == 0 and manifest["lint"]["graphs"] == 4
