@@ -79,3 +79,16 @@ def test_readme_run_example_is_what_run_says():
     _, said = fit_frames(np.zeros((1, 585, 960, 3), np.uint8), bucket.aspect, "crop")
     assert f"fit crop: {said}\n" in text
     assert f"a bucket of this video's shape: ffexport build --bucket {suggest_bucket(bucket, 585, 960, factor=28)}\n" in text
+
+
+def test_readme_runtime_install_is_the_runtime_extra():
+    """The torch-free install README gives names exactly the runtime extra's packages (.ci/runtime-only installs those)."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["runtime"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in extra}
+    section = (ROOT / "README.md").read_text().split("### `ffexport run`")[1]
+    assert "`pip install --no-deps ffexport`" in section
+    line = re.search(r"`pip install ([a-z][a-z0-9 -]*)`", section)
+    assert set(line.group(1).split()) == names
+    assert "optional-dependencies\"][\"runtime\"]" in (ROOT / ".ci" / "runtime-only").read_text()
