@@ -149,6 +149,11 @@ class BuildDirectory:
             return
         fault_point("before swap")
         exchange(self.path, self.out)  # self.path now holds the old build
+        fd = os.open(self.out.parent, os.O_RDONLY)  # the swap itself, on disk before the old build goes
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         shutil.rmtree(self.path, ignore_errors=True)
         self.replacing = False
         log.info("replaced the build in %s", self.out)
