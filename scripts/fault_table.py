@@ -262,7 +262,14 @@ def markdown(rows: list[Row], seconds: float) -> str:
            "`…` is the scratch folder. \"What is left\" is what `ffexport run` finds there (`load_manifest(verify=True)`).",
            "", "| group | fault | what the user sees | what is left on disk | the next build |", "|---|---|---|---|---|"]
     for r in rows:
-        cells = [r.group, r.fault, r.sees, r.left, r.next_build or "–"]
+        left = r.left
+        end = left.find("`ffexport build`") + len("`ffexport build`")
+        if left.startswith("refused: `") and end > 20 and left[len("refused: `"):end] in r.sees:
+            left = "the damaged build, as it was (refused with the same line)" + left[end + 1:]
+        # error lines quote commands in backticks: show them as plain text, quoted
+        plain = [x.replace("`error:", "“error:").replace("`input:", "“input:").replace("``", "`”").replace("`", "")
+                 for x in (r.sees, left, r.next_build or "–")]
+        cells = [r.group, r.fault, *plain]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(out) + "\n"
 
