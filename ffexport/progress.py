@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from ffexport.faults import fault_point
+
 log = logging.getLogger("ffexport")
 
 
@@ -29,6 +31,7 @@ class Steps:
 
     def start(self, what: str) -> None:
         """Say what the next step is (shown while it runs)."""
+        fault_point(what)  # scripts/fault_table.py: a fault at a step boundary (no-op otherwise)
         if self._bar is not None:
             self._bar.update(self._task, description=f"{self.title}: {what}")
         elif not self.quiet:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,19 @@ from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
 from ffexport.export.buckets import Bucket, parse_bucket
 from ffexport.export.attention_rewrite import choose_attention
+from ffexport.export.builddir import BuildDirectory, committed_weights, fault_point
 from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.graphs import (
     DecodeStep, EmbedTokens, PrefillGraph, StaticDecodeStep, cache_capacities, present_names,
 )
 from ffexport.export.manifest import (
-    MANIFEST, MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
+    MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
 from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import VisionEncoder
-from ffexport.export.weights import INDEX_FILE, WEIGHTS_FILE, SharedWeights
+from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
 from ffexport.fusion.schedule import Schedule
@@ -170,17 +170,36 @@ class Build:
 
     # ================================================================ driver
     def __call__(self) -> BuildReport:
+        """Locked, and with ``--overwrite`` built beside the old build and swapped in (builddir.py)."""
+        with BuildDirectory(self.out, overwrite=self.config.overwrite) as directory:
+            self.out = directory.path
+            try:
+                report = self._build()
+            except ValidationError as e:
+                if directory.replacing:
+                    raise ValidationError(f"{e.args[0]}; --overwrite: the previous build in {directory.out} is kept "
+                                          "and the new one discarded") from e
+                raise
+            finally:
+                self.out = directory.out
+            directory.commit()
+        report.out = self.out
+        return report
+
+    def _build(self) -> BuildReport:
         manifest = self._open_directory()
         if self.config.graph_only:
             return self._graph_only(manifest)
         report = BuildReport(self.out)
-        store = SharedWeights(self.out)
+        store = SharedWeights(self.out, committed=manifest["files"].get(WEIGHTS_FILE, {}).get("bytes", 0))
         self._save_tokenizer(manifest)
-        todo = [b for b in self.buckets if not self._finished(manifest, b)]
+        shared_ok = self._shared_ok(manifest)  # a damaged shared graph: every bucket is checked again with it
+        todo = [b for b in self.buckets if not (shared_ok and self._finished(manifest, b))]
         for b in self.buckets:
             if b not in todo:
                 log.info("bucket %s: already built and verified, skipped", b.name)
                 report.skipped.append(b.name)
+        self._uncommit(manifest, todo)
         shared_missing = not self._shared_ok(manifest)
         steps_total = len(todo) * 4 + (2 if shared_missing and todo else 0)
         with Steps(steps_total, "building", quiet=self.config.quiet) as steps:
@@ -189,7 +208,9 @@ class Build:
                 shared_missing = False
                 manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [entry]
                 self._record_files(manifest)
+                fault_point("before manifest")
                 write_manifest(self.out, manifest)
+                fault_point("after manifest")
                 (report.built if entry["usable"] else report.failed).append(b.name)
         if report.failed:
             raise ValidationError(
@@ -283,16 +304,18 @@ class Build:
 
     # ================================================================ directory
     def _open_directory(self) -> dict[str, Any]:
+        """The committed manifest of ``self.out`` (locked by :meth:`__call__`), or a new one. Bytes of
+        ``weights.bin`` past the committed length are dropped later (SharedWeights); committed bytes
+        that no longer match their SHA-256 make every bucket be rebuilt."""
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a directory")
-        manifest = load_manifest(out) if out.exists() else None
-        if manifest is not None and self.config.overwrite:
-            self._clear(manifest)
-            manifest = None
+        manifest = load_manifest(out)
+        if manifest is not None:
+            _, intact = committed_weights(out, manifest, WEIGHTS_FILE)
+            if not intact:
+                log.warning("%s does not match the sha256 its manifest records (damaged since it was built): "
+                            "rebuilding every bucket from a new weight file", out / WEIGHTS_FILE)
+                manifest = None
         if manifest is None:
-            if out.exists() and any(out.iterdir()) and not (out / WEIGHTS_FILE).exists():
-                raise InputError(f"--out {out} is not empty and holds no ffexport build; choose another folder")
             out.mkdir(parents=True, exist_ok=True)
             return self._new_manifest()
         model = manifest["model"]
@@ -311,15 +334,6 @@ class Build:
             raise InputError(f"{out} holds a build with --ops {built_ops}; use another --out, or pass --overwrite to "
                              f"rebuild it with --ops {self.config.ops}")
         return manifest
-
-    def _clear(self, manifest: dict[str, Any]) -> None:
-        for name in list(manifest.get("files", {})) + [MANIFEST, INDEX_FILE]:
-            path = self.out / name
-            if path.is_file():
-                path.unlink()
-        for entry in manifest.get("buckets", []):
-            shutil.rmtree(self.out / entry["name"], ignore_errors=True)
-        shutil.rmtree(self.out / "tokenizer", ignore_errors=True)
 
     def _model_facts(self) -> dict[str, Any]:
         cfg, loaded = self.loaded.config, self.loaded
@@ -368,19 +382,15 @@ class Build:
         manifest["tokenizer"] = "tokenizer"
 
     def _record_files(self, manifest: dict[str, Any]) -> None:
-        files = {WEIGHTS_FILE: file_record(self.out, WEIGHTS_FILE)}
+        names = [WEIGHTS_FILE]
         if manifest.get("tokenizer"):
-            for path in sorted((self.out / manifest["tokenizer"]).iterdir()):
-                name = f"{manifest['tokenizer']}/{path.name}"
-                files[name] = file_record(self.out, name)
-        for graph in manifest["graphs"].values():
-            files[graph["file"]] = file_record(self.out, graph["file"])
+            names += [f"{manifest['tokenizer']}/{p.name}" for p in sorted((self.out / manifest["tokenizer"]).iterdir())]
+        names += [g["file"] for g in manifest["graphs"].values()]
         for entry in manifest["buckets"]:
-            for graph in [*entry["graphs"].values(), *entry.get("engines", {}).values()]:
-                files[graph["file"]] = file_record(self.out, graph["file"])
-        for engine in manifest.get("engines", {}).values():
-            files[engine["file"]] = file_record(self.out, engine["file"])
-        manifest["files"] = files
+            names += [g["file"] for g in [*entry["graphs"].values(), *entry.get("engines", {}).values()]]
+        names += [e["file"] for e in manifest.get("engines", {}).values()]
+        # a listed file that is gone is left out: the runtime then refuses the build, naming it
+        manifest["files"] = {n: file_record(self.out, n) for n in names if (self.out / n).is_file()}
 
     def _finished(self, manifest: dict[str, Any], bucket: Bucket) -> bool:
         for entry in manifest["buckets"]:
@@ -388,10 +398,45 @@ class Build:
                 wanted = self.config.schedule.to_json() if self.config.schedule is not None else None
                 if wanted is not None and entry["schedule"] != wanted:
                     return False
+                if self.engines is not None and not self._engines_done(manifest, entry):
+                    return False
                 files = manifest["files"]
                 return all(g["file"] in files and file_intact(self.out, g["file"], files[g["file"]])
                            for g in entry["graphs"].values())
         return False
+
+    def _engines_done(self, manifest: dict[str, Any], entry: dict[str, Any]) -> bool:
+        """Whether a bucket (and the shared graphs) already has intact engines of this build's backend
+        (and compute capabilities): a re-run with ``--backend tensorrt[-rtx]`` on a finished ONNX build
+        must build them."""
+        return self._engines_ok(manifest, entry.get("engines") or {}, ("vision", "prefill")) and \
+            self._engines_ok(manifest, manifest.get("engines") or {}, ("embed", "decode"))
+
+    def _engines_ok(self, manifest: dict[str, Any], records: dict[str, Any], graphs: tuple[str, ...]) -> bool:
+        from ffexport.export.trt_toolkit import compute_capability_value
+
+        runtime = "tensorrt-rtx" if self.config.backend == "tensorrt-rtx" else "tensorrt"
+        wanted = [compute_capability_value(c) for c in self.config.compute_capabilities]
+        files = manifest["files"]
+        return all(
+            (r := records.get(g)) is not None and r.get("runtime") == runtime
+            and (runtime == "tensorrt" or r.get("compute_capabilities") == wanted)
+            and r["file"] in files and file_intact(self.out, r["file"], files[r["file"]]) for g in graphs)
+
+    def _uncommit(self, manifest: dict[str, Any], todo: list[Bucket]) -> None:
+        """Before rewriting a bucket's files under the name the manifest has for it, commit a manifest
+        without that bucket, so a committed manifest never points at a file being rewritten (the
+        commit protocol, docs/build-format.md). Buckets under new names need nothing."""
+        names = {b.name for b in todo}
+        stale_engines = self.engines is not None and todo and "engines" in manifest and \
+            not self._engines_ok(manifest, manifest["engines"], ("embed", "decode"))
+        if not stale_engines and not any(e["name"] in names for e in manifest["buckets"]):
+            return
+        if stale_engines:  # the shared engines are built again with this backend's settings
+            manifest.pop("engines")
+        manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] not in names]
+        self._record_files(manifest)
+        write_manifest(self.out, manifest)
 
     def _shared_ok(self, manifest: dict[str, Any]) -> bool:
         files = manifest["files"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,6 @@ from typing import Any
 import onnx
 
 from ffexport.errors import InputError
-from ffexport.io import save_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ffexport.manifest/1"
@@ -71,5 +71,31 @@ def load_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Atomic replace: readers see the old manifest or the new one, never a partial file."""
-    save_json(manifest, directory / MANIFEST, overwrite=True)
+    """Commit: readers see the old manifest or the new one, never a partial file, and the new one
+    only lists files that are on disk. The files it lists are flushed to disk first (``fsync``), then
+    the manifest is written beside its final name, flushed, renamed into place and the directory
+    flushed, so after a power cut the manifest found is one whose files are complete."""
+    directory = Path(directory)
+    for name in manifest.get("files", {}):
+        _fsync(directory / name)
+    for folder in {(directory / name).parent for name in manifest.get("files", {})} | {directory}:
+        _fsync(folder)  # the files' names (renamed into place) before the manifest that lists them
+    tmp = directory / f".{MANIFEST}.{os.getpid()}.partial"
+    try:
+        with open(tmp, "wb") as f:
+            f.write((json.dumps(manifest, indent=2) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(directory)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -413,6 +413,20 @@ class StreamedBuild:
         self.peaks: dict[str, float] = {}
 
     def __call__(self) -> Any:
+        """Locked, and with ``--overwrite`` built beside the old build and swapped in (builddir.py)."""
+        from ffexport.export.builddir import BuildDirectory
+
+        with BuildDirectory(self.out, overwrite=self.config.overwrite) as directory:
+            self.out = self.build.out = directory.path
+            try:
+                report = self._run()
+            finally:
+                self.out = self.build.out = directory.out
+            directory.commit()
+        report.out = self.out
+        return report
+
+    def _run(self) -> Any:
         from ffexport.export.build import BuildReport
         from ffexport.progress import Steps
 

@@ -8,7 +8,10 @@ exporter's optimizer folds a weight's transpose into a new, renamed constant, id
 graph that uses that weight. Small constants stay inline.
 
 The file only grows by appending; its index (content hash -> offset, length) is saved beside it,
-so a resumed build reuses what an earlier run stored.
+so a resumed build reuses what an earlier run stored. The build's manifest is the commit record:
+it holds the committed length of ``weights.bin`` (and the SHA-256 of those bytes). Opening the store
+with ``committed=`` drops what lies past it (index entries and bytes appended by a run that never
+committed them), so the bytes a valid manifest points at are never rewritten.
 """
 
 from __future__ import annotations
@@ -30,18 +33,26 @@ _ALIGN = 64
 class SharedWeights:
     """Content-addressed external data for the graphs of one build directory."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, committed: int = 0) -> None:
+        """``committed``: the length of ``weights.bin`` the manifest records (0 without a manifest)."""
         self.directory = Path(directory)
         self.path = self.directory / WEIGHTS_FILE
         self.index_path = self.directory / INDEX_FILE
         self.index: dict[str, list[int]] = {}
-        if self.index_path.exists():
-            self.index = json.loads(self.index_path.read_text())["tensors"]
-        self.size = max((off + n for off, n in self.index.values()), default=0)
-        if self.path.exists() and self.path.stat().st_size > self.size:
-            # bytes appended by an interrupted run that never recorded them: drop them
+        if self.index_path.exists() and committed > 0:
+            try:
+                stored = json.loads(self.index_path.read_text())["tensors"]
+            except (OSError, ValueError, KeyError):
+                stored = {}
+            self.index = {k: v for k, v in stored.items() if v[0] + v[1] <= committed}
+        self.size = committed
+        if self.path.exists() and self.path.stat().st_size > committed:
+            # bytes appended by a run that never committed them: drop them
             with open(self.path, "r+b") as f:
-                f.truncate(self.size)
+                f.truncate(committed)
+        elif not self.path.exists():
+            self.path.touch()
+        self._save_index()
 
     def externalize(self, model: onnx.ModelProto) -> int:
         """Move ``model``'s large initializers to the shared file; return bytes newly stored."""
