@@ -2,7 +2,7 @@
 
 ``python -m ffexport.bench.probe GRAPH.onnx FEEDS.npz [--threads N] [--device cpu]`` prints one JSON
 line: resident bytes after imports, peak while creating the session, resident after it, and the
-peak and increase during one run. Torch-free.
+peak, increase and wall time of one run. Torch-free.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     session = ort.InferenceSession(args.graph, session_options(args.threads), providers=providers_for(args.device))
     load_peak, loaded = peak_rss_bytes(), rss_bytes()
     reset_peak_rss()
+    start = time.perf_counter()
     session.run(None, feeds)
+    seconds = time.perf_counter() - start
     run_peak = peak_rss_bytes()
     print(json.dumps({"base_bytes": base, "load_peak_bytes": load_peak, "loaded_bytes": loaded,
-                      "run_peak_bytes": run_peak, "run_delta_bytes": run_peak - loaded,
+                      "run_peak_bytes": run_peak, "run_delta_bytes": run_peak - loaded, "run_seconds": seconds,
                       "peak_bytes": max(load_peak, run_peak), "scope": "call" if resettable else "process"}))
     return 0
 

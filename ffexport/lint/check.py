@@ -153,42 +153,20 @@ def mark_attention_decomposable(parsed: ParsedNetwork) -> int:
 
 @contextlib.contextmanager
 def standard_attention(path: Path):
-    """``(path to parse, note)``: a graph with ONNX Runtime's ``com.microsoft.GroupQueryAttention``
-    (ffexport's fused prefill for ``--backend onnxruntime``) is parsed as the standard ONNX ``Attention``
-    it was rewritten from (3-D form, causal), and ``Attention`` nodes lose ``softmax_precision``
-    (ONNX Runtime graphs in fp16 carry it; TensorRT's parser rejects it). A temporary file beside the
-    graph, so external weights resolve."""
+    """``(path to parse, note)``: a graph built for ONNX Runtime is parsed as the standard ONNX ``Attention``
+    its attention nodes stand for (:mod:`ffexport.lint.attention`), from a temporary file beside it (so
+    external weights resolve)."""
     import onnx
 
+    from ffexport.lint.attention import as_standard_attention
+
     model = onnx.load(str(path), load_external_data=False)
-    nodes = [n for n in model.graph.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
-    precise = [n for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
-               and any(a.name == "softmax_precision" for a in n.attribute)]
-    if not nodes and not precise:
+    notes = as_standard_attention(model)
+    if not notes:
         yield path, ""
         return
-    for node in precise:  # ONNX Runtime graphs say it; TensorRT's parser rejects it (its kernels choose)
-        kept = [a for a in node.attribute if a.name != "softmax_precision"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-    for node in nodes:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        inputs, output = list(node.input[:3]), node.output[0]
-        del node.input[:], node.output[:], node.attribute[:]
-        node.input.extend(inputs)
-        node.output.append(output)
-        node.op_type, node.domain = "Attention", ""
-        node.attribute.extend([onnx.helper.make_attribute("is_causal", 1),
-                               onnx.helper.make_attribute("q_num_heads", attrs["num_heads"]),
-                               onnx.helper.make_attribute("kv_num_heads", attrs["kv_num_heads"])])
-        if "scale" in attrs:
-            node.attribute.append(onnx.helper.make_attribute("scale", attrs["scale"]))
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 23 for o in model.opset_import):
-        raise InputError(f"{path}: GroupQueryAttention in a graph below opset 23 (not an ffexport graph)")
     tmp = path.with_name(f".{path.name}.check.onnx")
     onnx.save(model, str(tmp))
-    notes = ([f"its {len(nodes)} GroupQueryAttention node(s) checked as ONNX Attention"] if nodes else []) + (
-        [f"softmax_precision dropped from {len(precise)} Attention node(s) (TensorRT rejects it)"] if precise else [])
     try:
         yield tmp, "; ".join(notes)
     finally:

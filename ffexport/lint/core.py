@@ -376,7 +376,14 @@ def lint_model(model_or_path: ModelProto | str | os.PathLike, target: str = "trt
         import ffexport.lint.rules  # noqa: F401  (registers the built-in rules)
 
         registry = RULES
+    from ffexport.lint.attention import as_standard_attention, has_onnxruntime_attention
+
     model = model_or_path if isinstance(model_or_path, ModelProto) else load_graph(model_or_path)
+    if has_onnxruntime_attention(model):  # an ONNX Runtime build's attention: linted as the ONNX op it stands for
+        copy = ModelProto()
+        copy.CopyFrom(model)
+        as_standard_attention(copy)
+        model = copy
     ctx = LintContext(prepare(model), target)
     active = [r for r in registry.values() if target in r.targets]
     findings: list[Finding] = []

@@ -222,3 +222,18 @@ def test_check_parses_onnxruntime_attention_as_the_onnx_op(fused_ort, tmp_path, 
     assert result.status == PARSED, result.line()
     assert "4 GroupQueryAttention node(s) checked as ONNX Attention" in result.line()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefill.onnx"]  # the temporary graph is gone
+
+
+@pytest.mark.parametrize("target", ["trt10", "trt11"])
+def test_lint_reads_onnxruntime_attention_as_the_onnx_op(fused_ort, target):
+    from ffexport.lint import lint_model
+    from ffexport.lint.attention import as_standard_attention
+
+    assert lint_model(fused_ort, target=target) == []
+    assert _ops(fused_ort)["GroupQueryAttention"] == 4  # the caller's graph is left as it was
+    copy = onnx.ModelProto()
+    copy.CopyFrom(fused_ort)
+    assert as_standard_attention(copy) == ["its 4 GroupQueryAttention node(s) checked as ONNX Attention"]
+    attention = [n for n in copy.graph.node if n.op_type == "Attention"]
+    assert len(attention) == 4 and all(n.domain == "" for n in attention)
+    assert {a.name for a in attention[0].attribute} == {"is_causal", "q_num_heads", "kv_num_heads", "scale"}
