@@ -75,6 +75,7 @@ def main() -> int:
                               {"input_ids": None, "position_ids": None, "past": dims}))
     store.externalize(model)
     onnx.save(model, str(work / "decode.onnx"))
+    del model  # the weights are in the shared file now; keep the peak memory down
     dynamic = ort.InferenceSession(str(work / "decode.onnx"), options, providers=["CPUExecutionProvider"])
     print(f"# {args.model} width, {layers} layers, fp32, {args.threads} threads, {args.tokens} tokens x {args.rounds} "
           f"rounds; load at start: {os.getloadavg()}")
@@ -91,6 +92,7 @@ def main() -> int:
                                          ["input_ids", "position_ids", "cache_lengths", *names], ["logits", *outputs]))
         store.externalize(static_model)
         onnx.save(static_model, str(work / f"decode_static_{context}.onnx"))
+        del static_model
         static = ort.InferenceSession(str(work / f"decode_static_{context}.onnx"), options,
                                       providers=["CPUExecutionProvider"])
         cache = [torch.randn(1, kvh, context, hd, generator=g) * 0.5 for _ in range(2 * layers)]

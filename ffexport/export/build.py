@@ -261,8 +261,7 @@ class Build:
                     "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
                     "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                                "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
-                                   **plugin_record(self.out / prefill_file)},
-                       "decode_static": decode_static},
+                                   **plugin_record(self.out / prefill_file)}},
                     "parity": {"passed": False, "validated": False,
                                "note": "graph only: captured without weights; nothing was run"},
                     "usable": False}]

@@ -94,7 +94,8 @@ class StaticCacheDecoder:
         return int(min(c - b for c, b in zip(self.capacities, self._base))) - self.steps
 
     def step(self, token: int, position: int) -> np.ndarray:
-        """Run one token at M-RoPE position ``position``; its key/value land in the caches in place."""
+        """Run one token at M-RoPE position ``position``; its key/value land in the caches in place.
+        Returns the logits [1, V] in a buffer the next step rewrites (copy it to keep it)."""
         if self.room() < 1:
             raise InputError(f"the decode caches are full ({self.capacities}); rebuild with a larger --max-new-tokens")
         self.ids[0, 0] = token

@@ -17,8 +17,10 @@
 Steps of :meth:`Runtime.generate` (graph names and shapes: ``docs/build-format.md``): ``embed`` on
 ``input_ids``, the bucket's ``vision`` graph on the pixels, the features written over the video
 span, the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`), then greedy decoding
-with ``decode`` (each step's ``present.*`` fed back as ``past_key_values.*``, generated token ``k``
-at position ``L + k + delta``) until an EOS token or the token budget. The first generated token is
+with the bucket's static decode graph (caches preallocated and updated in place through IO binding,
+:mod:`ffexport.runtime.kv_cache`) or, in builds without one, ``decode`` (each step's ``present.*`` fed
+back as ``past_key_values.*``), generated token ``k`` at position ``L + k + delta``, until an EOS
+token or the token budget. The first generated token is
 the argmax of the prefill logits.
 
 This module imports neither torch nor transformers; ONNX Runtime sessions are created on first

@@ -21,7 +21,7 @@ def test_every_graph_of_a_default_build_parses_and_builds_for_sm89(default_build
     manifest = json.loads((build / "manifest.json").read_text())
     listed = {g["file"] for g in manifest["graphs"].values()} | {
         g["file"] for b in manifest["buckets"] for g in b["graphs"].values()}
-    assert {p.name for p, _ in targets} == listed and len(listed) == 4
+    assert {p.name for p, _ in targets} == listed and len(listed) == 5  # with the bucket's static decode
     check = CheckGraph(toolkit=tensorrt_rtx, build_for=("SM89",))
     lines = [check(path, dims).line() for path, dims in targets]
     assert all(": built for SM89 (" in line for line in lines), "\n".join(lines)
@@ -44,8 +44,8 @@ def test_the_check_command_on_a_default_build(default_build, tensorrt_rtx, capsy
     assert main(["check", str(build), "--build-for", "SM89,SM120"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"check: TensorRT-RTX {tensorrt_rtx.version} (tensorrt_rtx), building for SM89,SM120"
-    assert len([line for line in out if ": built for SM89,SM120 (" in line]) == 4
-    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 4 graphs: 4 built"
+    assert len([line for line in out if ": built for SM89,SM120 (" in line]) == 5
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
 
 
 def test_check_result_statuses_are_what_the_lines_say(default_build, tensorrt_rtx):
