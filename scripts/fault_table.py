@@ -106,6 +106,13 @@ def fault_env(action: str, stage: str) -> dict[str, str]:
     return {"FFEXPORT_FAULT": f"{action}@{stage}"}
 
 
+def fired(code: int, action: str, fault: str) -> None:
+    """A row whose fault did not happen would be a false claim: stop instead."""
+    expected = 130 if action == "sigint" else -9
+    if code != expected:
+        raise SystemExit(f"{fault}: the build exited {code}, not {expected}: the fault did not fire")
+
+
 class Table:
     """Rows made so far, kept in ``work/rows.jsonl`` (one JSON object a line) so a run can resume."""
 
@@ -189,6 +196,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("add")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--bucket", OTHER, "--out", str(out)],
                               env=fault_env("sigint", f"{OTHER}: {stage}" if stage not in COMMITS else stage))
+        fired(code, "sigint", fault)
         left = state(out, work)
         nb = next_build(out, work, [BUCKET]) if stage == "parity" else ""
         table.add(Row(group, fault, seen(code, line, work), left, nb))
@@ -201,6 +209,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("over")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out), "--overwrite"],
                               env=fault_env("sigint", stage))
+        fired(code, "sigint", fault)
         table.add(Row(group, fault, seen(code, line, work), state(out, work)))
 
     group = "SIGKILL"
@@ -209,6 +218,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("kill-add")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--bucket", OTHER, "--out", str(out)],
                               env=fault_env("sigkill", f"{OTHER}: parity"))
+        fired(code, "sigkill", fault)
         left = state(out, work)
         table.add(Row(group, fault, seen(code, line, work), left, next_build(out, work, [BUCKET])))
     fault = "SIGKILL during --overwrite (at parity)"
@@ -216,6 +226,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("kill-over")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out), "--overwrite"],
                               env=fault_env("sigkill", "parity"))
+        fired(code, "sigkill", fault)
         left = state(out, work)
         table.add(Row(group, fault, seen(code, line, work), left, next_build(out, work, [BUCKET])))
 
@@ -227,6 +238,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = work / f"fresh{i}"
         shutil.rmtree(out, ignore_errors=True)
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out)], env=fault_env("sigint", stage))
+        fired(code, "sigint", fault)
         table.add(Row(group, fault, seen(code, line, work), state(out, work)))
         shutil.rmtree(out, ignore_errors=True)
 
