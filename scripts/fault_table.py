@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -267,10 +268,9 @@ def _write_case(path: Path) -> None:
 
 
 def markdown(rows: list[Row], seconds: float) -> str:
-    load = os.getloadavg()
     out = [MARKER, "",
            f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `python scripts/fault_table.py` "
-           f"(this run {seconds / 60:.0f} min, load average {load[0]:.0f} on 2 cores); tiny model, bucket {BUCKET}, added bucket {OTHER}. "
+           f"(rows of a --work folder may come from several resumed runs); tiny model, bucket {BUCKET}, added bucket {OTHER}. "
            "`…` is the scratch folder. \"What is left\" is what `ffexport run` finds there (`load_manifest(verify=True)`).",
            "", "| group | fault | what the user sees | what is left on disk | the next build |", "|---|---|---|---|---|"]
     for r in rows:
@@ -279,7 +279,7 @@ def markdown(rows: list[Row], seconds: float) -> str:
         if left.startswith("refused: `") and end > 20 and left[len("refused: `"):end] in r.sees:
             left = "the damaged build, as it was (refused with the same line)" + left[end + 1:]
         # error lines quote commands in backticks: show them as plain text, quoted
-        plain = [x.replace("`error:", "“error:").replace("`input:", "“input:").replace("``", "`”").replace("`", "")
+        plain = [re.sub(r"`((?:error|input): .*?)`(?=;|$)", lambda m: "“" + m.group(1) + "”", x).replace("`", "")
                  for x in (r.sees, left, r.next_build or "–")]
         cells = [r.group, r.fault, *plain]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
