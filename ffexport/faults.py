@@ -33,6 +33,8 @@ def fault_point(stage: str) -> None:
         return
     os.environ.pop(FAULT_ENV)
     if action == "sigint":
+        # as Ctrl-C reaches a build started from a terminal (a background job starts with SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # KeyboardInterrupt is raised here
     elif action == "sigkill":

@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,13 @@ def fault_env(action: str, stage: str) -> dict[str, str]:
     return {"FFEXPORT_FAULT": f"{action}@{stage}"}
 
 
+def fired(code: int, action: str, fault: str) -> None:
+    """A row whose fault did not happen would be a false claim: stop instead."""
+    expected = 130 if action == "sigint" else -9
+    if code != expected:
+        raise SystemExit(f"{fault}: the build exited {code}, not {expected}: the fault did not fire")
+
+
 class Table:
     """Rows made so far, kept in ``work/rows.jsonl`` (one JSON object a line) so a run can resume."""
 
@@ -189,6 +197,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("add")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--bucket", OTHER, "--out", str(out)],
                               env=fault_env("sigint", f"{OTHER}: {stage}" if stage not in COMMITS else stage))
+        fired(code, "sigint", fault)
         left = state(out, work)
         nb = next_build(out, work, [BUCKET]) if stage == "parity" else ""
         table.add(Row(group, fault, seen(code, line, work), left, nb))
@@ -201,6 +210,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("over")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out), "--overwrite"],
                               env=fault_env("sigint", stage))
+        fired(code, "sigint", fault)
         table.add(Row(group, fault, seen(code, line, work), state(out, work)))
 
     group = "SIGKILL"
@@ -209,6 +219,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("kill-add")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--bucket", OTHER, "--out", str(out)],
                               env=fault_env("sigkill", f"{OTHER}: parity"))
+        fired(code, "sigkill", fault)
         left = state(out, work)
         table.add(Row(group, fault, seen(code, line, work), left, next_build(out, work, [BUCKET])))
     fault = "SIGKILL during --overwrite (at parity)"
@@ -216,6 +227,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = copy("kill-over")
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out), "--overwrite"],
                               env=fault_env("sigkill", "parity"))
+        fired(code, "sigkill", fault)
         left = state(out, work)
         table.add(Row(group, fault, seen(code, line, work), left, next_build(out, work, [BUCKET])))
 
@@ -227,6 +239,7 @@ def run(groups: str | None, work: Path, table: Table) -> None:
         out = work / f"fresh{i}"
         shutil.rmtree(out, ignore_errors=True)
         code, line = ffexport([*BUILD, "--bucket", BUCKET, "--out", str(out)], env=fault_env("sigint", stage))
+        fired(code, "sigint", fault)
         table.add(Row(group, fault, seen(code, line, work), state(out, work)))
         shutil.rmtree(out, ignore_errors=True)
 
@@ -255,10 +268,9 @@ def _write_case(path: Path) -> None:
 
 
 def markdown(rows: list[Row], seconds: float) -> str:
-    load = os.getloadavg()
     out = [MARKER, "",
            f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `python scripts/fault_table.py` "
-           f"(this run {seconds / 60:.0f} min, load average {load[0]:.0f} on 2 cores); tiny model, bucket {BUCKET}, added bucket {OTHER}. "
+           f"(rows of a --work folder may come from several resumed runs); tiny model, bucket {BUCKET}, added bucket {OTHER}. "
            "`…` is the scratch folder. \"What is left\" is what `ffexport run` finds there (`load_manifest(verify=True)`).",
            "", "| group | fault | what the user sees | what is left on disk | the next build |", "|---|---|---|---|---|"]
     for r in rows:
@@ -267,7 +279,7 @@ def markdown(rows: list[Row], seconds: float) -> str:
         if left.startswith("refused: `") and end > 20 and left[len("refused: `"):end] in r.sees:
             left = "the damaged build, as it was (refused with the same line)" + left[end + 1:]
         # error lines quote commands in backticks: show them as plain text, quoted
-        plain = [x.replace("`error:", "“error:").replace("`input:", "“input:").replace("``", "`”").replace("`", "")
+        plain = [re.sub(r"`((?:error|input): .*?)`(?=;|$)", lambda m: "“" + m.group(1) + "”", x).replace("`", "")
                  for x in (r.sees, left, r.next_build or "–")]
         cells = [r.group, r.fault, *plain]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
