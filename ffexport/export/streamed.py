@@ -448,7 +448,7 @@ class StreamedBuild:
                     "(ffexport/export/streamed.py)",
         }
         weights = WeightFile(self.out)
-        capture = CaptureOnnx(structure_only=True, constants=self._constant, attention=build.capture.attention)
+        capture = CaptureOnnx(structure_only=True, constants=self._constant, attention=self.build.capture.attention)
         try:
             with Steps(len(self.build.buckets) * 2 + 2, "streamed build", quiet=self.config.quiet) as steps:
                 t0 = time.perf_counter()

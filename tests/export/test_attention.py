@@ -237,3 +237,20 @@ def test_lint_reads_onnxruntime_attention_as_the_onnx_op(fused_ort, target):
     attention = [n for n in copy.graph.node if n.op_type == "Attention"]
     assert len(attention) == 4 and all(n.domain == "" for n in attention)
     assert {a.name for a in attention[0].attribute} == {"is_causal", "q_num_heads", "kv_num_heads", "scale"}
+
+
+@pytest.mark.slow
+def test_the_manifest_records_the_attention_and_a_rebuild_keeps_it(tmp_path, capsys, error_line):
+    import json
+
+    from ffexport.cli import main
+
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["attention"]["mode"] == "fused" and manifest["tools"]["opset"] == 23
+    assert manifest["attention"]["prefill_op"] == "com.microsoft.GroupQueryAttention"
+    assert manifest["buckets"][0]["usable"]
+    capsys.readouterr()
+    assert main(["-q", "build", "--bucket", BUCKET, "--attention", "explicit", "--out", str(out)]) == InputError.exit_code
+    assert "holds a build with --attention fused" in error_line()
