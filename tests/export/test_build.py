@@ -210,12 +210,21 @@ def test_build_refuses_another_configuration_in_the_same_directory(build_dir, ca
 
 @pytest.mark.parametrize(
     "bucket, message",
-    [("8x112", "is not FRAMESxHEIGHTxWIDTH"), ("0x112x112", "must be positive"), ("8x28x9000", "cannot take this size")],
+    [("8x112", "expected FRAMESxHEIGHTxWIDTH"), ("0x112x112", "must be positive")],
 )
-def test_buckets_the_model_cannot_take(tmp_path, capsys, bucket, message, error_line):
+def test_malformed_buckets_are_usage_errors(tmp_path, capsys, bucket, message):
+    """Checked by argparse, before any model loads: a usage error (exit 2) naming the bucket."""
     out = tmp_path / "b"
-    assert main(["-q", "build", "--bucket", bucket, "--out", str(out)]) == InputError.exit_code
-    assert message in error_line()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-q", "build", "--bucket", bucket, "--out", str(out)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_bucket_the_model_cannot_take(tmp_path, capsys, error_line):
+    out = tmp_path / "b"
+    assert main(["-q", "build", "--bucket", "8x28x9000", "--out", str(out)]) == InputError.exit_code
+    assert "cannot take this size" in error_line()
     assert not out.exists()
 
 

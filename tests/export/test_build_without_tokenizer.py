@@ -28,13 +28,13 @@ def no_tokenizer(tiny):
 
 @pytest.fixture
 def without_tokenizer(monkeypatch, no_tokenizer):
-    monkeypatch.setattr(cli, "_load", lambda args: no_tokenizer)
+    monkeypatch.setattr(cli, "load_model", lambda args: no_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory, no_tokenizer):
     mp = pytest.MonkeyPatch()
-    mp.setattr(cli, "_load", lambda args: no_tokenizer)
+    mp.setattr(cli, "load_model", lambda args: no_tokenizer)
     try:
         out = tmp_path_factory.mktemp("notok") / "b"
         assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out), "--max-text", "64"]) == 0

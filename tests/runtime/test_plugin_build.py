@@ -57,7 +57,7 @@ def test_parity_gate_ran_the_plugin_graph_on_every_video(plugin_build_dir, real_
 
 def test_plugin_build_lints_clean(plugin_build_dir, capsys):
     assert main(["lint", str(plugin_build_dir)]) == 0
-    assert "0 findings in 0 of 4 graphs" in capsys.readouterr().out
+    assert "0 findings in 0 of 5 graphs" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("video", "prompt", "tokens"), CASES, ids=lambda x: str(x)[:24])
