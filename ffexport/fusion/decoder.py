@@ -152,7 +152,7 @@ class ReducedDecoder(nn.Module):
         return self.lm_head(self.norm(hidden[:, -1, :]))
 
     @staticmethod
-    def _apply(
+    def _apply_reduction(
         reduction: Reduction,
         span: VisualSpan,
         hidden: torch.Tensor,
@@ -211,9 +211,9 @@ class ReducedDecoder(nn.Module):
         if reduction is None:
             return hidden, cos, sin, span
         if span.extra is None:
-            return self._apply(reduction, span, hidden, cos, sin)
+            return self._apply_reduction(reduction, span, hidden, cos, sin)
         extra = reduce_extra(span, reduction.kept, reduction.values is not None)
-        hidden, cos, sin, reduced = self._apply(reduction, span, hidden, cos, sin)
+        hidden, cos, sin, reduced = self._apply_reduction(reduction, span, hidden, cos, sin)
         return hidden, cos, sin, replace(reduced, extra=extra)
 
     @staticmethod
