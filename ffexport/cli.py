@@ -397,6 +397,10 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+#: exit code of an operating-system error (disk full, permission denied) that no stage turned into its own
+OS_ERROR_EXIT = 10
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
@@ -416,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; nothing half-written is left looking valid", file=sys.stderr)
+        return OS_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -195,3 +195,20 @@ def test_build_says_how_to_fit_the_budget(tmp_path, capsys, error_line):
     assert "the cost is too small" in line
     assert re.search(r"--cost 0\.\d\d or more ends merging in time", line)
     assert re.search(r"--ratio-lower-bound above 0\.\d{3} stops merging", line)
+
+
+def test_an_operating_system_error_is_one_line(tmp_path, monkeypatch, capsys):
+    """A full disk mid-write (injected) ends with one line and exit 10, not a traceback."""
+    import errno
+
+    import ffexport.video as video
+
+    out = tmp_path / "clip.mp4"
+
+    def disk_full(clip, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(video, "write_video", disk_full)
+    assert main(["video", "--out", str(out)]) == 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: No space left on device") and str(out) in err[0]
