@@ -53,7 +53,7 @@ def _ours(e: ModuleNotFoundError) -> bool:
 
 def _not_installed(command: str | None, e: ModuleNotFoundError) -> InputError:
     return InputError(f"ffexport {command} needs {e.name}, which is not installed here (a runtime-only install "
-                      "runs `ffexport run`; pip install ffexport for the rest)")
+                      "runs `ffexport run`; pip install 'ffexport[export]' for the rest)")
 
 
 def _command_of(argv: Sequence[str]) -> str | None:

@@ -110,7 +110,7 @@ def test_help_lists_what_is_missing_and_other_commands_say_so():
         assert report["code"] == 2 and report["loaded"] == [], done.stderr[-2000:]
         assert done.stderr.strip().splitlines()[-1] == (
             f"error: input: ffexport {argv[0] if argv[0] != '-q' else argv[1]} needs {missing}, which is not installed "
-            "here (a runtime-only install runs `ffexport run`; pip install ffexport for the rest)")
+            "here (a runtime-only install runs `ffexport run`; pip install 'ffexport[export]' for the rest)")
 
 
 @pytest.mark.parametrize("module", ["torch", "onnx"])
