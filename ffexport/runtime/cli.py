@@ -71,6 +71,7 @@ def run_command(args: argparse.Namespace) -> int:
     runtime = Runtime(args.build, providers=args.providers, verify=args.verify, backend=args.backend,
                       plugins=args.plugins)
     if args.video is not None:
+        runtime.tokenizer  # a build without a tokenizer refuses a prompt before the video is read
         from ffexport.runtime.fit import answer_video
 
         result = answer_video(runtime, args.video, args.prompt if args.prompt is not None else DEFAULT_PROMPT,
@@ -85,6 +86,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_npz(result.arrays(), args.out, overwrite=args.overwrite)
         log.info("wrote %s", args.out)
-    log.info("generated ids: %s", result.generated_ids[0].tolist())
-    print(f"answer: {result.text}")
+    ids = result.generated_ids[0].tolist()
+    if runtime.manifest.tokenizer_file is None:  # nothing to decode the ids with: print the ids themselves
+        print("generated ids: " + " ".join(map(str, ids)))
+    else:
+        log.info("generated ids: %s", ids)
+        print(f"answer: {result.text}")
     return 0
