@@ -102,6 +102,18 @@ def _locked_by_someone(lock_path: Path) -> bool:
         os.close(fd)
 
 
+def refuse_if_busy(directory: Path) -> None:
+    """One line (:class:`InputError`, exit 2) when another build holds ``directory``'s lock, naming its pid.
+
+    The build takes the lock itself later (:class:`BuildDirectory`); this check lets ``ffexport build``
+    refuse before it spends minutes loading a model it could not write anyway."""
+    lock_path = Path(directory) / LOCK_FILE
+    if _locked_by_someone(lock_path):
+        holder = lock_path.read_text(errors="replace").strip() or "unknown"
+        raise InputError(f"--out {directory} is being written by another ffexport build (pid {holder}); "
+                         "wait for it to finish or choose another --out")
+
+
 # ====================================================================== the directory a build writes
 def holds_build(directory: Path) -> bool:
     return any((directory / name).exists() for name in BUILD_MARKERS)

@@ -49,7 +49,16 @@ def _siblings(out):
     return [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-def test_a_second_build_into_a_locked_directory_is_refused_naming_the_holder(build, capsys, error_line):
+def test_a_second_build_into_a_locked_directory_is_refused_naming_the_holder(build, capsys, error_line,
+                                                                            monkeypatch):
+    import ffexport.cli as cli
+    import ffexport.export.streamed as streamed
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although another build holds --out")
+
+    monkeypatch.setattr(cli, "load_model", no_load)  # refused before loading anything
+    monkeypatch.setattr(streamed, "streamed_model", no_load)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl, os, sys, time\n"
