@@ -131,3 +131,14 @@ def test_a_finished_onnx_build_is_not_finished_for_engines(good, tiny, tensorrt_
     engines = Build(tiny, BuildConfig(buckets=(BUCKET,), out=good, max_text=128, backend="tensorrt-rtx",
                                       compute_capabilities=("SM89",)))
     assert not engines._finished(manifest, engines.buckets[0])
+
+
+def test_a_graph_only_build_into_a_build_with_weights_is_refused(build, error_line):
+    """Graph-only graphs take the weights as inputs: written into a build with weights they would
+    mix two kinds of graph under one manifest. The model facts differ, so the build is refused."""
+    before = {p.name: p.read_bytes() for p in build.iterdir() if p.is_file()}
+    code = main(["-q", "build", "--graph-only", "--bucket", OTHER, "--out", str(build), *ARGS])
+    line = error_line()
+    assert code == InputError.exit_code
+    assert "--overwrite" in line and str(build) in line
+    assert {p.name: p.read_bytes() for p in build.iterdir() if p.is_file()} == before
