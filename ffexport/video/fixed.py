@@ -7,12 +7,12 @@ these families prepare it:
   ``int(S * long / short)``), then center-crop ``S x S`` (top/left offsets ``(size - S) // 2``);
 * ``"square"`` (LLaVA-OneVision, InternVL): resize straight to ``S x S`` (aspect ratio not kept).
 
-Resizing is Pillow's filter on uint8 pixels, then rescale by 1/255 (float64 -> float32) and
-``(x - mean) / std`` in float32, as transformers' Pillow backend does; the result is
-``pixel_values_videos`` ``[1, T, 3, S, S]``. transformers' own video processors need torchvision
-(not installed on these machines); they resize with torchvision's antialiased bicubic on tensors,
-which can differ from Pillow's by a few 1e-3 per pixel. The tests compare with the Pillow image
-processor of the same settings, the only transformers reference that runs here.
+Resizing is the antialiased filter torchvision applies to uint8 frames in transformers' video
+processors (:mod:`ffexport.video.resize`, bit-identical to it; Pillow's differs by a grey level
+here and there), then rescale by 1/255 (float64 -> float32) and ``(x - mean) / std`` in float32;
+the result is ``pixel_values_videos`` ``[1, T, 3, S, S]``. The tests compare with fixtures of the
+real video processors (``tests/video/test_transformers_processors.py``; they need torchvision, not
+installed here) and with the Pillow image processors for the normalisation.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-
 from ffexport.video.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_video
+from ffexport.video.resize import FILTERS, resize_frames
 
 #: SigLIP / InternViT normalisation
 HALF_MEAN_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -30,7 +29,6 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 RESIZE_MODES = ("shortest_edge_crop", "square")
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 def shortest_edge_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -53,8 +51,8 @@ class FixedFramePreprocess:
     def __post_init__(self) -> None:
         if self.mode not in RESIZE_MODES:
             raise ValueError(f"mode must be one of {RESIZE_MODES}, got {self.mode!r}")
-        if self.resample not in _FILTERS:
-            raise ValueError(f"resample must be one of {sorted(_FILTERS)}, got {self.resample!r}")
+        if self.resample not in FILTERS:
+            raise ValueError(f"resample must be one of {sorted(FILTERS)}, got {self.resample!r}")
         if self.size < 1:
             raise ValueError(f"size must be positive, got {self.size}")
 
@@ -65,10 +63,7 @@ class FixedFramePreprocess:
             target = (self.size, self.size)
         else:
             target = shortest_edge_size(height, width, self.size)
-        image = Image.fromarray(np.ascontiguousarray(frame))
-        if image.size != (target[1], target[0]):
-            image = image.resize((target[1], target[0]), resample=_FILTERS[self.resample])
-        pixels = np.asarray(image)
+        pixels = resize_frames(np.ascontiguousarray(frame), target, self.resample)
         if self.mode == "shortest_edge_crop":
             top, left = (target[0] - self.size) // 2, (target[1] - self.size) // 2
             pixels = pixels[top: top + self.size, left: left + self.size]

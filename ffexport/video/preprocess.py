@@ -1,12 +1,14 @@
-"""Qwen2-VL video preprocessing in numpy + Pillow (no torch, no torchvision).
+"""Qwen2-VL video preprocessing in numpy (no torch, no torchvision).
 
-This reproduces what transformers' Qwen2-VL processors feed the vision tower:
+This reproduces what transformers' Qwen2-VL video processor (``Qwen2VLVideoProcessor``) feeds the
+vision tower:
 
 1. resize every frame to a size whose sides are multiples of ``patch_size * merge_size``
-   (``smart_resize``: keep the aspect ratio, stay within ``[min_pixels, max_pixels]``), with
-   Pillow's bicubic filter on uint8 pixels, as ``Qwen2VLImageProcessorPil`` does;
+   (``smart_resize``: keep the aspect ratio, stay within ``[min_pixels, max_pixels]``), with the
+   antialiased bicubic filter on uint8 pixels that torchvision applies
+   (:mod:`ffexport.video.resize`, bit-identical to it; Pillow's differs by a grey level here and there);
 2. rescale by 1/255 (in float64, then cast to float32) and normalize with the OpenAI CLIP mean/std
-   (in float32), again as the Pillow processor does;
+   (in float32) (transformers fuses the two in float32: the same values within 3e-7);
 3. pad the frame count to a multiple of ``temporal_patch_size`` by repeating the last frame;
 4. cut into ``temporal_patch_size x patch_size x patch_size`` patches and flatten them in the
    order transformers uses: tokens ordered by (t, block row, block col, row in block, col in
@@ -25,7 +27,7 @@ import logging
 import math
 
 import numpy as np
-from PIL import Image
+from ffexport.video.resize import resize_frames
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def preprocess_video(
     _check_patch_args(patch_size, temporal_patch_size, merge_size)
     factor = patch_size * merge_size
     target = _target_size(frames.shape[1], frames.shape[2], factor, min_pixels, max_pixels, size)
-    normalized = np.stack([_normalize(_resize(frame, target), image_mean, image_std) for frame in frames])
+    normalized = np.stack([_normalize(frame, image_mean, image_std) for frame in resize_frames(frames, target)])
     normalized = _pad_frames(normalized, temporal_patch_size)
     pixel_values, grid_thw = _patchify(normalized, patch_size, temporal_patch_size, merge_size)
     logger.debug(
@@ -205,15 +207,6 @@ def _target_size(
         min_pixels=VIDEO_MIN_PIXELS if min_pixels is None else min_pixels,
         max_pixels=VIDEO_MAX_PIXELS if max_pixels is None else max_pixels,
     )
-
-
-def _resize(frame: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """Bicubic-resize one uint8 ``[H, W, 3]`` frame with Pillow (uint8 out, like the Pil processor)."""
-    height, width = target
-    image = Image.fromarray(frame)
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
-    return np.asarray(image)
 
 
 def _normalize(

