@@ -95,7 +95,8 @@ def _add_case_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(case)
     case.add_argument("--video", default="synthetic:moving_object",
-                      help="synthetic:KIND (moving_object, pan, scene_cut, static, noise) "
+                      help="a video file (mp4, webm, ...: --frames frames sampled uniformly over it, at its own "
+                           "size) or synthetic:KIND (moving_object, pan, scene_cut, static, noise) "
                            "(default: synthetic:moving_object)")
     case.add_argument("--frames", type=non_negative_int, default=8, help="input frames (default 8)")
     case.add_argument("--size", type=pixel_size, default=(112, 112), metavar="HxW",
@@ -204,15 +205,19 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], object] | str] = {
 
 
 # ---------------------------------------------------------------- commands
-def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: int, prompt: str):
+def _clip(video: str, *, frames: int, size: tuple[int, int], seed: int):
+    """uint8 frames [T, H, W, 3] from ``synthetic:KIND`` or a video file (read before any model is loaded)."""
     from ffexport.video import synthetic_video
 
     if not video.startswith("synthetic:"):
-        raise InputError(f"--video {video!r}: only synthetic:KIND videos are supported by this command so far")
+        return _read_clip(video, frames)
     try:
-        clip = synthetic_video(video.split(":", 1)[1], frames=frames, height=size[0], width=size[1], seed=seed)
+        return synthetic_video(video.split(":", 1)[1], frames=frames, height=size[0], width=size[1], seed=seed)
     except ValueError as e:
         raise InputError(f"--video {video!r}: {e}") from e
+
+
+def _make_case(loaded, clip, prompt: str):
     from ffexport.export.policy import video_case
 
     if loaded.tokenizer is None:
@@ -220,10 +225,22 @@ def _make_case(loaded, *, video: str, frames: int, size: tuple[int, int], seed: 
     return video_case(loaded, clip, prompt)
 
 
+def _read_clip(path: str, frames: int):
+    """``frames`` frames spread uniformly over a video file (repeated, with a note, when it has fewer)."""
+    from ffexport.runtime.video import probe_video, read_video
+
+    if frames < 1:
+        raise InputError(f"--frames {frames}: a case needs at least one frame")
+    info = probe_video(path)  # a missing or unreadable file: one line, before decoding
+    if info.frames < frames:
+        log.warning("%s has %d frames; the case needs %d: frames repeated", path, info.frames, frames)
+    return read_video(path, wanted=frames)
+
+
 def _cmd_case(args) -> int:
+    clip = _clip(args.video, frames=args.frames, size=args.size, seed=args.seed)
     loaded = load_model(args)
-    case = _make_case(loaded, video=args.video, frames=args.frames, size=args.size, seed=args.seed,
-                      prompt=args.prompt)
+    case = _make_case(loaded, clip, args.prompt)
     if (args.format or ("npy" if args.out.endswith("/") else "npz")) == "npy":
         from ffexport.casedir import save_case_dir
 
@@ -253,8 +270,7 @@ def _cmd_reference(args) -> int:
     case = load_case(args.inputs) if args.inputs else None
     loaded = load_model(args)
     if case is None:
-        case = _make_case(loaded, video="synthetic:moving_object", frames=8, size=(112, 112), seed=0,
-                          prompt=DEFAULT_PROMPT)
+        case = _make_case(loaded, _clip("synthetic:moving_object", frames=8, size=(112, 112), seed=0), DEFAULT_PROMPT)
     eos = loaded.tokenizer.eos_token_id if loaded.tokenizer is not None else None
     if eos is None:
         eos = loaded.config.text_config.eos_token_id

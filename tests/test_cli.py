@@ -212,3 +212,40 @@ def test_an_operating_system_error_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["video", "--out", str(out)]) == 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: No space left on device") and str(out) in err[0]
+
+
+def test_case_from_a_real_clip(tmp_path, real_clips):
+    """``case --video FILE``: --frames frames sampled uniformly over the file at its own size, then the
+    model's preprocessing (issue 13: cases from real clips, not only synthetic videos)."""
+    from ffexport.runtime.video import read_video
+    from ffexport.video import preprocess_video
+
+    out = tmp_path / "bikes.npz"
+    assert main(["-q", "case", "--video", str(real_clips["bikes.mp4"]), "--frames", "4", "--out", str(out)]) == 0
+    case = np.load(out)
+    from ffexport.models import LoadModel
+
+    low, high = LoadModel("qwen2vl-tiny")().video_pixels
+    pixels, grid = preprocess_video(read_video(real_clips["bikes.mp4"], wanted=4), min_pixels=low, max_pixels=high)
+    np.testing.assert_array_equal(case["video_grid_thw"], grid)
+    np.testing.assert_array_equal(case["pixel_values_videos"], pixels)
+    visual = int(np.prod(grid)) // 4
+    assert (case["input_ids"] == tiny_special_token_ids()["video_token_id"]).sum() == visual
+
+
+def test_case_from_a_short_or_missing_file(tmp_path, capsys, error_line, monkeypatch):
+    import ffexport.cli as cli
+    from ffexport.video import synthetic_video, write_video
+
+    short = tmp_path / "short.mp4"
+    write_video(synthetic_video("pan", frames=3, height=64, width=64), short)
+    assert main(["case", "--video", str(short), "--frames", "8", "--out", str(tmp_path / "s.npz")]) == 0
+    assert "has 3 frames; the case needs 8: frames repeated" in capsys.readouterr().err
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the video was checked")
+
+    monkeypatch.setattr(cli, "load_model", no_load)
+    code = main(["-q", "case", "--video", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "n.npz")])
+    assert code == InputError.exit_code
+    assert "none.mp4" in error_line() and not (tmp_path / "n.npz").exists()
