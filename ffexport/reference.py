@@ -52,6 +52,8 @@ class PreparedInputs:
     rope_delta: int
     #: the video as frame blocks with text between them (None: one contiguous block)
     layout: FrameLayout | None = None
+    #: Qwen3-VL's DeepStack levels [k, N, D], added to the visual tokens after layers 0..k-1 (None: none)
+    deepstack: torch.Tensor | None = None
 
 
 class Reference:
@@ -81,7 +83,7 @@ class Reference:
     def prepare(self, case: Case) -> PreparedInputs:
         """Check the case against the model, run the vision encoder, place features, build positions."""
         model, adapter, config = self.loaded.model, self.loaded.adapter, self.loaded.config
-        if hasattr(adapter, "prepare_inputs"):  # fixed-size-tower families (ffexport/models/llava_style.py)
+        if hasattr(adapter, "prepare_inputs"):  # fixed-size towers (models/llava_style.py), Qwen3-VL's blocks
             return PreparedInputs(**adapter.prepare_inputs(model, case))
         vision = config.vision_config
         patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
@@ -138,7 +140,7 @@ class Reference:
         with torch.no_grad():
             result = self.decoder.prefill(
                 inputs.inputs_embeds, inputs.position_ids, inputs.video_start,
-                inputs.visual_tokens, inputs.patches_per_frame, acting, inputs.layout,
+                inputs.visual_tokens, inputs.patches_per_frame, acting, inputs.layout, inputs.deepstack,
             )
             generated = self._generate(result, case.input_ids.shape[1] + inputs.rope_delta)
         schedule, realized = self.schedule, []

@@ -18,9 +18,12 @@ What differs from Qwen2-VL, and how ffexport takes it:
   the levels with their tokens, so after a merge a token's level is the mean over its merge
   group and after a prune the survivors keep theirs: the same indices as the hidden states.
 
-Preprocessing (patch 16, mean/std 0.5, a frame budget over the whole video) is not reproduced in
-numpy yet, so the CLI refuses every stage for this family (docs/families.md); the adapter is
-exercised from Python (tests/models/test_qwen_families.py).
+Preprocessing is numpy (:func:`ffexport.video.preprocess.video_smart_resize`, patch 16, mean/std 0.5,
+the video processor's class defaults: a pixel budget over the whole clip), equal to transformers'
+``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
+what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
+temporal group). ``ffexport case`` and ``ffexport reference`` work for this family (with DeepStack);
+the build and the later stages refuse with one line (docs/families.md).
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ class Qwen3VLAdapter:
     family: str = "qwen3_vl"
     model_class: type = Qwen3VLForConditionalGeneration
     logits_atol_fp32: float = 1e-5
-    #: no CLI stage yet (no numpy preprocessing, no build path): every command refuses with one line
-    stages: frozenset = frozenset()
+    #: the CLI stages done for this family; the others refuse with one line (the build has no DeepStack input yet)
+    stages: frozenset = frozenset({"case", "reference"})
+    missing = {"build": "the build does not export Qwen3-VL's vision tower, DeepStack levels and frame blocks yet "
+                        "(the static prefill graph takes them from Python: tests/models/test_qwen_families.py)"}
 
     @staticmethod
     def num_layers(config: Qwen3VLConfig) -> int:
@@ -103,6 +108,79 @@ class Qwen3VLAdapter:
         features = torch.cat(list(out.pooler_output), dim=0)
         deepstack = torch.stack([torch.cat(list(level), dim=0) for level in out.deepstack_features])
         return features, deepstack
+
+
+    # ------------------------------------------------------------------ case and reference
+    def case_from_video(self, config: Qwen3VLConfig, frames: np.ndarray, prompt: str, *, tokenizer):
+        """A case (``input_ids``, ``pixel_values_videos``, ``video_grid_thw``) from uint8 frames [T, H, W, 3],
+        as ``Qwen3VLProcessor`` makes it from the same frames (no metadata: fps 24, frame i at i / 24 s)."""
+        from ffexport.case import Case
+        from ffexport.video.fixed import HALF_MEAN_STD
+        from ffexport.video.preprocess import preprocess_video, video_smart_resize
+
+        vision = config.vision_config
+        merge, temporal = vision.spatial_merge_size, vision.temporal_patch_size
+        size = video_smart_resize(len(frames), frames.shape[1], frames.shape[2], temporal_factor=temporal,
+                                  factor=vision.patch_size * merge, min_pixels=PROCESSOR_MIN_PIXELS,
+                                  max_pixels=PROCESSOR_MAX_PIXELS)
+        pixels, grid = preprocess_video(frames, patch_size=vision.patch_size, temporal_patch_size=temporal,
+                                        merge_size=merge, size=size, image_mean=HALF_MEAN_STD, image_std=HALF_MEAN_STD)
+        grid_thw = tuple(int(x) for x in grid[0])
+        stamps = group_timestamps(np.arange(len(frames)), PROCESSOR_DEFAULT_FPS, temporal)
+        ids = video_prompt_ids(tokenizer, grid_thw=grid_thw, merge_size=merge, timestamps=stamps, prompt=prompt)
+        return Case(ids, pixels, grid.reshape(1, 3).astype(np.int64))
+
+    def prepare_inputs(self, model: Qwen3VLForConditionalGeneration, case) -> dict:
+        """Decoder inputs for a case: embeddings with the features in every block, positions, the region's
+        start and layout, and the DeepStack levels [k, N, D] (added after layers 0..k-1)."""
+        from ffexport.errors import InputError
+
+        config = model.config
+        grid = case.grid
+        merge = self.spatial_merge_size(config)
+        vision = config.vision_config
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        if min(grid) <= 0 or grid[1] % merge or grid[2] % merge:
+            raise InputError(f"video_grid_thw {grid} is not a valid grid for {merge}x{merge} patch merging")
+        if case.pixel_values_videos.shape != (grid[0] * grid[1] * grid[2], patch_dim):
+            raise InputError(f"pixel_values_videos has shape {list(case.pixel_values_videos.shape)}; video_grid_thw "
+                             f"{grid} and the model need [{grid[0] * grid[1] * grid[2]}, {patch_dim}]")
+        vocab = config.text_config.vocab_size
+        if int(case.input_ids.max()) >= vocab or int(case.input_ids.min()) < 0:
+            raise InputError(f"input_ids hold token ids outside the model's vocabulary [0, {vocab})")
+        try:
+            start, layout = self.layout(config, case.input_ids, grid)
+            positions, delta = self.position_ids(config, case.input_ids, case.video_grid_thw)
+        except ValueError as e:  # blocks that do not match the grid
+            raise InputError(f"the case's video tokens do not match video_grid_thw {grid}: {e}") from e
+        if any(b.length != layout.patches_per_frame for b in layout.blocks):
+            raise InputError(f"every video block must hold {layout.patches_per_frame} tokens for grid {grid}; "
+                             f"the prompt's blocks hold {[b.length for b in layout.blocks]}")
+        dtype = next(model.parameters()).dtype
+        with torch.no_grad():
+            features, deepstack = self.video_features(model, torch.from_numpy(case.pixel_values_videos).to(dtype),
+                                                      torch.from_numpy(case.video_grid_thw))
+            embeds = self.embed_tokens(model, torch.from_numpy(case.input_ids)).clone()
+            embeds[0, torch.from_numpy(case.input_ids[0] == self.video_token_id(config))] = features.to(embeds.dtype)
+        return dict(inputs_embeds=embeds, position_ids=torch.from_numpy(positions),
+                    video_start=torch.tensor(start, dtype=torch.int64), visual_tokens=layout.visual_tokens,
+                    patches_per_frame=layout.patches_per_frame, rope_delta=delta, layout=layout,
+                    deepstack=deepstack.to(embeds.dtype))
+
+
+#: ``Qwen3VLVideoProcessor``'s class defaults: the pixel budget of the whole clip, and the fps
+#: ``Qwen3VLProcessor`` assumes for frames given without metadata
+PROCESSOR_MIN_PIXELS = 128 * 32 * 32
+PROCESSOR_MAX_PIXELS = 768 * 32 * 32
+PROCESSOR_DEFAULT_FPS = 24.0
+
+
+def group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size: int) -> list[float]:
+    """Seconds of each temporal group as ``Qwen3VLProcessor`` computes them: the indices padded with the
+    last to a multiple of the group size, each group the mean of its first and last frame's time."""
+    times = [int(i) / fps for i in indices]
+    times += [times[-1]] * (-len(times) % temporal_patch_size)
+    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
 
 
 def video_prompt_ids(tokenizer, *, grid_thw: tuple[int, int, int], merge_size: int, timestamps: list[float],
