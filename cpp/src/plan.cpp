@@ -227,6 +227,11 @@ std::vector<int64_t> StaticDecodePlan::cache_lengths(int64_t step) const {
   return out;
 }
 
+Copy2D prefill_cache_copy(int64_t kv_heads, int64_t length, int64_t capacity, size_t row_bytes) {
+  return {static_cast<size_t>(capacity) * row_bytes, static_cast<size_t>(length) * row_bytes,
+          static_cast<size_t>(length) * row_bytes, static_cast<size_t>(kv_heads)};
+}
+
 StaticDecodePlan plan_static_decode(const ModelFacts& model, const Bucket& bucket,
                                     const std::vector<int64_t>& prefill_lengths, int64_t max_new_tokens,
                                     StaticDecodeMode mode) {

@@ -371,11 +371,10 @@ std::vector<int64_t> Runtime::Impl::decode_static(BucketEngines& engines, const 
     }
   }
   for (size_t j = 0; j < s.caches.size(); ++j) {
-    const int64_t layer = s.caches[j].layer, length = s.prefill_lengths[layer];
-    trt::check_cuda(cudaMemcpy2DAsync(engines.static_caches[0][j].get(), static_cast<size_t>(s.capacities[layer]) * row,
-                                      caches[0][j].get(), static_cast<size_t>(length) * row,
-                                      static_cast<size_t>(length) * row, static_cast<size_t>(m.num_kv_heads),
-                                      cudaMemcpyDeviceToDevice, stream),
+    const int64_t layer = s.caches[j].layer;
+    const Copy2D c = prefill_cache_copy(m.num_kv_heads, s.prefill_lengths[layer], s.capacities[layer], row);
+    trt::check_cuda(cudaMemcpy2DAsync(engines.static_caches[0][j].get(), c.dst_pitch, caches[0][j].get(), c.src_pitch,
+                                      c.width, c.height, cudaMemcpyDeviceToDevice, stream),
                     "copying the prefill's caches into the static decode caches");
   }
   HostInput token, position, lengths;

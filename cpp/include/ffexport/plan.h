@@ -109,6 +109,14 @@ struct StaticDecodePlan {
   int present_set(int64_t step) const { return sets == 1 ? 0 : static_cast<int>((step + 1) % 2); }
 };
 
+// cudaMemcpy2D's arguments (bytes) that copy a prefill cache [1, kv_heads, length, head_dim] into the
+// first `length` rows of each head of a static cache [1, kv_heads, capacity, head_dim]: one row of the
+// copy per head. `row_bytes` = head_dim * element size.
+struct Copy2D {
+  size_t dst_pitch = 0, src_pitch = 0, width = 0, height = 0;
+};
+Copy2D prefill_cache_copy(int64_t kv_heads, int64_t length, int64_t capacity, size_t row_bytes);
+
 // Whether and how to decode `max_new_tokens` tokens with `bucket`'s static decode graph after a prefill
 // that left `prefill_lengths` rows per layer, as ffexport/runtime/session.py decides: not without a
 // static graph, with mode kOff, or for fewer than 2 tokens (no decode step); InputError when a layer's
