@@ -4,10 +4,11 @@
 //   ffexport-inspect BUILD_DIR [INPUTS_DIR] [--dump DIR] [--max-new-tokens N] [--static-decode MODE]
 //                    [--tensorrt X.Y.Z --compute-capability M.m [--gpu-name NAME]] [--plugins LIB.so]...
 //
-// BUILD_DIR alone: the manifest as the runtime reads it. With INPUTS_DIR: the chosen bucket, the
-// video region and its frame blocks, the M-RoPE delta, the decode positions, the per-layer cache
-// lengths the schedule gives and, when the bucket has a static decode graph, the static decode plan
-// (capacities, whether it is used, each step's cache_lengths and buffer sets, the cache bindings); --dump DIR writes the arrays the runtime
+// BUILD_DIR alone: the manifest as the runtime reads it. With INPUTS_DIR: "plan": the chosen bucket,
+// the video region, the M-RoPE delta and the decode positions; "layout": the rows of each frame block
+// and the per-layer cache lengths the schedule gives; "static_decode" (a bucket with a static decode
+// graph and schedule stages): whether it decodes, capacities, each step's cache_lengths, position and
+// buffer sets, the cache bindings; --dump DIR writes the arrays the runtime
 // feeds the engines (input_ids, pixel_values_videos, video_grid_thw as read; position_ids as
 // computed) as .npy files. --tensorrt/--compute-capability describe a machine: every engine the
 // case needs (all usable buckets' without INPUTS_DIR) is checked against it as the runtime does
@@ -143,11 +144,12 @@ int run(int argc, char** argv) {
     json blocks = json::array();
     for (const auto& [a, b] : plan.blocks) blocks.push_back({a, b});
     out["plan"] = {{"bucket", bucket->name}, {"length", plan.length}, {"video_start", plan.video_start},
-                   {"video_end", plan.video_end}, {"blocks", blocks}, {"delta", plan.positions.delta},
-                   {"decode_positions", decode_positions}, {"cache_lengths", plan.cache_lengths}};
+                   {"video_end", plan.video_end}, {"delta", plan.positions.delta},
+                   {"decode_positions", decode_positions}};
+    out["layout"] = {{"blocks", blocks}, {"cache_lengths", plan.cache_lengths}};
     if (bucket->decode_static && !plan.cache_lengths.empty()) {
       const auto s = ffexport::plan_static_decode(manifest.model, *bucket, plan.cache_lengths, n, args.static_decode);
-      out["plan"]["static_decode"] = static_decode_json(s, plan, n - 1, bucket->engines.count("decode_static") > 0);
+      out["static_decode"] = static_decode_json(s, plan, n - 1, bucket->engines.count("decode_static") > 0);
     }
     if (!args.dump.empty()) {
       const std::string d = args.dump + "/";

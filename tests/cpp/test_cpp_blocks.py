@@ -103,7 +103,8 @@ def test_plan_of_a_block_case_equals_python(cpp_build, block_build, layout, sche
     case = write_case(tmp_path / "case", ids)
     done = cpp_build.run_inspect(block_build, case, "--dump", tmp_path / "dump", "--max-new-tokens", 6)
     assert done.returncode == 0, done.stderr
-    plan = json.loads(done.stdout)["plan"]
+    out = json.loads(done.stdout)
+    plan = out["plan"] | out["layout"]
 
     start, blocks = layout
     config = qwen3_vl_tiny_config()
@@ -125,7 +126,7 @@ def test_the_video_rows_the_features_fill_are_the_video_tokens(cpp_build, block_
     ids = qwen3_ids(timestamps=(1.0, 2.0, 3.0, 10.5))
     done = cpp_build.run_inspect(build_for(block_build, tmp_path, ids), write_case(tmp_path / "c", ids))
     assert done.returncode == 0, done.stderr
-    rows = np.concatenate([np.arange(a, b) for a, b in json.loads(done.stdout)["plan"]["blocks"]])
+    rows = np.concatenate([np.arange(a, b) for a, b in json.loads(done.stdout)["layout"]["blocks"]])
     assert np.array_equal(rows, np.flatnonzero(ids.reshape(-1) == 263)) and rows.size == N
 
 
@@ -199,5 +200,5 @@ def test_a_version_1_schedule_is_one_block(cpp_build, tmp_path):
     assert out["manifest"]["buckets"][0]["blocks"] == [[0, N]]
     start, end = case.video_span(263)
     length = case.input_ids.shape[1]
-    assert out["plan"]["blocks"] == [[start, end]]
-    assert out["plan"]["cache_lengths"] == cache_capacities(schedule, LAYERS, max_text=length - N, max_new_tokens=0)
+    assert out["layout"]["blocks"] == [[start, end]]
+    assert out["layout"]["cache_lengths"] == cache_capacities(schedule, LAYERS, max_text=length - N, max_new_tokens=0)

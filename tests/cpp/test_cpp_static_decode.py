@@ -137,7 +137,8 @@ def static_build(tmp_path_factory) -> Path:
 def inspect_static(cpp_build, build, case, new_tokens, *extra):
     done = cpp_build.run_inspect(build, case, "--max-new-tokens", new_tokens, *extra)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["plan"]
+    out = json.loads(done.stdout)
+    return out["plan"] | out["layout"] | {"static_decode": out["static_decode"]}
 
 
 def test_manifest_reads_the_static_decode_graph(cpp_build, static_build):
@@ -227,7 +228,7 @@ def test_the_static_decode_engine_is_checked_with_the_others(cpp_build, tmp_path
     here = ["--tensorrt", "10.14.1", "--compute-capability", "9.0"]
     done = cpp_build.run_inspect(build, case, *here)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["plan"]["static_decode"]["engine"] is True
+    assert json.loads(done.stdout)["static_decode"]["engine"] is True
     (build / f"{BUCKET.name}.decode_static.engine").unlink()
     m = json.loads((build / "manifest.json").read_text())
     del m["files"][f"{BUCKET.name}.decode_static.engine"]
