@@ -366,13 +366,13 @@ void check_plugins(const Manifest& manifest, const EngineRecord& record, const s
 }
 
 void check_engines(const Manifest& manifest, const Bucket* bucket, const Machine& machine,
-                   const std::vector<std::string>& plugins) {
+                   const std::vector<std::string>& plugins, bool static_decode) {
   std::vector<const EngineRecord*> records = {&manifest.engine("embed", nullptr), &manifest.engine("decode", nullptr)};
   for (const Bucket& b : manifest.buckets) {
     if (bucket ? &b == bucket : b.usable) {
       records.push_back(&manifest.engine("vision", &b));
       records.push_back(&manifest.engine("prefill", &b));
-      if (b.engines.count("decode_static")) records.push_back(&b.engines.at("decode_static"));
+      if (static_decode && b.engines.count("decode_static")) records.push_back(&b.engines.at("decode_static"));
     }
   }
   for (const EngineRecord* record : records) {

@@ -102,7 +102,8 @@ struct Runtime::Impl {
       : manifest(load_manifest(build_dir)), options(std::move(opts)), logger(options.verbose) {
     load_plugins();
     machine = describe_machine();
-    check_engines(manifest, nullptr, machine, options.plugins);  // one line before TensorRT sees any engine
+    // one line before TensorRT sees any engine
+    check_engines(manifest, nullptr, machine, options.plugins, options.static_decode != StaticDecodeMode::kOff);
     runtime.reset(nvinfer1::createInferRuntime(logger));
     if (!runtime) throw RunError("TensorRT cannot create a runtime (" + logger.take_error() + ")");
     trt::check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");

@@ -169,7 +169,8 @@ int run(int argc, char** argv) {
     }
     machine.compute_capability = args.compute_capability;
     machine.gpu_name = args.compute_capability.empty() ? "" : args.gpu_name;
-    ffexport::check_engines(manifest, bucket, machine, args.plugins);
+    ffexport::check_engines(manifest, bucket, machine, args.plugins,
+                            args.static_decode != ffexport::StaticDecodeMode::kOff);
     out["engines_ok"] = true;
   }
   std::cout << out.dump(1) << "\n";

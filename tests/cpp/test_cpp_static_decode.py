@@ -229,6 +229,14 @@ def test_the_static_decode_engine_is_checked_with_the_others(cpp_build, tmp_path
     done = cpp_build.run_inspect(build, case, *here)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["static_decode"]["engine"] is True
+    m = json.loads((build / "manifest.json").read_text())
+    m["buckets"][0]["engines"]["decode_static"]["tensorrt"] = "10.9.0"
+    (build / "manifest.json").write_text(json.dumps(m))
+    line = one_error_line(cpp_build.run_inspect(build, case, *here), "run", 8)
+    assert f"{BUCKET.name}.decode_static.engine was built by TensorRT 10.9.0" in line
+    assert cpp_build.run_inspect(build, case, *here, "--static-decode", "off").returncode == 0  # not needed then
+    m["buckets"][0]["engines"]["decode_static"]["tensorrt"] = RECORD["tensorrt"]
+    (build / "manifest.json").write_text(json.dumps(m))
     (build / f"{BUCKET.name}.decode_static.engine").unlink()
     m = json.loads((build / "manifest.json").read_text())
     del m["files"][f"{BUCKET.name}.decode_static.engine"]

@@ -180,7 +180,8 @@ void check_plugins(const Manifest& manifest, const EngineRecord& record, const s
 // every usable bucket): each has a record
 // (InputError), matches `machine` (RunError with engine_mismatch's line), has its plugin libraries
 // (InputError) and its file (RunError).
+// `static_decode` false (StaticDecodeMode::kOff) leaves the decode_static engines out.
 void check_engines(const Manifest& manifest, const Bucket* bucket, const Machine& machine,
-                   const std::vector<std::string>& plugins);
+                   const std::vector<std::string>& plugins, bool static_decode = true);
 
 }  // namespace ffexport
