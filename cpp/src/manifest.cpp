@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 #include <set>
+#include <utility>
 
 #include "ffexport/errors.h"
 #include "files.h"
@@ -150,7 +151,108 @@ class Reader {
     return out;
   }
 
-  Bucket bucket(const json& b, size_t index) const {
+  // The bucket's `schedule` (ffexport/fusion/schedule.py): format 1 or 2, frame blocks checked as
+  // FrameLayout checks them (whole frames, the first at 0, in order, not overlapping, N tokens in all).
+  void schedule(const json& b, Bucket& out, int64_t num_layers, const std::string& where) const {
+    out.blocks = {FrameBlock{0, out.visual_tokens}};
+    if (!b.contains("schedule") || b.at("schedule").is_null()) return;
+    const std::string w = where + ".schedule";
+    const json& s = b.at("schedule");
+    if (!s.is_object()) fail(w, "is not an object");
+    const json format = s.contains("format") ? s.at("format") : json();
+    if (format != kScheduleFormatV1 && format != kScheduleFormatV2) {
+      throw InputError(source_ + ": " + w + " has format " + (format.is_null() ? "None" : format.dump()) +
+                       "; this runtime reads '" + kScheduleFormatV1 + "' and '" + kScheduleFormatV2 +
+                       "': rebuild it with this version's `ffexport build`");
+    }
+    out.schedule_format = format.get<std::string>();
+    for (const char* key : {"visual_tokens", "patches_per_frame"}) {
+      if (!s.contains(key)) continue;
+      const int64_t value = positive(s, key, w);
+      const int64_t want = std::string(key) == "visual_tokens" ? out.visual_tokens : out.patches_per_frame;
+      if (value != want) fail(at(w, key), "is " + std::to_string(value) + ", the bucket says " + std::to_string(want));
+    }
+    if (out.schedule_format == kScheduleFormatV2 && s.contains("blocks") && !s.at("blocks").is_null()) {
+      out.blocks = blocks(s.at("blocks"), out, w + ".blocks");
+    }
+    if (s.contains("stages")) out.stages = stages(array(s, "stages", w), out, num_layers, w + ".stages");
+  }
+
+  std::vector<FrameBlock> blocks(const json& raw, const Bucket& b, const std::string& where) const {
+    if (!raw.is_array() || raw.empty()) fail(where, "must be a non-empty list of [start, length] pairs");
+    std::vector<FrameBlock> out;
+    int64_t end = 0, total = 0;
+    const int64_t p = b.patches_per_frame;
+    for (size_t i = 0; i < raw.size(); ++i) {
+      const json& pair = raw[i];
+      if (!pair.is_array() || pair.size() != 2 || !pair[0].is_number_integer() || !pair[1].is_number_integer()) {
+        fail(where, "must be a list of [start, length] pairs, got " + pair.dump());
+      }
+      const FrameBlock block{pair[0].get<int64_t>(), pair[1].get<int64_t>()};
+      const std::string w = where + "[" + std::to_string(i) + "]";
+      if (block.length < p || block.length % p) {
+        fail(w, "holds " + std::to_string(block.length) + " tokens, not a positive whole number of " +
+                    std::to_string(p) + "-token frames");
+      }
+      if ((i == 0 && block.start != 0) || block.start < end) {
+        fail(w, "starts at region offset " + std::to_string(block.start) +
+                    " (the first block starts at 0; blocks follow each other without overlapping)");
+      }
+      end = block.start + block.length;
+      total += block.length;
+      out.push_back(block);
+    }
+    if (total != b.visual_tokens) {
+      fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
+    }
+    return out;
+  }
+
+  std::vector<ScheduleStage> stages(const json& raw, const Bucket& b, int64_t num_layers, const std::string& where) const {
+    std::vector<ScheduleStage> out;
+    int64_t left = b.visual_tokens;
+    for (size_t i = 0; i < raw.size(); ++i) {
+      const std::string w = where + "[" + std::to_string(i) + "]";
+      ScheduleStage st{integer(raw[i], "layer", w), string(raw[i], "where", w), string(raw[i], "op", w),
+                       integer(raw[i], "remove", w)};
+      const int slot = st.where == "before_attention" ? 0 : st.where == "after_attention" ? 1 : -1;
+      if (slot < 0 || (st.op != "merge" && st.op != "prune")) fail(w, "has an unknown where '" + st.where + "' or op '" + st.op + "'");
+      if (st.layer < 0 || st.layer >= num_layers || st.remove < 0 || st.remove > left) {
+        fail(w, "removes " + std::to_string(st.remove) + " of " + std::to_string(left) + " tokens at layer " +
+                    std::to_string(st.layer) + " of " + std::to_string(num_layers));
+      }
+      if (!out.empty()) {
+        const ScheduleStage& prev = out.back();
+        const int prev_slot = prev.where == "before_attention" ? 0 : 1;
+        if (std::make_pair(st.layer, slot) <= std::make_pair(prev.layer, prev_slot)) {
+          fail(w, "is not after the stage before it (stages go in (layer, where) order)");
+        }
+      }
+      left -= st.remove;
+      out.push_back(st);
+    }
+    return out;
+  }
+
+  std::optional<StaticDecodeGraph> static_decode(const json& graphs, int64_t num_layers, const std::string& where) const {
+    if (!graphs.contains("decode_static") || graphs.at("decode_static").is_null()) return std::nullopt;
+    const std::string w = where + ".decode_static";
+    const json& g = object(graphs, "decode_static", where);
+    StaticDecodeGraph out;
+    out.file = file(g, w);
+    const json& capacities = array(g, "capacities", w);
+    for (const json& c : capacities) {
+      if (!c.is_number_integer() || c.get<int64_t>() < 1) fail(w + ".capacities", "is not a list of positive integers");
+      out.capacities.push_back(c.get<int64_t>());
+    }
+    if (static_cast<int64_t>(out.capacities.size()) != num_layers) {
+      fail(w + ".capacities", "has " + std::to_string(out.capacities.size()) + " entries for " +
+                                  std::to_string(num_layers) + " layers");
+    }
+    return out;
+  }
+
+  Bucket bucket(const json& b, size_t index, int64_t num_layers) const {
     std::string where = "buckets[" + std::to_string(index) + "]";
     if (!b.is_object()) fail(where, "is not an object");
     Bucket out;
@@ -178,6 +280,8 @@ class Reader {
     out.visual_tokens = positive(b, "visual_tokens", where);
     out.patches_per_frame = positive(b, "patches_per_frame", where);
     out.engines = engines(b, where);
+    out.decode_static = static_decode(graphs, num_layers, where + ".graphs");
+    schedule(b, out, num_layers, where);
     return out;
   }
 
@@ -201,6 +305,15 @@ std::string Bucket::describe() const {
                      std::to_string(width) + ")";
   if (usable) return text;
   return text + (parity_passed == false ? " [not usable: failed its parity check]" : " [not usable: not validated]");
+}
+
+std::optional<int64_t> Bucket::removed_before(int64_t layer) const {
+  if (!stages) return std::nullopt;
+  int64_t removed = 0;
+  for (const ScheduleStage& st : *stages) {
+    if (st.layer < layer || (st.layer == layer && st.where == "before_attention")) removed += st.remove;
+  }
+  return removed;
 }
 
 std::string Manifest::path(const std::string& relative) const { return join_path(root, relative); }
@@ -253,7 +366,7 @@ Manifest parse_manifest(const std::string& text, const std::string& root, const 
   const json& buckets = r.array(raw, "buckets", "");
   std::set<std::string> names;
   for (size_t i = 0; i < buckets.size(); ++i) {
-    m.buckets.push_back(r.bucket(buckets[i], i));
+    m.buckets.push_back(r.bucket(buckets[i], i, m.model.num_layers));
     if (!names.insert(m.buckets.back().name).second) r.fail("buckets", "repeat the name " + m.buckets.back().name);
   }
   m.engines = r.engines(raw, "");
@@ -266,6 +379,7 @@ Manifest parse_manifest(const std::string& text, const std::string& root, const 
   for (const Bucket& b : m.buckets) {
     needed.push_back(b.vision);
     needed.push_back(b.prefill);
+    if (b.decode_static) needed.push_back(b.decode_static->file);
   }
   for (const std::string& name : needed) {
     if (!m.files.count(name)) r.fail("files", "does not list the graph " + name);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "ffexport/errors.h"
@@ -16,24 +17,34 @@ std::string grid_text(const std::array<int64_t, 3>& g) {
   return std::to_string(g[0]) + "x" + std::to_string(g[1]) + "x" + std::to_string(g[2]);
 }
 
-// Python's Case.check (ffexport/case.py): the case fits a model with these parameters.
-std::pair<int64_t, int64_t> check_case(const ModelFacts& m, const Inputs& in) {
+std::string runs_text(const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  std::string text;
+  for (const auto& [a, b] : runs) text += (text.empty() ? "[" : ", [") + std::to_string(a) + ", " + std::to_string(b) + "]";
+  return "[" + text + "]";
+}
+
+// Python's Case.check (ffexport/case.py), for a video as one or several runs of video tokens: the
+// runs of the case, checked against the grid and the pixels.
+std::vector<std::pair<int64_t, int64_t>> check_case(const ModelFacts& m, const Inputs& in) {
   const auto& g = in.video_grid_thw;
   const int64_t merge = m.spatial_merge_size;
   if (std::min({g[0], g[1], g[2]}) <= 0 || g[1] % merge || g[2] % merge) {
     throw InputError("video_grid_thw " + grid_text(g) + " is not a valid grid for " + std::to_string(merge) + "x" +
                      std::to_string(merge) + " patch merging");
   }
-  const auto spans = video_spans(in.input_ids, m.video_token_id);
-  if (spans.size() != 1) {
+  const auto runs = video_spans(in.input_ids, m.video_token_id);
+  if (runs.empty()) {
     throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
-                     std::to_string(m.video_token_id) + "); found " + std::to_string(spans.size()));
+                     std::to_string(m.video_token_id) + "); found 0");
   }
-  const auto [start, end] = spans[0];
+  int64_t total = 0;
+  for (const auto& [a, b] : runs) total += b - a;
   const int64_t expected = g[0] * g[1] * g[2] / (merge * merge);
-  if (end - start != expected) {
-    throw InputError("the video span in input_ids has " + std::to_string(end - start) + " tokens but video_grid_thw " +
-                     grid_text(g) + " gives " + std::to_string(expected));
+  if (total != expected) {
+    throw InputError((runs.size() == 1 ? "the video span in input_ids has " + std::to_string(total)
+                                       : "the " + std::to_string(runs.size()) + " runs of video tokens in input_ids hold " +
+                                             std::to_string(total)) +
+                     " tokens but video_grid_thw " + grid_text(g) + " gives " + std::to_string(expected));
   }
   if (in.pixel_rows != g[0] * g[1] * g[2]) {
     throw InputError("pixel_values_videos has " + std::to_string(in.pixel_rows) + " rows; video_grid_thw " +
@@ -43,7 +54,27 @@ std::pair<int64_t, int64_t> check_case(const ModelFacts& m, const Inputs& in) {
     throw InputError("pixel_values_videos rows have " + std::to_string(in.pixel_cols) + " values; the model expects " +
                      std::to_string(m.patch_dim()));
   }
-  return spans[0];
+  return runs;
+}
+
+// The case's runs of video tokens must be `bucket`'s frame blocks, at the same offsets from the first.
+void check_blocks(const ModelFacts& m, const Bucket& bucket, const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  if (bucket.contiguous()) {
+    if (runs.size() != 1) {
+      throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
+                       std::to_string(m.video_token_id) + "); found " + std::to_string(runs.size()));
+    }
+    return;
+  }
+  std::vector<std::pair<int64_t, int64_t>> relative, wanted;
+  for (const auto& [a, b] : runs) relative.emplace_back(a - runs[0].first, b - a);
+  for (const FrameBlock& block : bucket.blocks) wanted.emplace_back(block.start, block.length);
+  if (relative != wanted) {
+    throw InputError("bucket " + bucket.name + " holds the video as " + std::to_string(wanted.size()) +
+                     " frame blocks [start, length] " + runs_text(wanted) + " (offsets from the first video token); "
+                     "input_ids have " + std::to_string(relative.size()) + " runs " + runs_text(relative) +
+                     ": the prompt must place the video as the build did (the same text between blocks)");
+  }
 }
 
 }  // namespace
@@ -110,9 +141,29 @@ Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<
   return p;
 }
 
+std::vector<std::array<int64_t, 3>> position_grids(const std::string& family, const std::array<int64_t, 3>& grid,
+                                                   size_t runs) {
+  if (family == "qwen2_vl") {
+    if (runs != 1) {
+      throw InputError("a qwen2_vl prompt holds a video as one run of video tokens; this one has " +
+                       std::to_string(runs) + " (no position rule for a split video in this family)");
+    }
+    return {grid};
+  }
+  if (family == "qwen3_vl") {
+    if (runs != static_cast<size_t>(grid[0])) {
+      throw InputError("a qwen3_vl prompt holds a video of " + std::to_string(grid[0]) +
+                       " temporal groups as one run of video tokens per group; this one has " + std::to_string(runs));
+    }
+    return std::vector<std::array<int64_t, 3>>(runs, {1, grid[1], grid[2]});
+  }
+  throw InputError("this runtime computes M-RoPE positions for the model families qwen2_vl and qwen3_vl; the build's "
+                   "model is of family '" + family + "': run it with `ffexport run`");
+}
+
 Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   const ModelFacts& m = manifest.model;
-  const auto [start, end] = check_case(m, inputs);
+  const auto runs = check_case(m, inputs);
   const Bucket* chosen = nullptr;
   for (const Bucket& b : manifest.buckets) {
     if (b.usable && b.grid_thw == inputs.video_grid_thw) {
@@ -128,6 +179,7 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
     throw InputError("the case's video grid " + grid_text(inputs.video_grid_thw) + " matches no usable bucket of " +
                      manifest.root + "; buckets: " + (listing.empty() ? "none" : listing));
   }
+  check_blocks(m, *chosen, runs);
   for (int64_t id : inputs.input_ids) {
     if (id < 0 || id >= m.vocab_size) {
       throw InputError("input_ids hold token ids outside the model's vocabulary [0, " + std::to_string(m.vocab_size) + ")");
@@ -143,9 +195,89 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   Plan plan;
   plan.bucket = chosen;
   plan.length = length;
-  plan.video_start = start;
-  plan.video_end = end;
-  plan.positions = mrope_position_ids(inputs.input_ids, {inputs.video_grid_thw}, m.video_token_id, m.spatial_merge_size);
+  plan.video_start = runs.front().first;
+  plan.video_end = runs.back().second;
+  plan.blocks = runs;
+  plan.positions = mrope_position_ids(inputs.input_ids, position_grids(m.family, inputs.video_grid_thw, runs.size()),
+                                      m.video_token_id, m.spatial_merge_size);
+  if (chosen->stages) {
+    for (int64_t i = 0; i < m.num_layers; ++i) plan.cache_lengths.push_back(length - *chosen->removed_before(i));
+  }
+  return plan;
+}
+
+std::string mode_name(StaticDecodeMode mode) {
+  switch (mode) {
+    case StaticDecodeMode::kInPlace: return "in-place";
+    case StaticDecodeMode::kTwoSets: return "two-sets";
+    default: return "off";
+  }
+}
+
+StaticDecodeMode parse_static_decode_mode(const std::string& text) {
+  for (StaticDecodeMode mode : {StaticDecodeMode::kInPlace, StaticDecodeMode::kTwoSets, StaticDecodeMode::kOff}) {
+    if (text == mode_name(mode)) return mode;
+  }
+  throw InputError("--static-decode takes in-place, two-sets or off, got '" + text + "'");
+}
+
+std::vector<int64_t> StaticDecodePlan::cache_lengths(int64_t step) const {
+  std::vector<int64_t> out;
+  for (int64_t length : prefill_lengths) out.push_back(length + step);
+  return out;
+}
+
+Copy2D prefill_cache_copy(int64_t kv_heads, int64_t length, int64_t capacity, size_t row_bytes) {
+  return {static_cast<size_t>(capacity) * row_bytes, static_cast<size_t>(length) * row_bytes,
+          static_cast<size_t>(length) * row_bytes, static_cast<size_t>(kv_heads)};
+}
+
+StaticDecodePlan plan_static_decode(const ModelFacts& model, const Bucket& bucket,
+                                    const std::vector<int64_t>& prefill_lengths, int64_t max_new_tokens,
+                                    StaticDecodeMode mode) {
+  StaticDecodePlan plan;
+  if (!bucket.decode_static) {
+    plan.reason = "bucket " + bucket.name + " has no static decode graph";
+    return plan;
+  }
+  if (mode == StaticDecodeMode::kOff) {
+    plan.reason = "the static decode is turned off";
+    return plan;
+  }
+  plan.capacities = bucket.decode_static->capacities;
+  plan.prefill_lengths = prefill_lengths;
+  plan.sets = mode == StaticDecodeMode::kTwoSets ? 2 : 1;
+  if (static_cast<int64_t>(prefill_lengths.size()) != model.num_layers ||
+      plan.capacities.size() != prefill_lengths.size()) {
+    throw RunError("the prefill returned " + std::to_string(prefill_lengths.size()) + " caches for " +
+                   std::to_string(model.num_layers) + " layers and " + std::to_string(plan.capacities.size()) +
+                   " static decode capacities: " + kRebuild);
+  }
+  for (int64_t i = 0; i < model.num_layers; ++i) {
+    for (const char* kind : {"key", "value"}) {
+      plan.caches.push_back({"past_key_values." + std::to_string(i) + "." + kind,
+                             "present." + std::to_string(i) + "." + kind, i,
+                             {1, model.num_kv_heads, plan.capacities[i], model.head_dim}});
+    }
+  }
+  if (max_new_tokens < 2) {
+    plan.reason = "no decode step (max_new_tokens " + std::to_string(max_new_tokens) + ")";
+    return plan;
+  }
+  plan.room = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < prefill_lengths.size(); ++i) {
+    if (prefill_lengths[i] >= plan.capacities[i]) {
+      throw InputError("layer " + std::to_string(i) + "'s prompt cache has " + std::to_string(prefill_lengths[i]) +
+                       " rows; the decode graph holds " + std::to_string(plan.capacities[i]));
+    }
+    plan.room = std::min(plan.room, plan.capacities[i] - prefill_lengths[i]);
+  }
+  if (plan.room < max_new_tokens - 1) {
+    plan.reason = std::to_string(max_new_tokens) + " new tokens need " + std::to_string(max_new_tokens - 1) +
+                  " decode steps; the static caches hold " + std::to_string(plan.room) + ": decode.engine decodes";
+    return plan;
+  }
+  plan.use = true;
   return plan;
 }
 
@@ -234,12 +366,13 @@ void check_plugins(const Manifest& manifest, const EngineRecord& record, const s
 }
 
 void check_engines(const Manifest& manifest, const Bucket* bucket, const Machine& machine,
-                   const std::vector<std::string>& plugins) {
+                   const std::vector<std::string>& plugins, bool static_decode) {
   std::vector<const EngineRecord*> records = {&manifest.engine("embed", nullptr), &manifest.engine("decode", nullptr)};
   for (const Bucket& b : manifest.buckets) {
     if (bucket ? &b == bucket : b.usable) {
       records.push_back(&manifest.engine("vision", &b));
       records.push_back(&manifest.engine("prefill", &b));
+      if (static_decode && b.engines.count("decode_static")) records.push_back(&b.engines.at("decode_static"));
     }
   }
   for (const EngineRecord* record : records) {

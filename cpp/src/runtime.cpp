@@ -89,7 +89,10 @@ struct Runtime::Impl {
   cudaStream_t stream = nullptr;
   std::unique_ptr<Engine> embed, decode;
   struct BucketEngines {
-    std::unique_ptr<Engine> vision, prefill;
+    std::unique_ptr<Engine> vision, prefill, decode_static;
+    // The static decode's caches: per set, one buffer per cache (layer 0 key, layer 0 value, ...) of
+    // its capacity, allocated at the first prompt and kept for the next ones (set 1: kTwoSets only).
+    std::vector<DeviceBuffer> static_caches[2];
   };
   std::map<std::string, BucketEngines> buckets;
   DeviceBuffer embeds, features, logits;
@@ -99,7 +102,8 @@ struct Runtime::Impl {
       : manifest(load_manifest(build_dir)), options(std::move(opts)), logger(options.verbose) {
     load_plugins();
     machine = describe_machine();
-    check_engines(manifest, nullptr, machine, options.plugins);  // one line before TensorRT sees any engine
+    // one line before TensorRT sees any engine
+    check_engines(manifest, nullptr, machine, options.plugins, options.static_decode != StaticDecodeMode::kOff);
     runtime.reset(nvinfer1::createInferRuntime(logger));
     if (!runtime) throw RunError("TensorRT cannot create a runtime (" + logger.take_error() + ")");
     trt::check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -172,9 +176,38 @@ struct Runtime::Impl {
     }
     BucketEngines engines;
     engines.vision = load("vision", &bucket, {"pixel_values_videos"}, {"video_features"});
-    engines.prefill = load("prefill", &bucket, {"inputs_embeds", "position_ids", "video_start"}, present);
+    const std::vector<std::string> prefill_inputs = {"inputs_embeds", "position_ids", "video_start"};
+    engines.prefill = load("prefill", &bucket, prefill_inputs, present);
+    if (engines.prefill->input_names().size() != prefill_inputs.size()) {
+      std::string listing;
+      for (const std::string& name : engines.prefill->input_names()) listing += (listing.empty() ? "" : ", ") + name;
+      throw RunError(engines.prefill->path() + " takes the inputs " + listing + "; this runtime feeds inputs_embeds, "
+                     "position_ids and video_start only (e.g. not Qwen3-VL's DeepStack features): it cannot run "
+                     "this build; use `ffexport run`");
+    }
+    if (options.static_decode != StaticDecodeMode::kOff && bucket.decode_static && bucket.engines.count("decode_static")) {
+      std::vector<std::string> inputs = {"input_ids", "position_ids", "cache_lengths"};
+      for (int64_t i = 0; i < manifest.model.num_layers; ++i) {
+        for (const char* kind : {"key", "value"}) inputs.push_back(past_name(i, kind));
+      }
+      engines.decode_static = load("decode_static", &bucket, inputs, present);
+      for (int64_t i = 0; i < manifest.model.num_layers; ++i) {
+        const nvinfer1::Dims want = make_dims({1, manifest.model.num_kv_heads, bucket.decode_static->capacities[i],
+                                               manifest.model.head_dim});
+        for (const char* kind : {"key", "value"}) {
+          const nvinfer1::Dims got = engines.decode_static->shape(past_name(i, kind));
+          if (trt::dims_text(got) != trt::dims_text(want)) {
+            throw RunError(engines.decode_static->path() + " takes " + past_name(i, kind) + " " + trt::dims_text(got) +
+                           "; the manifest's capacities say " + trt::dims_text(want) + ": " + kRebuild);
+          }
+        }
+      }
+    }
     return buckets.emplace(bucket.name, std::move(engines)).first->second;
   }
+
+  std::vector<int64_t> decode_static(BucketEngines& engines, const StaticDecodePlan& s, const Plan& plan,
+                                     const Engine& prefill, const std::vector<float>& logits0, int64_t max_new_tokens);
 
   std::vector<float> read_logits(const Engine& engine, const nvinfer1::Dims& dims) {
     const int64_t vocab = manifest.model.vocab_size;
@@ -211,7 +244,7 @@ struct Runtime::Impl {
     const Plan plan = plan_case(manifest, inputs);
     const Bucket& bucket = *plan.bucket;
     BucketEngines& engines = bucket_engines(bucket);
-    const int64_t L = plan.length, D = m.hidden_size, N = plan.video_end - plan.video_start;
+    const int64_t L = plan.length, D = m.hidden_size, N = bucket.visual_tokens;
     Generation result;
     result.bucket = bucket.name;
     const auto t0 = std::chrono::steady_clock::now();
@@ -237,11 +270,17 @@ struct Runtime::Impl {
                      trt::dtype_name(engines.vision->dtype("video_features")) + " for " + std::to_string(L) +
                      " tokens (" + std::to_string(N) + " video): " + kRebuild);
     }
-    // the video features replace the video tokens' embeddings, on the GPU
+    // the video features replace the video tokens' embeddings, on the GPU, block by block (the text
+    // between frame blocks keeps its embeddings)
     const size_t row = static_cast<size_t>(D) * trt::dtype_size(type);
-    trt::check_cuda(cudaMemcpyAsync(static_cast<uint8_t*>(embeds.get()) + plan.video_start * row, features.get(),
-                                    static_cast<size_t>(N) * row, cudaMemcpyDeviceToDevice, stream),
-                    "placing the video features");
+    int64_t feature_row = 0;
+    for (const auto& [begin, end] : plan.blocks) {
+      trt::check_cuda(cudaMemcpyAsync(static_cast<uint8_t*>(embeds.get()) + begin * row,
+                                      static_cast<const uint8_t*>(features.get()) + feature_row * row,
+                                      static_cast<size_t>(end - begin) * row, cudaMemcpyDeviceToDevice, stream),
+                      "placing the video features");
+      feature_row += end - begin;
+    }
     // prefill
     HostInput positions{integers_as(engines.prefill->dtype("position_ids"), plan.positions.ids, "position_ids"), {}};
     positions.upload(stream, "position_ids");
@@ -257,10 +296,25 @@ struct Runtime::Impl {
       for (const char* kind : {"key", "value"}) cache_dims.push_back(shapes.at(present_name(i, kind)));
       result.cache_lengths.push_back(cache_dims[2 * i].d[2]);
     }
+    if (!plan.cache_lengths.empty() && result.cache_lengths != plan.cache_lengths) {
+      throw RunError(engines.prefill->path() + " returned caches of other lengths than bucket " + bucket.name +
+                     "'s schedule gives: " + kRebuild);
+    }
     result.logits = read_logits(*engines.prefill, shapes.at("logits"));
     result.prefill_ms = ms_since(t0);
 
-    // greedy decoding
+    // greedy decoding: the static decode engine when the bucket has one and the caches hold the tokens
+    if (engines.decode_static) {
+      const StaticDecodePlan s = plan_static_decode(m, bucket, result.cache_lengths, max_new_tokens, options.static_decode);
+      if (s.use) {
+        const auto t1 = std::chrono::steady_clock::now();
+        result.decoder = "decode_static (" + mode_name(options.static_decode) + ")";
+        result.tokens = decode_static(engines, s, plan, *engines.prefill, result.logits, max_new_tokens);
+        result.decode_ms = ms_since(t1);
+        return result;
+      }
+    }
+    if (max_new_tokens > 1) result.decoder = "decode";
     const nvinfer1::Dims cache_max = decode->profile_max(past_name(0, "key"));
     if (cache_max.nbDims == 4) check_decode_budget(result.cache_lengths, max_new_tokens, cache_max.d[2]);
     const auto t1 = std::chrono::steady_clock::now();
@@ -291,6 +345,65 @@ struct Runtime::Impl {
     return result;
   }
 };
+
+// The static decode (plan.h, StaticDecodePlan): the prefill's caches (caches[0], [1, kvh, L_i, hd] each)
+// copied into the first L_i rows of buffers of C_i rows allocated once per bucket; per step only the
+// token, its position and the cache lengths go to the GPU and the logits come back.
+std::vector<int64_t> Runtime::Impl::decode_static(BucketEngines& engines, const StaticDecodePlan& s, const Plan& plan,
+                                                  const Engine& prefill, const std::vector<float>& logits0,
+                                                  int64_t max_new_tokens) {
+  const ModelFacts& m = manifest.model;
+  Engine& engine = *engines.decode_static;
+  const DataType type = engine.dtype(past_name(0, "key"));
+  if (type != prefill.dtype(present_name(0, "key"))) {
+    throw RunError(engine.path() + " holds its caches as " + trt::dtype_name(type) + "; the prefill returns " +
+                   trt::dtype_name(prefill.dtype(present_name(0, "key"))) + ": " + kRebuild);
+  }
+  const size_t row = static_cast<size_t>(m.head_dim) * trt::dtype_size(type);
+  for (int set = 0; set < s.sets; ++set) {
+    std::vector<DeviceBuffer>& buffers = engines.static_caches[set];
+    if (!buffers.empty()) continue;
+    buffers.resize(s.caches.size());
+    for (size_t j = 0; j < s.caches.size(); ++j) {
+      const size_t bytes = static_cast<size_t>(m.num_kv_heads * s.capacities[s.caches[j].layer]) * row;
+      buffers[j].reserve(bytes);
+      // rows past cache_lengths are masked; they must still be finite
+      trt::check_cuda(cudaMemsetAsync(buffers[j].get(), 0, bytes, stream), "clearing the static decode caches");
+    }
+  }
+  for (size_t j = 0; j < s.caches.size(); ++j) {
+    const int64_t layer = s.caches[j].layer;
+    const Copy2D c = prefill_cache_copy(m.num_kv_heads, s.prefill_lengths[layer], s.capacities[layer], row);
+    trt::check_cuda(cudaMemcpy2DAsync(engines.static_caches[0][j].get(), c.dst_pitch, caches[0][j].get(), c.src_pitch,
+                                      c.width, c.height, cudaMemcpyDeviceToDevice, stream),
+                    "copying the prefill's caches into the static decode caches");
+  }
+  HostInput token, position, lengths;
+  int64_t k = 0;
+  auto step = [&](int64_t next, int64_t p) {
+    token.bytes = integers_as(engine.dtype("input_ids"), {next}, "decode input_ids");
+    token.upload(stream, "input_ids");
+    position.bytes = integers_as(engine.dtype("position_ids"), {p, p, p}, "decode position_ids");
+    position.upload(stream, "position_ids");
+    lengths.bytes = integers_as(engine.dtype("cache_lengths"), s.cache_lengths(k), "cache_lengths");
+    lengths.upload(stream, "cache_lengths");
+    std::vector<Input> feeds = {
+        {"input_ids", make_dims({1, 1}), token.device.get(), token.bytes.data()},
+        {"position_ids", make_dims({3, 1}), position.device.get(), position.bytes.data()},
+        {"cache_lengths", make_dims({m.num_layers}), lengths.device.get(), lengths.bytes.data()}};
+    std::map<std::string, DeviceBuffer*> outputs = {{"logits", &logits}};
+    for (size_t j = 0; j < s.caches.size(); ++j) {
+      const CacheBinding& c = s.caches[j];
+      feeds.push_back({c.past, make_dims({c.shape[0], c.shape[1], c.shape[2], c.shape[3]}),
+                       engines.static_caches[s.past_set(k)][j].get(), nullptr});
+      outputs[c.present] = &engines.static_caches[s.present_set(k)][j];  // the same buffer in place
+    }
+    const auto out = engine.run(feeds, outputs, stream);
+    ++k;
+    return read_logits(engine, out.at("logits"));
+  };
+  return greedy_decode(plan, m, logits0, max_new_tokens, step);
+}
 
 Runtime::Runtime(const std::string& build_dir, RuntimeOptions options)
     : impl_(std::make_unique<Impl>(build_dir, std::move(options))) {}

@@ -166,6 +166,8 @@ bool Engine::has(const std::string& name) const {
          std::find(outputs_.begin(), outputs_.end(), name) != outputs_.end();
 }
 
+nvinfer1::Dims Engine::shape(const std::string& name) const { return engine_->getTensorShape(name.c_str()); }
+
 nvinfer1::DataType Engine::dtype(const std::string& name) const { return engine_->getTensorDataType(name.c_str()); }
 
 nvinfer1::Dims Engine::profile(const std::string& name, nvinfer1::OptProfileSelector which) const {

@@ -71,6 +71,8 @@ class Engine {
 
   const std::string& path() const { return path_; }
   bool has(const std::string& name) const;
+  const std::vector<std::string>& input_names() const { return inputs_; }
+  nvinfer1::Dims shape(const std::string& name) const;  // as built (-1 for a dimension set at run time)
   nvinfer1::DataType dtype(const std::string& name) const;
   nvinfer1::Dims profile_max(const std::string& name) const;
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -154,6 +155,81 @@ void test_manifest_errors() {
   CHECK(contains(error_of([] { ffexport::load_manifest("/nonexistent/build"); }), "is not a build directory"));
 }
 
+ffexport::Manifest block_manifest(const std::string& schedule, const std::string& decode_static) {
+  const std::string text = R"({"format": "ffexport.manifest/1", "precision": "fp32", "max_text": 32,
+    "model": {"name": "m", "family": "qwen3_vl", "num_layers": 2, "hidden_size": 4, "vocab_size": 300,
+              "num_kv_heads": 2, "head_dim": 3, "video_token_id": 9, "eos_token_id": 1, "spatial_merge_size": 2,
+              "patch_size": 1, "temporal_patch_size": 1},
+    "graphs": {"embed": {"file": "e.onnx"}, "decode": {"file": "d.onnx"}},
+    "buckets": [{"name": "b", "frames": 2, "height": 4, "width": 4, "resized": [4, 4], "grid_thw": [2, 4, 4],
+                 "visual_tokens": 8, "patches_per_frame": 4, "usable": true, "schedule": )" + schedule + R"(,
+                 "graphs": {"vision": {"file": "v.onnx"}, "prefill": {"file": "p.onnx"})" + decode_static + R"(}}],
+    "files": {"e.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') + R"("}, "d.onnx": {"bytes": 1, "sha256": ")" +
+                           std::string(64, 'a') + R"("}, "v.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') +
+                           R"("}, "p.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') + R"("},
+              "s.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') + R"("}}})";
+  return ffexport::parse_manifest(text, "b", "m");
+}
+
+void test_blocks_and_static_decode() {
+  const std::string v2 = R"({"format": "ffexport.schedule/2", "blocks": [[0, 4], [6, 4]], "stages": [
+      {"layer": 0, "where": "before_attention", "op": "merge", "remove": 2},
+      {"layer": 1, "where": "after_attention", "op": "prune", "remove": 3}]})";
+  const std::string capacities = R"(, "decode_static": {"file": "s.onnx", "capacities": [40, 40]})";
+  const ffexport::Manifest m = block_manifest(v2, capacities);
+  const ffexport::Bucket& b = m.buckets[0];
+  CHECK(b.blocks.size() == 2 && b.blocks[1] == (ffexport::FrameBlock{6, 4}) && b.region_length() == 10);
+  CHECK(b.removed_before(0) == 2 && b.removed_before(1) == 2);  // the prune comes after layer 1's attention
+  CHECK(b.decode_static && b.decode_static->capacities == (std::vector<int64_t>{40, 40}));
+  CHECK(block_manifest(R"({"format": "ffexport.schedule/1"})", "").buckets[0].blocks.size() == 1);
+  CHECK(contains(error_of([&] { block_manifest(R"({"format": "ffexport.schedule/2", "blocks": [[0, 4], [2, 4]]})", ""); }),
+                 "starts at region offset 2"));
+
+  // 3 text, block of 4, 2 text, block of 4, 3 text: a qwen3_vl prompt of grid (2, 4, 4)
+  ffexport::Inputs in;
+  in.input_ids = {5, 6, 7, 9, 9, 9, 9, 8, 8, 9, 9, 9, 9, 5, 6, 7};
+  in.video_grid_thw = {2, 4, 4};
+  in.pixel_rows = 32;
+  in.pixel_cols = 3;
+  in.pixel_values_videos.assign(96, 0.0f);
+  const ffexport::Plan plan = ffexport::plan_case(m, in);
+  CHECK(plan.video_start == 3 && plan.video_end == 13);
+  CHECK(plan.blocks == (std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {9, 13}}));
+  CHECK(plan.cache_lengths == (std::vector<int64_t>{14, 14}));
+  CHECK(plan.positions.ids[9] == plan.positions.ids[3] + 2 + 2);  // block 2 starts after the text after block 1
+  in.input_ids.insert(in.input_ids.begin() + 8, 8);                 // one more text token between the blocks
+  CHECK(contains(error_of([&] { ffexport::plan_case(m, in); }), "holds the video as 2 frame blocks"));
+
+  ffexport::ModelFacts model = m.model;
+  auto s = ffexport::plan_static_decode(model, b, {14, 14}, 27, ffexport::StaticDecodeMode::kInPlace);
+  CHECK(s.use && s.room == 26 && s.caches.size() == 4 && s.caches[3].present == "present.1.value");
+  CHECK(s.caches[1].shape == (std::array<int64_t, 4>{1, 2, 40, 3}));
+  CHECK(s.cache_lengths(3) == (std::vector<int64_t>{17, 17}) && s.past_set(3) == 0 && s.present_set(3) == 0);
+  CHECK(!ffexport::plan_static_decode(model, b, {14, 14}, 28, ffexport::StaticDecodeMode::kInPlace).use);
+  s = ffexport::plan_static_decode(model, b, {14, 14}, 5, ffexport::StaticDecodeMode::kTwoSets);
+  CHECK(s.use && s.past_set(0) == 0 && s.present_set(0) == 1 && s.past_set(1) == 1 && s.present_set(1) == 0);
+
+  // the prefill cache's rows land in the first rows of each head, the rest untouched
+  const int64_t heads = 2, length = 3, capacity = 5, hd = 2;
+  std::vector<float> present(heads * length * hd), cache(heads * capacity * hd, -1.0f);
+  for (size_t i = 0; i < present.size(); ++i) present[i] = static_cast<float>(i);
+  const ffexport::Copy2D c = ffexport::prefill_cache_copy(heads, length, capacity, hd * sizeof(float));
+  for (size_t r = 0; r < c.height; ++r) {  // what cudaMemcpy2D does
+    std::memcpy(reinterpret_cast<char*>(cache.data()) + r * c.dst_pitch,
+                reinterpret_cast<const char*>(present.data()) + r * c.src_pitch, c.width);
+  }
+  bool same = true;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t row = 0; row < capacity; ++row) {
+      for (int64_t x = 0; x < hd; ++x) {
+        const float want = row < length ? present[(h * length + row) * hd + x] : -1.0f;
+        same = same && cache[(h * capacity + row) * hd + x] == want;
+      }
+    }
+  }
+  CHECK(same);
+}
+
 }  // namespace
 
 int main() {
@@ -168,6 +244,7 @@ int main() {
   test_positions_and_budget();
   test_greedy_decode();
   test_manifest_errors();
+  test_blocks_and_static_decode();
   std::filesystem::remove_all(dir);
   if (failures) {
     std::cerr << failures << " check(s) failed\n";

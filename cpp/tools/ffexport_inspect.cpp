@@ -1,11 +1,14 @@
 // ffexport-inspect: what the C++ runtime would do with a build and an inputs folder, without
 // TensorRT or a GPU. Prints one JSON object on stdout; errors are one line on stderr.
 //
-//   ffexport-inspect BUILD_DIR [INPUTS_DIR] [--dump DIR] [--max-new-tokens N]
+//   ffexport-inspect BUILD_DIR [INPUTS_DIR] [--dump DIR] [--max-new-tokens N] [--static-decode MODE]
 //                    [--tensorrt X.Y.Z --compute-capability M.m [--gpu-name NAME]] [--plugins LIB.so]...
 //
-// BUILD_DIR alone: the manifest as the runtime reads it. With INPUTS_DIR: the chosen bucket, the
-// video span, the M-RoPE delta and the decode positions; --dump DIR writes the arrays the runtime
+// BUILD_DIR alone: the manifest as the runtime reads it. With INPUTS_DIR: "plan": the chosen bucket,
+// the video region, the M-RoPE delta and the decode positions; "layout": the rows of each frame block
+// and the per-layer cache lengths the schedule gives; "static_decode" (a bucket with a static decode
+// graph and schedule stages): whether it decodes, capacities, each step's cache_lengths, position and
+// buffer sets, the cache bindings; --dump DIR writes the arrays the runtime
 // feeds the engines (input_ids, pixel_values_videos, video_grid_thw as read; position_ids as
 // computed) as .npy files. --tensorrt/--compute-capability describe a machine: every engine the
 // case needs (all usable buckets' without INPUTS_DIR) is checked against it as the runtime does
@@ -27,13 +30,14 @@ namespace {
 using json = nlohmann::json;
 
 constexpr const char* kUsage =
-    "usage: ffexport-inspect BUILD_DIR [INPUTS_DIR] [--dump DIR] [--max-new-tokens N] "
+    "usage: ffexport-inspect BUILD_DIR [INPUTS_DIR] [--dump DIR] [--max-new-tokens N] [--static-decode MODE] "
     "[--tensorrt X.Y.Z --compute-capability M.m [--gpu-name NAME]] [--plugins LIB.so]...";
 
 struct Args {
   std::string build, inputs, dump, tensorrt, compute_capability, gpu_name = "this GPU";
   std::vector<std::string> plugins;
   int64_t max_new_tokens = -1;
+  ffexport::StaticDecodeMode static_decode = ffexport::StaticDecodeMode::kInPlace;
 };
 
 Args parse(int argc, char** argv) {
@@ -50,6 +54,7 @@ Args parse(int argc, char** argv) {
     else if (arg == "--compute-capability") a.compute_capability = value("--compute-capability");
     else if (arg == "--gpu-name") a.gpu_name = value("--gpu-name");
     else if (arg == "--plugins") a.plugins.push_back(value("--plugins"));
+    else if (arg == "--static-decode") a.static_decode = ffexport::parse_static_decode_mode(value("--static-decode"));
     else if (arg == "--max-new-tokens") {
       const std::string v = value("--max-new-tokens");
       if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 9) {
@@ -77,6 +82,27 @@ json engine_json(const ffexport::EngineRecord& e) {
           {"plugins", e.plugins}};
 }
 
+json blocks_json(const std::vector<ffexport::FrameBlock>& blocks) {
+  json out = json::array();
+  for (const auto& b : blocks) out.push_back({b.start, b.length});
+  return out;
+}
+
+json static_decode_json(const ffexport::StaticDecodePlan& s, const ffexport::Plan& plan, int64_t steps, bool engine) {
+  json out = {{"use", s.use}, {"reason", s.reason}, {"engine", engine}, {"capacities", s.capacities},
+              {"prefill_lengths", s.prefill_lengths}, {"room", s.room}, {"sets", s.sets}};
+  json bindings = json::array();
+  for (const auto& c : s.caches) bindings.push_back({{"past", c.past}, {"present", c.present}, {"shape", c.shape}});
+  out["bindings"] = bindings;
+  json per_step = json::array();
+  for (int64_t k = 0; s.use && k < steps; ++k) {
+    per_step.push_back({{"cache_lengths", s.cache_lengths(k)}, {"position", plan.decode_position(k)},
+                        {"past_set", s.past_set(k)}, {"present_set", s.present_set(k)}});
+  }
+  out["steps"] = per_step;
+  return out;
+}
+
 json manifest_json(const ffexport::Manifest& m) {
   const auto& f = m.model;
   json buckets = json::array();
@@ -86,7 +112,11 @@ json manifest_json(const ffexport::Manifest& m) {
     buckets.push_back({{"name", b.name}, {"frames", b.frames}, {"height", b.height}, {"width", b.width},
                        {"grid_thw", b.grid_thw}, {"visual_tokens", b.visual_tokens},
                        {"patches_per_frame", b.patches_per_frame}, {"vision", b.vision}, {"prefill", b.prefill},
-                       {"usable", b.usable}, {"engines", engines}});
+                       {"usable", b.usable}, {"engines", engines}, {"schedule_format", b.schedule_format},
+                       {"blocks", blocks_json(b.blocks)}, {"stages", b.stages ? json(b.stages->size()) : json()},
+                       {"decode_static", b.decode_static ? json{{"file", b.decode_static->file},
+                                                                {"capacities", b.decode_static->capacities}}
+                                                          : json()}});
   }
   json engines = json::object();
   for (const auto& [graph, e] : m.engines) engines[graph] = engine_json(e);
@@ -111,9 +141,16 @@ int run(int argc, char** argv) {
     const int64_t n = args.max_new_tokens < 0 ? 4 : args.max_new_tokens;
     std::vector<int64_t> decode_positions;
     for (int64_t k = 0; k + 1 < n; ++k) decode_positions.push_back(plan.decode_position(k));
+    json blocks = json::array();
+    for (const auto& [a, b] : plan.blocks) blocks.push_back({a, b});
     out["plan"] = {{"bucket", bucket->name}, {"length", plan.length}, {"video_start", plan.video_start},
                    {"video_end", plan.video_end}, {"delta", plan.positions.delta},
                    {"decode_positions", decode_positions}};
+    out["layout"] = {{"blocks", blocks}, {"cache_lengths", plan.cache_lengths}};
+    if (bucket->decode_static && !plan.cache_lengths.empty()) {
+      const auto s = ffexport::plan_static_decode(manifest.model, *bucket, plan.cache_lengths, n, args.static_decode);
+      out["static_decode"] = static_decode_json(s, plan, n - 1, bucket->engines.count("decode_static") > 0);
+    }
     if (!args.dump.empty()) {
       const std::string d = args.dump + "/";
       ffexport::write_npy(d + "input_ids.npy", {1, plan.length}, inputs.input_ids);
@@ -132,7 +169,8 @@ int run(int argc, char** argv) {
     }
     machine.compute_capability = args.compute_capability;
     machine.gpu_name = args.compute_capability.empty() ? "" : args.gpu_name;
-    ffexport::check_engines(manifest, bucket, machine, args.plugins);
+    ffexport::check_engines(manifest, bucket, machine, args.plugins,
+                            args.static_decode != ffexport::StaticDecodeMode::kOff);
     out["engines_ok"] = true;
   }
   std::cout << out.dump(1) << "\n";

@@ -1,7 +1,8 @@
 // ffexport-run: run an ffexport build's TensorRT engines on a folder of pre-processed inputs and print
 // the generated token ids (space-separated, one line on stdout). Errors are one line on stderr.
 //
-//   ffexport-run BUILD_DIR INPUTS_DIR [--max-new-tokens N] [--plugins LIB.so]... [--device I] [--verbose]
+//   ffexport-run BUILD_DIR INPUTS_DIR [--max-new-tokens N] [--plugins LIB.so]... [--device I]
+//                [--static-decode in-place|two-sets|off] [--verbose]
 //
 // INPUTS_DIR: input_ids.npy, pixel_values_videos.npy, video_grid_thw.npy
 // (`ffexport case --format npy --out INPUTS_DIR`).
@@ -14,7 +15,8 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: ffexport-run BUILD_DIR INPUTS_DIR [--max-new-tokens N] [--plugins LIB.so]... [--device I] [--verbose]";
+    "usage: ffexport-run BUILD_DIR INPUTS_DIR [--max-new-tokens N] [--plugins LIB.so]... [--device I] "
+    "[--static-decode in-place|two-sets|off] [--verbose]";
 constexpr int64_t kDefaultMaxNewTokens = 64;
 
 int64_t parse_count(const std::string& flag, const std::string& value) {
@@ -40,6 +42,8 @@ int run(int argc, char** argv) {
       options.plugins.push_back(value());
     } else if (arg == "--device") {
       options.device = static_cast<int>(parse_count(arg, value()));
+    } else if (arg == "--static-decode") {
+      options.static_decode = ffexport::parse_static_decode_mode(value());
     } else if (arg == "--verbose") {
       options.verbose = true;
     } else if (arg == "-h" || arg == "--help") {
@@ -59,7 +63,8 @@ int run(int argc, char** argv) {
   std::cout << "\n";
   if (options.verbose) {
     std::cerr << "bucket " << g.bucket << ": prefill " << g.prefill_ms << " ms, " << g.tokens.size() << " tokens in "
-              << g.decode_ms << " ms\n";
+              << g.decode_ms << " ms"
+              << (g.decoder.empty() ? "" : " (" + g.decoder + ")") << "\n";
   }
   return 0;
 }

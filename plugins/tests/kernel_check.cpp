@@ -49,6 +49,7 @@ struct MergeCase
     int32_t dtype;
     double removeFraction;
     double staticFraction; // share of tokens that repeat the previous frame's row exactly
+    double thinFraction = 0.0; // share of tokens gone before this step (a thinned span, e.g. several frame blocks)
 };
 
 //! Random rows, sequence order frame-major; some tokens repeat their patch's previous row (ties).
@@ -138,17 +139,32 @@ float timeMs(Launch&& launch, int repeats)
 //! Returns true when the kernel matches the reference.
 bool runMerge(MergeCase const& c, std::mt19937_64& rng, bool timed)
 {
-    int64_t const n = c.frames * c.patches;
-    int64_t const chains = c.patches;
+    std::vector<float> rows = makeRows(c, rng);
+    // patch id = offset in the frame (in its frame block) mod P; a thinned span keeps a subset, in order
+    std::vector<int64_t> patchIds;
+    std::vector<bool> seen(static_cast<size_t>(c.patches), false);
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    int64_t n = 0, chains = 0;
+    for (int64_t i = 0; i < c.frames * c.patches; ++i)
+    {
+        if (c.thinFraction > 0.0 && unit(rng) < c.thinFraction)
+        {
+            continue;
+        }
+        std::copy_n(rows.begin() + i * c.d, c.d, rows.begin() + n * c.d);
+        patchIds.push_back(i % c.patches);
+        chains += seen[static_cast<size_t>(i % c.patches)] ? 0 : 1;
+        seen[static_cast<size_t>(i % c.patches)] = true;
+        ++n;
+    }
+    if (n - chains < 1)
+    {
+        return true; // nothing can merge: no case
+    }
+    rows.resize(static_cast<size_t>(n * c.d));
     int64_t remove = std::max<int64_t>(1, static_cast<int64_t>(c.removeFraction * static_cast<double>(n)));
     remove = std::min(remove, n - chains);
-    std::vector<float> const rows = makeRows(c, rng);
     std::vector<uint8_t> const visual = encode(rows, c.dtype);
-    std::vector<int64_t> patchIds(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i)
-    {
-        patchIds[static_cast<size_t>(i)] = i % c.patches;
-    }
     int64_t const survivors = n - remove;
     size_t const valueBytes = static_cast<size_t>(survivors * c.d) * ffexport::valueTypeSize(c.dtype);
     std::vector<int64_t> keptRef(static_cast<size_t>(survivors));
@@ -222,8 +238,8 @@ bool runMerge(MergeCase const& c, std::mt19937_64& rng, bool timed)
         }
     }
     bool const ok = keptMismatch == 0 && valuesOk;
-    std::printf("merge %-8s n=%-6lld d=%-5lld P=%-5lld frames=%-3lld remove=%-6lld kept %s, max |diff| %.3g%s",
-        ffexport::valueTypeName(c.dtype), static_cast<long long>(n), static_cast<long long>(c.d),
+    std::printf("merge %-8s%s n=%-6lld d=%-5lld P=%-5lld frames=%-3lld remove=%-6lld kept %s, max |diff| %.3g%s",
+        ffexport::valueTypeName(c.dtype), c.thinFraction > 0.0 ? " thinned" : "", static_cast<long long>(n), static_cast<long long>(c.d),
         static_cast<long long>(c.patches), static_cast<long long>(c.frames), static_cast<long long>(remove),
         keptMismatch == 0 ? "identical" : (std::to_string(keptMismatch) + " differ").c_str(), worst,
         ok ? "" : "  MISMATCH");
@@ -326,6 +342,7 @@ int main(int argc, char** argv)
             {
                 c.frames = 2;
             }
+            c.thinFraction = trial % 4 == 3 ? 0.4 : 0.0;
             ok = runMerge(c, rng, false) && ok;
             ok = runPrune(2 + pick(rng) % 5000, (pick(rng) % 100) / 100.0, rng, false) && ok;
         }

@@ -100,6 +100,9 @@ def test_case_folder_round_trip_positions_and_bucket(cpp_build, toy_build_dir, t
     start, end = case.video_span(263)
     assert plan == {"bucket": bucket.name, "length": length, "video_start": start, "video_end": end, "delta": delta,
                     "decode_positions": [length + k + delta for k in range(4)]}
+    # one frame block; the toy manifest records no schedule stages, hence no lengths and no static decode
+    assert json.loads(done.stdout)["layout"] == {"blocks": [[start, end]], "cache_lengths": []}
+    assert "static_decode" not in json.loads(done.stdout)
 
 
 def test_positions_when_frames_outnumber_rows(cpp_build, tmp_path):

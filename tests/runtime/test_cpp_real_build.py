@@ -44,3 +44,42 @@ def test_cpp_reads_a_real_build_and_case_folder(real_build_dir, real_bucket, tmp
     start, end = c.video_span(m.video_token_id)
     assert out["plan"] == {"bucket": real_bucket, "length": length, "video_start": start, "video_end": end,
                            "delta": delta, "decode_positions": [length + delta, length + 1 + delta]}
+
+
+@pytest.mark.slow
+def test_cpp_static_decode_plan_on_a_real_build(real_build_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """On a real build (schedule stages and a static decode graph in its manifest) the C++ plan's
+    per-layer prefill lengths, capacities, room, per-step cache_lengths and positions are what the
+    Python runtime's StaticCacheDecoder sees when ONNX Runtime runs the same case."""
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+    cpp = build_cpp(tmp_path_factory)
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--video", "synthetic:pan", "--seed", "3", "--format", "npy", "--out", str(case)]) == 0
+    done = cpp.run_inspect(real_build_dir, case, "--max-new-tokens", 5)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+
+    seen: dict = {"steps": []}
+    start, step = StaticCacheDecoder.start, StaticCacheDecoder.step
+
+    def recording_start(self, presents):
+        start(self, presents)
+        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)],
+                    capacities=list(self.capacities), room=self.room())
+
+    def recording_step(self, token, position):
+        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
+        return step(self, token, position)
+
+    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
+    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    result = Runtime(real_build_dir).generate(load_case(case), max_new_tokens=5)
+    s = out["static_decode"]
+    assert out["layout"]["cache_lengths"] == s["prefill_lengths"] == seen["lengths"]  # the prefill's real caches
+    assert (s["capacities"], s["room"]) == (seen["capacities"], seen["room"])
+    assert s["use"] is True and s["engine"] is False  # an ONNX Runtime build: no engine, decode.engine would run
+    n = result.generated_ids.shape[1]
+    assert len(seen["steps"]) == n - 1 >= 1, n  # the tiny model's tokens for this case: no early EOS
+    assert [{k: st[k] for k in ("cache_lengths", "position")} for st in s["steps"][:n - 1]] == seen["steps"]

@@ -17,6 +17,9 @@
 namespace ffexport {
 
 inline constexpr const char* kManifestFormat = "ffexport.manifest/1";
+// Bucket schedules (ffexport/fusion/schedule.py): version 2 adds the frame blocks; version 1 is one block.
+inline constexpr const char* kScheduleFormatV1 = "ffexport.schedule/1";
+inline constexpr const char* kScheduleFormatV2 = "ffexport.schedule/2";
 
 struct ModelFacts {
   std::string name;
@@ -47,6 +50,30 @@ struct EngineRecord {
   std::vector<std::string> plugins;  // plugin libraries it was built with (may be empty)
 };
 
+// One frame block of a bucket's video (ffexport/fusion/layout.py, FrameBlock): `length` video tokens
+// (whole frames of patches_per_frame) at offsets [start, start + length) of the region, which starts at
+// the first video token of the prompt. Text sits between blocks (timestamps, frame labels).
+struct FrameBlock {
+  int64_t start = 0;
+  int64_t length = 0;
+  bool operator==(const FrameBlock& o) const { return start == o.start && length == o.length; }
+};
+
+// One step of a bucket's static FrameFusion schedule.
+struct ScheduleStage {
+  int64_t layer = 0;
+  std::string where;  // "before_attention" or "after_attention"
+  std::string op;     // "merge" or "prune"
+  int64_t remove = 0;
+};
+
+// A bucket's static decode graph (`graphs.decode_static`): one generated token over per-layer caches
+// of fixed capacities, updated at row cache_lengths[i] (docs/build-format.md).
+struct StaticDecodeGraph {
+  std::string file;
+  std::vector<int64_t> capacities;  // rows of layer i's cache (C_i), one per layer
+};
+
 struct Bucket {
   std::string name;  // FRAMESxHEIGHTxWIDTH
   int64_t frames = 0, height = 0, width = 0;
@@ -56,7 +83,20 @@ struct Bucket {
   std::string vision, prefill;  // ONNX graph files
   bool usable = false;
   std::optional<bool> parity_passed;
-  std::map<std::string, EngineRecord> engines;  // "vision", "prefill" (TensorRT builds only)
+  std::map<std::string, EngineRecord> engines;  // "vision", "prefill" [, "decode_static"] (TensorRT builds only)
+  // The schedule as the manifest records it: its format ("" when the bucket has none), the video's
+  // frame blocks (one block {0, visual_tokens} for version 1 or a schedule without blocks) and its
+  // steps (nullopt when not recorded: then per-layer lengths are not known before the prefill runs).
+  std::string schedule_format;
+  std::vector<FrameBlock> blocks;
+  std::optional<std::vector<ScheduleStage>> stages;
+  std::optional<StaticDecodeGraph> decode_static;
+
+  bool contiguous() const { return blocks.size() == 1; }
+  // Tokens from the first block's start to the last block's end (video and the text between blocks).
+  int64_t region_length() const { return blocks.empty() ? visual_tokens : blocks.back().start + blocks.back().length; }
+  // Visual tokens removed before layer `layer`'s attention (nullopt when the stages are not recorded).
+  std::optional<int64_t> removed_before(int64_t layer) const;
 
   // e.g. "8x112x112 (8 frames, 112x112)", plus why it is not offered when unusable.
   std::string describe() const;

@@ -6,10 +6,14 @@
 //
 // The steps are those of the Python runtime (ffexport/runtime/session.py): embed.engine on input_ids;
 // the bucket's vision engine on the pixels; the video features written over the video span of the
-// embeddings (on the GPU); the bucket's prefill engine with M-RoPE positions (plan.h); then greedy
-// decoding with decode.engine, each step's present.{i}.key/value fed back as past_key_values.{i}.*
-// (per-layer cache lengths differ), generated token k at position L + k + delta, until an EOS token
-// or the token budget. Which bucket: the first usable one whose grid equals the case's.
+// embeddings (on the GPU; block by block when the bucket's video is several frame blocks with text
+// between them); the bucket's prefill engine with M-RoPE positions (plan.h); then greedy decoding,
+// generated token k at position L + k + delta, until an EOS token or the token budget: with the
+// bucket's static decode engine when the build has one (per-layer caches allocated once at the
+// build's capacities, the prefill's caches copied into their first rows, cache_lengths L_i + k; see
+// StaticDecodeMode), else with decode.engine, each step's present.{i}.key/value fed back as
+// past_key_values.{i}.* (per-layer cache lengths differ). Which bucket: the first usable one whose
+// grid equals the case's.
 //
 // Before any engine is deserialized the constructor checks every engine the build records against
 // this machine (TensorRT version from getInferLibVersion(), GPU compute capability from the CUDA
@@ -33,12 +37,15 @@ struct RuntimeOptions {
   std::vector<std::string> plugins;  // TensorRT plugin libraries, loaded before any engine (--ops plugin builds)
   int device = 0;                    // CUDA device
   bool verbose = false;              // TensorRT's warnings and info on stderr (errors go into the exceptions)
+  // How a bucket's static decode engine binds its caches (plan.h); kOff: always decode.engine.
+  StaticDecodeMode static_decode = StaticDecodeMode::kInPlace;
 };
 
 struct Generation {
   std::vector<int64_t> tokens;  // greedy; ends with the EOS token when one was generated
   std::vector<float> logits;    // [vocab_size]: the prefill's last position
   std::string bucket;           // the bucket that ran
+  std::string decoder;          // what decoded: "decode_static (in-place)", "decode_static (two-sets)", "decode" or "" (no step)
   std::vector<int64_t> cache_lengths;  // per layer, after the prefill (FrameFusion shortens the later layers)
   double prefill_ms = 0;        // embed + vision + prefill, including the logits' copy to the host
   double decode_ms = 0;         // every decode step
