@@ -8,8 +8,9 @@ onnxruntime-extensions (:mod:`ffexport.runtime.plugins`), and the TensorRT plugi
 ``libffexport_plugins.so`` (``plugins/``).
 
 ``FrameFusionMerge`` (a static merge step)
-    inputs: ``visual`` [n, D] float32|float16|bfloat16 (the span's rows, sequence order),
-    ``patch_ids`` [n] int64 in [0, P). ints: ``remove`` M (1 <= M < n), ``patches_per_frame`` P,
+    inputs: ``visual`` [n, D] float32|float16|bfloat16 (the visual tokens' rows only, in sequence
+    order: with frame blocks the text between blocks is not passed), ``patch_ids`` [n] int64 in
+    [0, P) (a token's offset in its frame block modulo P). ints: ``remove`` M (1 <= M < n), ``patches_per_frame`` P,
     ``max_run`` (frames: bounds a patch chain's length). outputs: ``kept`` [n - M] int64 (surviving
     span positions, ascending), ``values`` [n - M, D] (their run averages, the input dtype).
 ``FrameFusionPrune`` (a static prune step)
