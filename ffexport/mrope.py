@@ -6,6 +6,11 @@ video starts; the text after a video starts at the LARGEST position the video us
 the temporal length counts. transformers 5.3+ instead advances by ``max(h, w) // merge`` after a
 video, ignoring its temporal length, which moves every later position whenever the video has more
 frames than rows or columns of merged patches. We keep the released rule.
+
+Qwen2.5-VL counts a video's temporal axis in time: grid step ``t`` takes the temporal index
+``int(t * temporal_step)`` with ``temporal_step = seconds_per_grid * tokens_per_second``
+(truncated like the released code's ``.long()``); Qwen2-VL's step is 1. A build records its step
+in the manifest (``model.positions``, docs/build-format.md) so the runtime computes the same ids.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ def mrope_position_ids(
     *,
     video_token_id: int,
     spatial_merge_size: int,
+    temporal_step: float = 1,
 ) -> tuple[np.ndarray, int]:
     """Position ids [3, L] int64 for one sequence with videos, and the RoPE delta.
 
     ``input_ids`` [L] or [1, L]; ``video_grid_thw`` [num_videos, 3] (patch grid before merging),
     one row per maximal run of video tokens, in order. The delta (``max position + 1 - L``) places
     generated tokens: the token at index ``L + k`` gets position ``L + k + delta`` on all three axes.
+    ``temporal_step``: temporal index per grid step (1: Qwen2-VL; see the module docstring).
     """
+    if not temporal_step > 0:
+        raise ValueError(f"temporal_step must be positive, got {temporal_step}")
     ids = np.asarray(input_ids).reshape(-1)
     grids = np.asarray(video_grid_thw, dtype=np.int64).reshape(-1, 3)
     spans = video_spans(ids, video_token_id)
@@ -50,7 +59,9 @@ def mrope_position_ids(
         text = np.arange(start - cursor, dtype=np.int64) + next_pos
         parts.append(np.broadcast_to(text, (3, text.size)))
         base = next_pos + text.size
-        tt, hh, ww = np.meshgrid(np.arange(int(t)), np.arange(gh), np.arange(gw), indexing="ij")
+        steps = np.arange(int(t)) if temporal_step == 1 else \
+            (np.arange(int(t), dtype=np.float64) * temporal_step).astype(np.int64)
+        tt, hh, ww = np.meshgrid(steps, np.arange(gh), np.arange(gw), indexing="ij")
         video = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int64) + base
         parts.append(video)
         next_pos = int(video.max()) + 1

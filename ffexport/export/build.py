@@ -240,7 +240,8 @@ class Build:
                     nominal = nominal_schedule(b, self.config.fusion, layers)
                     schedule, source = nominal.schedule, nominal.source
                 steps.start(f"{b.name}: vision graph")
-                vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw).eval().to("meta")
+                tower = self._vision_tower()
+                vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
                 pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
                 vision_file = f"{b.name}.vision.onnx"
                 self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"], ["video_features"]),
@@ -351,7 +352,12 @@ class Build:
             "video_pixels": list(loaded.video_pixels) if loaded.video_pixels else None,
             "video_processor": (loaded.processor.to_json() if getattr(loaded, "processor", None) is not None
                                 else None),
+            "positions": loaded.adapter.positions_record(cfg),
         }
+
+    def _vision_tower(self):
+        """The family's vision tower as data (its adapter's ``vision_tower``; ffexport/export/vision.py)."""
+        return self.loaded.adapter.vision_tower(self.loaded.config.vision_config)
 
     def _new_manifest(self) -> dict[str, Any]:
         import onnx
@@ -498,7 +504,7 @@ class Build:
 
         steps.start(f"{name}: export vision graph")
         grid = bucket.grid_thw
-        vision = VisionEncoder(self.loaded.model.model.visual, grid).eval()
+        vision = VisionEncoder(self.loaded.model.model.visual, grid, self._vision_tower()).eval()
         vision_file = f"{name}.vision.onnx"
         self._save_graph(GraphSpec("vision", vision, (torch.from_numpy(cases[0].pixel_values_videos),),
                                    ["pixel_values_videos"], ["video_features"]), vision_file, store)

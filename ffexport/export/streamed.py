@@ -526,8 +526,9 @@ class StreamedBuild:
             schedule, source = nominal.schedule, nominal.source
         meta = {"device": "meta"}
         steps.start(f"{b.name}: vision graph")
-        vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw).eval().to("meta")
-        twin = VisionEncoder(self._pairs[0][1].model.visual, b.grid_thw).eval()
+        tower = self.loaded.adapter.vision_tower(self.loaded.config.vision_config)  # the family's tower, as data
+        vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
+        twin = VisionEncoder(self._pairs[0][1].model.visual, b.grid_thw, tower).eval()
         self._pairs.append((vision, twin))
         pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
         graphs = {"vision": self._save(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"],

@@ -1,4 +1,4 @@
-"""The Qwen2-VL vision encoder + patch merger for one fixed video grid, written for export.
+"""The Qwen2-VL / Qwen2.5-VL vision encoder + patch merger for one fixed video grid, written for export.
 
 transformers' ``Qwen2VisionTransformerPretrainedModel`` takes ``grid_thw`` at run time and derives
 from it, with ``.tolist()`` and Python loops, the rotary positions of every patch and the frame
@@ -14,6 +14,18 @@ the ONNX decomposition of ``scaled_dot_product_attention`` would run it in half 
 
 Patch order is the processor's: frame-major, then ``merge x merge`` blocks row by row, then the
 patches inside a block; the merger turns each run of ``merge**2`` patches into one visual token.
+
+A family's tower is data (:class:`VisionTower`, declared by its adapter's ``vision_tower``): the
+sizes, and for Qwen2.5-VL the window attention: blocks not in ``full_blocks`` attend within square
+windows of ``window`` x ``window`` merged tokens of a frame (the windows at the right and bottom
+edges smaller when the frame does not divide evenly), as transformers'
+``get_vision_window_index`` cuts them. The grid is fixed, so the windows are too: every frame's
+patches are put in window order by one constant gather at the start (rotary tables likewise),
+each window is one batch entry of the attention when all windows have the same size (a constant
+block mask per frame otherwise), and the merged tokens are put back in the processor's order by
+one constant gather at the end, which is what transformers computes with ``window_index`` and
+``cu_window_seqlens``. Full-attention blocks attend per frame in either order (attention does not
+depend on the order of its keys). Without a window (Qwen2-VL) none of this is in the graph.
 """
 
 from __future__ import annotations
@@ -22,20 +34,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ffexport.models.vision_tower import VisionTower
+
 #: graph input / output names (docs/build-format.md)
 INPUT_NAME = "pixel_values_videos"
 OUTPUT_NAME = "video_features"
 
 
 class VisionEncoder(nn.Module):
-    """``VisionEncoder(visual, grid_thw)(pixel_values_videos [t*h*w, C*tp*p*p]) -> [t*h*w/merge**2, D]``.
+    """``VisionEncoder(visual, grid_thw, tower)(pixel_values_videos [t*h*w, C*tp*p*p]) -> [t*h*w/merge**2, D]``.
 
-    ``visual`` is ``model.model.visual`` of a ``Qwen2VLForConditionalGeneration``; its patch
-    embedding, blocks and merger are reused as submodules (shared weights, no copies). The module
-    works in their dtype; the input may be any float dtype (cast like transformers does).
+    ``visual`` is ``model.model.visual`` of a ``Qwen2VLForConditionalGeneration`` (``tower`` None:
+    :meth:`VisionTower.qwen2_vl`) or of the family ``tower`` describes (its adapter's
+    ``vision_tower``); its patch embedding, blocks and merger are reused as submodules (shared
+    weights, no copies). The module works in their dtype; the input may be any float dtype (cast
+    like transformers does).
     """
 
-    def __init__(self, visual: nn.Module, grid_thw: tuple[int, int, int]) -> None:
+    def __init__(self, visual: nn.Module, grid_thw: tuple[int, int, int], tower: VisionTower | None = None) -> None:
         super().__init__()
         self.training = visual.training  # the flag only: the shared submodules keep their own state
         config = visual.config
@@ -48,14 +64,17 @@ class VisionEncoder(nn.Module):
             raise ValueError(
                 f"grid {t}x{h}x{w}: height and width (in patches) must be multiples of spatial_merge_size={merge}"
             )
+        tower = tower if tower is not None else VisionTower.qwen2_vl(config)
         self.grid_thw: tuple[int, int, int] = grid
         self.merge_size = merge
-        self.num_heads = int(config.num_heads)
-        self.embed_dim = int(config.embed_dim)
+        self.num_heads = tower.num_heads
+        self.embed_dim = tower.embed_dim
         self.head_dim = self.embed_dim // self.num_heads
         self.scaling = self.head_dim**-0.5
         self.patch_dim = int(config.in_channels * config.temporal_patch_size * config.patch_size**2)
-        self.out_dim = int(config.hidden_size)
+        self.out_dim = tower.out_dim
+        self.windows = None if tower.window is None else _Windows(h // merge, w // merge, merge, tower.window)
+        self.full_blocks = frozenset(tower.full_blocks)
 
         self.patch_embed = visual.patch_embed
         self.blocks = visual.blocks
@@ -66,6 +85,13 @@ class VisionEncoder(nn.Module):
         rope = visual.rotary_pos_emb
         inv_freq, scaling = rope.compute_axial_rope_parameters(config)
         self._cos_cpu, self._sin_cpu = _rotary_tables(h, w, merge, inv_freq.float(), float(scaling))
+        if self.windows is not None:  # the tables in the order the blocks see the patches; constant gathers
+            order = self.windows.patch_order
+            self._cos_cpu, self._sin_cpu = self._cos_cpu[order], self._sin_cpu[order]
+            self.register_buffer("window_patch_order", order, persistent=False)
+            self.register_buffer("window_token_restore", self.windows.token_restore, persistent=False)
+            if not self.windows.even:
+                self.register_buffer("window_mask", self.windows.mask(), persistent=False)
         self.register_buffer("rotary_cos", self._cos_cpu.clone(), persistent=False)
         self.register_buffer("rotary_sin", self._sin_cpu.clone(), persistent=False)
 
@@ -99,25 +125,50 @@ class VisionEncoder(nn.Module):
                 f"grid {t}x{h}x{w} and needs [{self.num_patches}, {self.patch_dim}] (t*h*w rows)"
             )
         x = self.patch_embed(pixel_values_videos)  # [t*h*w, E] in the module's dtype
-        for block in self.blocks:
-            x = x + self._attention(block.attn, block.norm1(x))
+        if self.windows is None:
+            for block in self.blocks:
+                x = x + self._attention(block.attn, block.norm1(x))
+                x = x + block.mlp(block.norm2(x))
+            return self.merger(x)  # [N, D]
+        x = self._reorder(x, self.window_patch_order, t, h * w)  # every frame's patches in window order
+        for i, block in enumerate(self.blocks):
+            batch = None if i in self.full_blocks else self.windows
+            x = x + self._attention(block.attn, block.norm1(x), batch)
             x = x + block.mlp(block.norm2(x))
-        return self.merger(x)  # [N, D]
+        tokens = self.merger(x)  # [N, D], window order
+        return self._reorder(tokens, self.window_token_restore, t, self.windows.tokens)
 
-    def _attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _reorder(x: torch.Tensor, order: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
+        """The same constant permutation of the rows of every frame."""
+        return x.view(frames, per_frame, -1)[:, order].reshape(frames * per_frame, -1)
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor, windows: _Windows | None = None) -> torch.Tensor:
         t, h, w = self.grid_thw
         hw = h * w
         qkv = attn.qkv(x).view(t, hw, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [t, heads, hw, hd] each: one attention batch entry per frame
         q, k = self._rotate(q), self._rotate(k)
+        mask = None
+        if windows is not None and windows.even:  # one batch entry per window: [t * windows, heads, size, hd]
+            n, size = windows.count, windows.size
+            q, k, v = (y.view(t, self.num_heads, n, size, self.head_dim).transpose(1, 2)
+                       .reshape(t * n, self.num_heads, size, self.head_dim) for y in (q, k, v))
+        elif windows is not None:  # windows of different sizes: a constant block mask per frame
+            mask = self.window_mask
         if q.dtype == torch.float32:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
         else:  # float32 softmax, like transformers' eager path (and the fused kernels)
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
             # an explicit cast: torch.onnx (onnxscript 0.7) exports softmax(x, dtype=float32) as a
             # half-precision Softmax followed by a Cast, i.e. it drops the float32 softmax
             probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             out = torch.matmul(probs, v)
+        if windows is not None and windows.even:  # back to [t, heads, hw, hd]
+            out = out.view(t, windows.count, self.num_heads, windows.size, self.head_dim).transpose(1, 2)
+            out = out.reshape(t, self.num_heads, hw, self.head_dim)
         out = out.transpose(1, 2).reshape(t * hw, self.embed_dim)
         return attn.proj(out)
 
@@ -138,7 +189,41 @@ class VisionEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         t, h, w = self.grid_thw
-        return f"grid_thw=({t}, {h}, {w}), merge={self.merge_size}, tokens={self.num_tokens}"
+        text = f"grid_thw=({t}, {h}, {w}), merge={self.merge_size}, tokens={self.num_tokens}"
+        if self.windows is not None:
+            text += f", windows={self.windows.count} per frame, full attention in blocks {sorted(self.full_blocks)}"
+        return text
+
+
+class _Windows:
+    """The attention windows of one frame of ``rows x cols`` merged tokens (transformers'
+    ``get_vision_window_index`` for one frame): windows of ``size x size`` merged tokens, row by row,
+    cut at the right and bottom edges; tokens inside a window row by row."""
+
+    def __init__(self, rows: int, cols: int, merge: int, size: int) -> None:
+        index = torch.arange(rows * cols).view(rows, cols)
+        order, lengths = [], []
+        for r in range(0, rows, size):
+            for c in range(0, cols, size):
+                block = index[r:r + size, c:c + size].reshape(-1)
+                order.append(block)
+                lengths.append(block.numel() * merge * merge)
+        token_order = torch.cat(order)  # merged tokens in window order
+        unit = merge * merge
+        #: patches of a frame in window order (a merged token's patches stay together)
+        self.patch_order = (token_order[:, None] * unit + torch.arange(unit)).reshape(-1)
+        #: window order -> the processor's order, for the merged tokens
+        self.token_restore = torch.argsort(token_order)
+        self.tokens = rows * cols
+        self.lengths = tuple(lengths)  # patches per window
+        self.count = len(lengths)
+        self.even = len(set(lengths)) == 1
+        self.size = lengths[0]
+
+    def mask(self) -> torch.Tensor:
+        """[hw, hw] bool: True where a query (row) and a key (column) are in the same window."""
+        window = torch.repeat_interleave(torch.arange(self.count), torch.tensor(self.lengths))
+        return window[:, None] == window[None, :]
 
 
 def vision_position_ids(h: int, w: int, merge: int) -> torch.Tensor:

@@ -2,14 +2,16 @@
 
 What differs from Qwen2-VL (:mod:`ffexport.models.qwen2_vl`), and nothing else:
 
-* the vision tower (window attention, RMSNorm, SwiGLU MLP); ffexport calls it through
-  ``get_video_features`` like Qwen2-VL's, so the adapter only names the class;
+* the vision tower (window attention, RMSNorm, SwiGLU MLP): the reference calls it through
+  ``get_video_features`` like Qwen2-VL's; the exporter takes its sizes and windows as data
+  (``vision_tower``: :class:`~ffexport.models.vision_tower.VisionTower`, ``ffexport/export/vision.py``);
 * video positions: the temporal M-RoPE index of grid step ``t`` is
   ``int(t * seconds_per_grid * tokens_per_second)`` (absolute time, not the step), the text after
   the video starts at the largest video position plus one (the released rule, as for Qwen2-VL:
   transformers 5.3+ advances by ``max(h, w) // merge`` instead; see :mod:`ffexport.mrope`);
   ``seconds_per_grid`` is ``temporal_patch_size / fps`` (the processor's ``second_per_grid_ts``;
-  fps 2, transformers' default, gives 1.0).
+  fps 2, transformers' default, gives 1.0). The adapter declares ``temporal_step``; the numpy rule
+  is :func:`ffexport.mrope.mrope_position_ids` (the runtime reads the step from the manifest).
 
 The decoder is Qwen2's (q/k/v biases, GQA, M-RoPE with ``mrope_section``), so the video is one
 contiguous frame block and the FrameFusion math is shared unchanged. Preprocessing is Qwen2-VL's
@@ -20,76 +22,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS, Qwen2VLAdapter, _text
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
-from ffexport.mrope import video_spans
-
-
-def scaled_mrope_position_ids(
-    input_ids: np.ndarray,
-    video_grid_thw: np.ndarray,
-    *,
-    video_token_id: int,
-    spatial_merge_size: int,
-    temporal_step: float,
-) -> tuple[np.ndarray, int]:
-    """Qwen2.5-VL's M-RoPE positions [3, L] (int64) and the delta for generated tokens.
-
-    As :func:`ffexport.mrope.mrope_position_ids` except that grid step ``t`` of a video takes the
-    temporal index ``int(t * temporal_step)`` (``temporal_step = seconds_per_grid * tokens_per_second``,
-    truncated like the released code's ``.long()``). Numpy only (the runtime may use it).
-    """
-    ids = np.asarray(input_ids).reshape(-1)
-    grids = np.asarray(video_grid_thw, dtype=np.int64).reshape(-1, 3)
-    spans = video_spans(ids, video_token_id)
-    if len(spans) != len(grids):
-        raise ValueError(f"{len(spans)} video token spans but {len(grids)} rows in video_grid_thw")
-    parts: list[np.ndarray] = []
-    cursor, next_pos = 0, 0
-    for (start, end), (t, h, w) in zip(spans, grids, strict=True):
-        gh, gw = int(h) // spatial_merge_size, int(w) // spatial_merge_size
-        if end - start != int(t) * gh * gw:
-            raise ValueError(f"video span of {end - start} tokens does not match grid {int(t)}x{int(h)}x{int(w)}")
-        text = np.arange(start - cursor, dtype=np.int64) + next_pos
-        parts.append(np.broadcast_to(text, (3, text.size)))
-        base = next_pos + text.size
-        steps = (np.arange(int(t), dtype=np.float64) * temporal_step).astype(np.int64)
-        tt, hh, ww = np.meshgrid(steps, np.arange(gh), np.arange(gw), indexing="ij")
-        video = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int64) + base
-        parts.append(video)
-        next_pos = int(video.max()) + 1
-        cursor = end
-    tail = np.arange(ids.size - cursor, dtype=np.int64) + next_pos
-    parts.append(np.broadcast_to(tail, (3, tail.size)))
-    positions = np.concatenate(parts, axis=1).astype(np.int64)
-    delta = int(positions.max()) + 1 - ids.size if ids.size else 0
-    return positions, delta
+from ffexport.models.vision_tower import VisionTower
 
 
 @dataclass(frozen=True)
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
-    """How ffexport drives a Qwen2.5-VL model (Qwen2-VL's adapter with time-scaled positions)."""
+    """How ffexport drives a Qwen2.5-VL model (Qwen2-VL's adapter with time-scaled positions and a
+    windowed vision tower)."""
 
     family: str = "qwen2_5_vl"
     model_class: type = Qwen2_5_VLForConditionalGeneration
     #: seconds one temporal grid step covers (the processor's second_per_grid_ts: 2 frames at fps 2)
     seconds_per_grid: float = 1.0
-    #: pipeline stages that work for this family (docs/families.md); the build needs a vision graph
-    #: for its window attention (not written yet), so build/run/calibrate/bench refuse with one line
-    stages: frozenset = frozenset({"case", "reference"})
+    #: pipeline stages that work for this family (docs/families.md, tests/export/test_build_families.py):
+    #: all of them; the vision graph takes the tower's windows as data (``vision_tower``) and the
+    #: runtime the temporal step from the manifest (``positions_record``)
+    stages: frozenset = frozenset({"case", "reference", "build", "run", "calibrate", "explain", "bench"})
 
-    def position_ids(self, config: Qwen2_5_VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
-        """M-RoPE positions [3, L] with the temporal index in units of ``tokens_per_second``."""
-        return scaled_mrope_position_ids(
-            input_ids,
-            video_grid_thw,
-            video_token_id=self.video_token_id(config),
-            spatial_merge_size=self.spatial_merge_size(config),
-            temporal_step=self.seconds_per_grid * config.vision_config.tokens_per_second,
-        )
+    vision_tower = staticmethod(VisionTower.qwen2_5_vl)
+
+    def temporal_step(self, config: Qwen2_5_VLConfig) -> float:
+        """Temporal M-RoPE index per grid step: ``seconds_per_grid * tokens_per_second``."""
+        return float(self.seconds_per_grid * config.vision_config.tokens_per_second)
 
 
 ADAPTER = FAMILIES.register("qwen2_5_vl", Qwen2_5_VLAdapter())

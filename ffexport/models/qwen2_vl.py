@@ -14,6 +14,7 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from ffexport.fusion.decoder import DecoderParts
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
+from ffexport.models.vision_tower import VisionTower
 from ffexport.mrope import mrope_position_ids
 
 # Token ids of the released Qwen2-VL tokenizer.
@@ -49,6 +50,17 @@ class Qwen2VLAdapter:
         merge = self.spatial_merge_size(config)
         return (grid_thw[1] // merge) * (grid_thw[2] // merge)
 
+    #: the vision tower as the exporter sees it (ffexport/export/vision.py)
+    vision_tower = staticmethod(VisionTower.qwen2_vl)
+
+    def temporal_step(self, config: Qwen2VLConfig) -> float:
+        """Temporal M-RoPE index per grid step of a video (1: the step itself)."""
+        return 1.0
+
+    def positions_record(self, config: Qwen2VLConfig) -> dict:
+        """How the runtime builds position ids (the manifest's ``model.positions``, numpy only)."""
+        return {"rule": "mrope", "temporal_step": self.temporal_step(config)}
+
     def position_ids(self, config: Qwen2VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
         """M-RoPE positions [3, L] and the delta for generated tokens (released rule)."""
         return mrope_position_ids(
@@ -56,6 +68,7 @@ class Qwen2VLAdapter:
             video_grid_thw,
             video_token_id=self.video_token_id(config),
             spatial_merge_size=self.spatial_merge_size(config),
+            temporal_step=self.temporal_step(config),
         )
 
     # ----------------------------------------------------------------- model

@@ -55,7 +55,7 @@ PRESETS: Registry[Preset] = Registry("preset")
 
 
 #: every pipeline stage a command may need; an adapter's ``stages`` lists those it supports
-STAGES = ("case", "reference", "build", "run", "calibrate", "bench")
+STAGES = ("case", "reference", "build", "run", "calibrate", "explain", "bench")
 
 
 def require_stage(model: str, stage: str | None) -> None:

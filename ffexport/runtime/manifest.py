@@ -40,6 +40,9 @@ REBUILD = "the build is corrupt or incomplete; rebuild it with `ffexport build`"
 
 _HASH_CHUNK = 1 << 20
 
+#: position rules the runtime knows (``model.positions.rule``; ffexport/mrope.py)
+POSITION_RULES = ("mrope",)
+
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -57,6 +60,10 @@ class ModelFacts:
     spatial_merge_size: int
     patch_size: int
     temporal_patch_size: int
+    #: how position ids are built (``model.positions``; builds without it: Qwen2-VL's M-RoPE, step 1)
+    position_rule: str = "mrope"
+    #: M-RoPE temporal index per grid step of a video (Qwen2.5-VL: seconds_per_grid * tokens_per_second)
+    temporal_step: float = 1.0
 
     @property
     def patch_dim(self) -> int:
@@ -270,7 +277,22 @@ class _Reader:
             spatial_merge_size=self.positive(m, "spatial_merge_size", "model"),
             patch_size=self.positive(m, "patch_size", "model"),
             temporal_patch_size=self.positive(m, "temporal_patch_size", "model"),
+            **self.positions(m.get("positions")),
         )
+
+    def positions(self, record: Any) -> dict[str, Any]:
+        """``model.positions``: the position rule and its numbers (absent in older builds: M-RoPE, step 1)."""
+        if record is None:
+            return {}
+        where = "model.positions"
+        rule = self.get(record, "rule", str, where)
+        if rule not in POSITION_RULES:
+            raise InputError(f"{self.path}: {where}.rule is {rule!r}; this runtime builds positions by "
+                             f"{', '.join(POSITION_RULES)}: update ffexport or rebuild with this version")
+        step = self.get(record, "temporal_step", (int, float), where)
+        if not step > 0:
+            raise self.fail(f"{where}.temporal_step", f"must be positive, got {step}")
+        return {"position_rule": rule, "temporal_step": float(step)}
 
     def bucket(self, b: dict[str, Any], index: int) -> Bucket:
         where = f"buckets[{index}]"

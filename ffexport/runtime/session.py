@@ -16,7 +16,8 @@
 
 Steps of :meth:`Runtime.generate` (graph names and shapes: ``docs/build-format.md``): ``embed`` on
 ``input_ids``, the bucket's ``vision`` graph on the pixels, the features written over the video
-span, the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`), then greedy decoding
+span, the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
+manifest records: 1 for Qwen2-VL, ``seconds_per_grid * tokens_per_second`` for Qwen2.5-VL), then greedy decoding
 with the bucket's static decode graph (caches preallocated and updated in place through IO binding,
 :mod:`ffexport.runtime.kv_cache`) or, in builds without one, ``decode`` (each step's ``present.*`` fed
 back as ``past_key_values.*``), generated token ``k`` at position ``L + k + delta``, until an EOS
@@ -43,7 +44,7 @@ from ffexport.case import Case
 from ffexport.errors import InputError, RunError
 from ffexport.mrope import mrope_position_ids
 from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
-from ffexport.runtime.manifest import REBUILD, Bucket, Manifest, check_bytes, load_manifest
+from ffexport.runtime.manifest import REBUILD, Bucket, Manifest, ModelFacts, check_bytes, load_manifest
 from ffexport.runtime.tokenizer import BuildTokenizer
 from ffexport.runtime.video import probe_video, read_video, sample_frames
 
@@ -67,6 +68,13 @@ _GRAPH_INPUTS = {
     "decode": ("input_ids", "position_ids"),
 }
 _PAST, _PRESENT = "past_key_values.", "present."
+
+
+def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray) -> tuple[np.ndarray, int]:
+    """The prefill's position ids [3, L] and the delta for generated tokens, by the rule the build
+    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`)."""
+    return mrope_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
+                              spatial_merge_size=model.spatial_merge_size, temporal_step=model.temporal_step)
 
 
 @dataclass(frozen=True)
@@ -224,8 +232,7 @@ class Runtime:
                              f"{list(features.shape)} for {length} tokens ({end - start} video): {REBUILD}")
         embeds = np.array(embeds, copy=True)
         embeds[0, start:end] = features.astype(embeds.dtype, copy=False)
-        positions, delta = mrope_position_ids(ids, case.video_grid_thw, video_token_id=m.video_token_id,
-                                              spatial_merge_size=m.spatial_merge_size)
+        positions, delta = position_ids(m, ids, case.video_grid_thw)
         out = self._graph("prefill", b.prefill, b.name).run(inputs_embeds=embeds, position_ids=positions,
                                                      video_start=np.array(start, dtype=np.int64))
         logits = np.asarray(out["logits"], dtype=np.float32).reshape(1, -1)

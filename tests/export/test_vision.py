@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -190,3 +191,78 @@ def test_half_precision_graph_keeps_float32_softmax_and_norm_statistics(tiny, ca
     with torch.no_grad():
         expected = encoder(torch.from_numpy(case.pixel_values_videos)).float().numpy()
     assert np.abs(got.astype(np.float32) - expected).max() <= 2e-2  # measured: 2.9e-3
+
+
+# ------------------------------------------------------------ Qwen2.5-VL's windowed tower
+@pytest.fixture(scope="module")
+def qwen25():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen2.5vl-tiny")()
+
+
+def _windowed(qwen25, grid) -> VisionEncoder:
+    visual = qwen25.model.model.visual
+    return VisionEncoder(visual, grid, qwen25.adapter.vision_tower(visual.config)).eval()
+
+
+#: (t, h, w) in patches; the tiny tower's windows are 2x2 merged tokens (4x4 patches), so 8x8 and
+#: 8x12 cut evenly, the others leave smaller windows at the right / bottom edge (a block mask)
+WINDOW_GRIDS = [(4, 8, 8), (2, 8, 12), (1, 4, 6), (3, 6, 10), (1, 10, 10)]
+
+
+@pytest.mark.parametrize("grid", WINDOW_GRIDS, ids=lambda g: "x".join(map(str, g)))
+def test_windowed_tower_matches_transformers(qwen25, grid):
+    encoder = _windowed(qwen25, grid)
+    pixels = torch.randn(grid[0] * grid[1] * grid[2], PATCH_DIM, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = encoder(pixels)
+        expected = qwen25.adapter.video_features(qwen25.model, pixels, torch.tensor([grid]))
+        # the same tower attending to whole frames everywhere is far off: the windows are what matter
+        tower = qwen25.adapter.vision_tower(qwen25.model.model.visual.config)
+        plain = VisionEncoder(qwen25.model.model.visual, grid, replace(tower, window=None))(pixels)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5  # measured: 0.0 (even), 7e-7 (masked)
+    assert (plain - expected).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("grid, even", [((2, 8, 12), True), ((2, 6, 10), False)], ids=["even", "edges"])
+def test_windowed_graph_is_static_and_matches_pytorch(qwen25, grid, even, tmp_path):
+    import onnxruntime as ort
+
+    encoder = _windowed(qwen25, grid)
+    t, h, w = grid
+    pixels = torch.randn(t * h * w, PATCH_DIM, generator=torch.Generator().manual_seed(2))
+    model = _export(encoder, pixels, tmp_path / "vision.onnx")
+    onnx.checker.check_model(str(tmp_path / "vision.onnx"), full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    shapes = {v.name: _dims(v) for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    assert all(None not in s and all(isinstance(d, int) for d in s) for s in shapes.values()), "a dynamic dim"
+    assert not {"Loop", "If", "Scan", "NonZero"} & {n.op_type for n in inferred.node}
+    softmax = [shapes[n.input[0]] for n in inferred.node if n.op_type == "Softmax"]
+    heads, windows = encoder.num_heads, encoder.windows
+    full = [t, heads, h * w, h * w]
+    window = [t * windows.count, heads, windows.size, windows.size] if even else full  # masked per frame
+    assert softmax == [full if i in encoder.full_blocks else window for i in range(len(encoder.blocks))]
+    session = ort.InferenceSession(str(tmp_path / "vision.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: pixels.numpy()})
+    with torch.no_grad():
+        expected = encoder(pixels).numpy()
+    assert np.abs(got - expected).max() <= 1e-4  # measured: ~2e-6
+
+
+def test_windowed_half_precision_graph_stays_close(qwen25, tmp_path):
+    import onnxruntime as ort
+
+    grid = (2, 6, 10)  # edge windows: the masked fp16 path
+    visual = copy.deepcopy(qwen25.model.model.visual)
+    encoder = VisionEncoder(visual, grid, qwen25.adapter.vision_tower(visual.config)).eval().to(torch.float16)
+    pixels = torch.randn(2 * 6 * 10, PATCH_DIM, generator=torch.Generator().manual_seed(3))
+    model = _export(encoder, pixels, tmp_path / "vision16.onnx")
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in model.graph.node if n.op_type == "Softmax")
+    session = ort.InferenceSession(str(tmp_path / "vision16.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: pixels.numpy()})
+    with torch.no_grad():
+        expected = qwen25.adapter.video_features(qwen25.model, pixels, torch.tensor([grid])).numpy()
+    assert np.abs(got.astype(np.float32) - expected).max() <= 2e-2

