@@ -126,8 +126,8 @@ class Reader {
   void positions(const json& m, ModelFacts& f) const {
     if (!m.contains("positions") || m.at("positions").is_null()) return;
     const std::string w = "model.positions";
-    if (!m.at("positions").is_object()) fail(w, "has the wrong type (" + std::string(m.at("positions").type_name()) + ")");
     const json& record = m.at("positions");
+    if (!record.is_object()) fail(w, "has the wrong type (" + std::string(record.type_name()) + ")");
     const std::string rule = string(record, "rule", w);
     if (rule != kPositionRuleMrope) {
       throw InputError(source_ + ": " + w + ".rule is '" + rule + "'; this runtime builds positions by " +

@@ -127,7 +127,8 @@ void test_positions_and_budget() {
   CHECK(temporal(2.0) == (std::vector<int64_t>{0, 1, 3, 5, 7, 9, 10}));
   CHECK(temporal(0.5) == (std::vector<int64_t>{0, 1, 1, 2, 2, 3, 4}));     // int(0.5) = 0, int(1.5) = 1
   CHECK(temporal(25.0 / 12) == (std::vector<int64_t>{0, 1, 3, 5, 7, 9, 10}));  // 2.08, 4.17, 6.25, 8.33
-  CHECK(ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, 0.5).delta == 5 - n);  // largest position 4 (the last text token)
+  // largest position 4: the text token after the video
+  CHECK(ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, 0.5).delta == 5 - n);
   CHECK(ffexport::temporal_index(3, 0.1) == 0 && ffexport::temporal_index(10, 0.1) == 1);  // 0.30000000000000004, 1.0
   CHECK(ffexport::temporal_index(3, 1.0 / 3) == 1);                                         // 1.0 exactly in double
   CHECK(contains(error_of([] { ffexport::temporal_index(7, 1e300); }), "does not fit in int64"));

@@ -1,7 +1,7 @@
 // The runtime's arithmetic, free of TensorRT and CUDA (compiled and tested on any machine):
-// M-RoPE position ids (the released Qwen2-VL rule with the build's temporal step, a port of ffexport/mrope.py), which bucket a case
-// runs in, the prefill/decode positions, the decode cache budget, and whether an engine recorded in
-// the manifest can run on this machine.
+// M-RoPE position ids (the released Qwen2-VL rule with the build's temporal step, a port of
+// ffexport/mrope.py), which bucket a case runs in, the prefill/decode positions, the decode cache
+// budget, and whether an engine recorded in the manifest can run on this machine.
 #pragma once
 
 #include <array>
