@@ -1,6 +1,7 @@
 // manifest.json -> ffexport::Manifest, with the same checks as ffexport/runtime/manifest.py.
 #include "ffexport/manifest.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <utility>
@@ -116,7 +117,29 @@ class Reader {
     f.spatial_merge_size = positive(m, "spatial_merge_size", w);
     f.patch_size = positive(m, "patch_size", w);
     f.temporal_patch_size = positive(m, "temporal_patch_size", w);
+    positions(m, f);
     return f;
+  }
+
+  // `model.positions` (ffexport/runtime/manifest.py, positions): {"rule": "mrope", "temporal_step": s}; absent
+  // in older builds (M-RoPE, step 1). A rule this runtime does not know is refused, never run with other positions.
+  void positions(const json& m, ModelFacts& f) const {
+    if (!m.contains("positions") || m.at("positions").is_null()) return;
+    const std::string w = "model.positions";
+    const json& record = m.at("positions");
+    if (!record.is_object()) fail(w, "has the wrong type (" + std::string(record.type_name()) + ")");
+    const std::string rule = string(record, "rule", w);
+    if (rule != kPositionRuleMrope) {
+      throw InputError(source_ + ": " + w + ".rule is '" + rule + "'; this runtime builds positions by " +
+                       kPositionRuleMrope + ": update ffexport or rebuild with this version");
+    }
+    const json& step = get(record, "temporal_step", w);
+    if (!step.is_number()) fail(w + ".temporal_step", "has the wrong type (" + std::string(step.type_name()) + ")");
+    const double value = step.get<double>();
+    if (!(value > 0)) fail(w + ".temporal_step", "must be positive, got " + step.dump());
+    if (!std::isfinite(value)) fail(w + ".temporal_step", "must be finite, got " + step.dump());
+    f.position_rule = rule;
+    f.temporal_step = value;
   }
 
   EngineRecord engine(const json& r, const std::string& graph, const std::string& where) const {

@@ -95,8 +95,21 @@ std::vector<std::pair<int64_t, int64_t>> video_spans(const std::vector<int64_t>&
   return spans;
 }
 
+int64_t temporal_index(int64_t step, double temporal_step) {
+  if (temporal_step == 1.0) return step;
+  const double scaled = static_cast<double>(step) * temporal_step;  // numpy: float64 product, astype(int64)
+  if (!(scaled < 9.0e18)) {
+    throw InputError("the M-RoPE temporal index of video grid step " + std::to_string(step) +
+                     " does not fit in int64: the build's model.positions.temporal_step is out of range");
+  }
+  return static_cast<int64_t>(scaled);  // truncation toward zero, as Python's int() and numpy's astype
+}
+
 Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<std::array<int64_t, 3>>& grids,
-                             int64_t video_token_id, int64_t spatial_merge_size) {
+                             int64_t video_token_id, int64_t spatial_merge_size, double temporal_step) {
+  if (!(temporal_step > 0) || !std::isfinite(temporal_step)) {
+    throw InputError("temporal_step must be positive and finite, got " + std::to_string(temporal_step));
+  }
   const auto spans = video_spans(ids, video_token_id);
   if (spans.size() != grids.size()) {
     throw InputError(std::to_string(spans.size()) + " video token spans but " + std::to_string(grids.size()) +
@@ -125,11 +138,13 @@ Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<
     const int64_t base = next + (start - cursor);
     int64_t index = start;
     for (int64_t a = 0; a < t; ++a) {
+      const int64_t time = temporal_index(a, temporal_step);
       for (int64_t b = 0; b < gh; ++b) {
-        for (int64_t c = 0; c < gw; ++c) set(index++, base + a, base + b, base + c);
+        for (int64_t c = 0; c < gw; ++c) set(index++, base + time, base + b, base + c);
       }
     }
-    next = base + std::max({t - 1, gh - 1, gw - 1}) + 1;
+    // the temporal index grows with the step, so the video's largest position is at its last step or edge
+    next = base + std::max({temporal_index(t - 1, temporal_step), gh - 1, gw - 1}) + 1;
     largest = std::max(largest, next - 1);
     cursor = end;
   }
@@ -143,9 +158,9 @@ Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<
 
 std::vector<std::array<int64_t, 3>> position_grids(const std::string& family, const std::array<int64_t, 3>& grid,
                                                    size_t runs) {
-  if (family == "qwen2_vl") {
+  if (family == "qwen2_vl" || family == "qwen2_5_vl") {
     if (runs != 1) {
-      throw InputError("a qwen2_vl prompt holds a video as one run of video tokens; this one has " +
+      throw InputError("a " + family + " prompt holds a video as one run of video tokens; this one has " +
                        std::to_string(runs) + " (no position rule for a split video in this family)");
     }
     return {grid};
@@ -157,7 +172,8 @@ std::vector<std::array<int64_t, 3>> position_grids(const std::string& family, co
     }
     return std::vector<std::array<int64_t, 3>>(runs, {1, grid[1], grid[2]});
   }
-  throw InputError("this runtime computes M-RoPE positions for the model families qwen2_vl and qwen3_vl; the build's "
+  throw InputError("this runtime computes M-RoPE positions for the model families qwen2_vl, qwen2_5_vl and qwen3_vl; "
+                   "the build's "
                    "model is of family '" + family + "': run it with `ffexport run`");
 }
 
@@ -199,7 +215,7 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   plan.video_end = runs.back().second;
   plan.blocks = runs;
   plan.positions = mrope_position_ids(inputs.input_ids, position_grids(m.family, inputs.video_grid_thw, runs.size()),
-                                      m.video_token_id, m.spatial_merge_size);
+                                      m.video_token_id, m.spatial_merge_size, m.temporal_step);
   if (chosen->stages) {
     for (int64_t i = 0; i < m.num_layers; ++i) plan.cache_lengths.push_back(length - *chosen->removed_before(i));
   }

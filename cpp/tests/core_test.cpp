@@ -114,6 +114,27 @@ void test_positions_and_budget() {
   CHECK(contains(error_of([&] { ffexport::mrope_position_ids(ids, {{2, 4, 4}}, 9, 2); }),
                  "video span of 12 tokens does not match grid 2x4x4"));
 
+  // Qwen2.5-VL: grid step t at int(t * step). Grid (5, 2, 2): 5 tokens of one merged patch each.
+  std::vector<int64_t> video = {1};
+  video.insert(video.end(), 5, 9);
+  video.push_back(3);
+  const int64_t n = static_cast<int64_t>(video.size());
+  auto temporal = [&](double step) {
+    const auto q = ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, step);
+    return std::vector<int64_t>(q.ids.begin(), q.ids.begin() + n);
+  };
+  CHECK(temporal(1.0) == (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
+  CHECK(temporal(2.0) == (std::vector<int64_t>{0, 1, 3, 5, 7, 9, 10}));
+  CHECK(temporal(0.5) == (std::vector<int64_t>{0, 1, 1, 2, 2, 3, 4}));     // int(0.5) = 0, int(1.5) = 1
+  CHECK(temporal(25.0 / 12) == (std::vector<int64_t>{0, 1, 3, 5, 7, 9, 10}));  // 2.08, 4.17, 6.25, 8.33
+  // largest position 4: the text token after the video
+  CHECK(ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, 0.5).delta == 5 - n);
+  CHECK(ffexport::temporal_index(3, 0.1) == 0 && ffexport::temporal_index(10, 0.1) == 1);  // 0.30000000000000004, 1.0
+  CHECK(ffexport::temporal_index(3, 1.0 / 3) == 1);                                         // 1.0 exactly in double
+  CHECK(contains(error_of([] { ffexport::temporal_index(7, 1e300); }), "does not fit in int64"));
+  CHECK(contains(error_of([&] { ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, 0.0); }),
+                 "temporal_step must be positive and finite"));
+
   ffexport::check_decode_budget({10, 7}, 5, 13);  // step 4 reads 10 + 3 = 13 cached tokens
   CHECK(contains(error_of([] { ffexport::check_decode_budget({10, 7}, 6, 13); }), "ask for at most 5 new tokens"));
   ffexport::check_decode_budget({100}, 1, 13);  // one token: prefill only
@@ -153,6 +174,29 @@ void test_manifest_errors() {
   CHECK(contains(error_of([] { ffexport::parse_manifest("{\"format\": \"ffexport.manifest/1\"}", "b", "m"); }),
                  "m: model is missing"));
   CHECK(contains(error_of([] { ffexport::load_manifest("/nonexistent/build"); }), "is not a build directory"));
+
+  // model.positions: absent = M-RoPE step 1; the step as recorded; an unknown rule or a bad step is one line
+  auto positions = [](const std::string& record) {
+    const std::string text = R"({"format": "ffexport.manifest/1", "precision": "fp32", "max_text": 32,
+      "model": {"name": "m", "family": "qwen2_5_vl", "num_layers": 1, "hidden_size": 4, "vocab_size": 30,
+                "num_kv_heads": 1, "head_dim": 4, "video_token_id": 9, "eos_token_id": 1, "spatial_merge_size": 2,
+                "patch_size": 1, "temporal_patch_size": 1)" + record + R"(},
+      "graphs": {"embed": {"file": "e.onnx"}, "decode": {"file": "d.onnx"}}, "buckets": [],
+      "files": {"e.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') + R"("},
+                "d.onnx": {"bytes": 1, "sha256": ")" + std::string(64, 'a') + R"("}}})";
+    return ffexport::parse_manifest(text, "b", "m").model;
+  };
+  CHECK(positions("").position_rule == "mrope" && positions("").temporal_step == 1.0);
+  CHECK(positions(R"(, "positions": {"rule": "mrope", "temporal_step": 2.5})").temporal_step == 2.5);
+  CHECK(positions(R"(, "positions": {"rule": "mrope", "temporal_step": 2})").temporal_step == 2.0);
+  CHECK(contains(error_of([&] { positions(R"(, "positions": {"rule": "rope1d", "temporal_step": 1.0})"); }),
+                 "m: model.positions.rule is 'rope1d'; this runtime builds positions by mrope"));
+  CHECK(contains(error_of([&] { positions(R"(, "positions": {"rule": "mrope"})"); }),
+                 "model.positions.temporal_step is missing"));
+  CHECK(contains(error_of([&] { positions(R"(, "positions": {"rule": "mrope", "temporal_step": -1})"); }),
+                 "model.positions.temporal_step must be positive, got -1"));
+  CHECK(contains(error_of([&] { positions(R"(, "positions": {"rule": "mrope", "temporal_step": "2"})"); }),
+                 "model.positions.temporal_step has the wrong type (string)"));
 }
 
 ffexport::Manifest block_manifest(const std::string& schedule, const std::string& decode_static) {

@@ -124,7 +124,8 @@ json manifest_json(const ffexport::Manifest& m) {
                      {"vocab_size", f.vocab_size}, {"num_kv_heads", f.num_kv_heads}, {"head_dim", f.head_dim},
                      {"video_token_id", f.video_token_id}, {"eos_token_ids", f.eos_token_ids},
                      {"spatial_merge_size", f.spatial_merge_size}, {"patch_size", f.patch_size},
-                     {"temporal_patch_size", f.temporal_patch_size}, {"patch_dim", f.patch_dim()}}},
+                     {"temporal_patch_size", f.temporal_patch_size}, {"patch_dim", f.patch_dim()},
+                     {"position_rule", f.position_rule}, {"temporal_step", f.temporal_step}}},
           {"precision", m.precision}, {"max_text", m.max_text}, {"ops", m.ops}, {"graphs", m.graphs},
           {"buckets", buckets}, {"engines", engines}, {"files", m.files.size()}};
 }

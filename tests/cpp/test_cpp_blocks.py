@@ -152,8 +152,9 @@ def test_a_case_laid_out_otherwise_is_one_line(cpp_build, block_build, tmp_path,
 
 @pytest.mark.parametrize("family, words", [
     ("qwen2_vl", "a qwen2_vl prompt holds a video as one run of video tokens; this one has 4"),
-    ("qwen2_5_vl", "computes M-RoPE positions for the model families qwen2_vl and qwen3_vl; the build's model is of "
-                   "family 'qwen2_5_vl'"),
+    ("qwen2_5_vl", "a qwen2_5_vl prompt holds a video as one run of video tokens; this one has 4"),
+    ("llava_video", "computes M-RoPE positions for the model families qwen2_vl, qwen2_5_vl and qwen3_vl; the build's "
+                    "model is of family 'llava_video'"),
 ])
 def test_families_without_a_position_rule_are_refused(cpp_build, block_build, tmp_path, family, words):
     build = tmp_path / "build"

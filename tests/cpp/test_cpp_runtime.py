@@ -74,7 +74,8 @@ def test_manifest_reads_as_in_python(cpp_build, toy_build_dir):
         "name": m.name, "family": m.family, "num_layers": m.num_layers, "hidden_size": m.hidden_size,
         "vocab_size": m.vocab_size, "num_kv_heads": m.num_kv_heads, "head_dim": m.head_dim,
         "video_token_id": m.video_token_id, "eos_token_ids": m.eos_token_ids, "spatial_merge_size": m.spatial_merge_size,
-        "patch_size": m.patch_size, "temporal_patch_size": m.temporal_patch_size, "patch_dim": m.patch_dim}
+        "patch_size": m.patch_size, "temporal_patch_size": m.temporal_patch_size, "patch_dim": m.patch_dim,
+        "position_rule": m.position_rule, "temporal_step": m.temporal_step}
     assert [(b["name"], tuple(b["grid_thw"]), b["visual_tokens"], b["usable"], b["vision"], b["prefill"])
             for b in got["buckets"]] == [(b.name, b.grid_thw, b.visual_tokens, b.usable, b.vision, b.prefill)
                                           for b in want.all_buckets]

@@ -1,9 +1,11 @@
-"""The C++ runtime's TensorRT-free side (cpp/, ``ffexport-inspect``) on a real `ffexport build` of the tiny
-model and a case folder written by `ffexport case --format npy` (tests/cpp has the rest)."""
+"""The C++ runtime's TensorRT-free side (cpp/, ``ffexport-inspect``) on real `ffexport build`s of the tiny
+models (qwen2vl-tiny; qwen2.5vl-tiny, whose positions count time) and case folders written by
+`ffexport case --format npy` (tests/cpp has the rest)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from ffexport.case import load_case  # noqa: E402
 from ffexport.cli import main  # noqa: E402
 from ffexport.mrope import mrope_position_ids  # noqa: E402
 from ffexport.runtime.manifest import load_manifest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+QWEN25_BUCKET = "8x112x112"
 
 
 @pytest.mark.slow
@@ -83,3 +88,74 @@ def test_cpp_static_decode_plan_on_a_real_build(real_build_dir, tmp_path, tmp_pa
     n = result.generated_ids.shape[1]
     assert len(seen["steps"]) == n - 1 >= 1, n  # the tiny model's tokens for this case: no early EOS
     assert [{k: st[k] for k in ("cache_lengths", "position")} for st in s["steps"][:n - 1]] == seen["steps"]
+
+
+@pytest.fixture(scope="module")
+def qwen25_build_dir(tmp_path_factory) -> Path:
+    """`ffexport build --model qwen2.5vl-tiny --bucket 8x112x112` once per module (about a minute)."""
+    out = tmp_path_factory.mktemp("real25") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "qwen2.5vl-tiny", "--bucket",
+                           QWEN25_BUCKET, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_cpp_plan_of_a_real_qwen2_5_vl_build(qwen25_build_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """A real Qwen2.5-VL build (temporal step 2 in its manifest): the C++ positions, delta, decode positions and
+    per-layer cache lengths are those the Python runtime uses when ONNX Runtime runs the same case, and the
+    positions are the model adapter's (the export side's) own."""
+    from ffexport.models.qwen2_5_vl import Qwen2_5_VLAdapter, qwen2_5_vl_tiny_config
+    from ffexport.runtime import Runtime, session
+    from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+    cpp = build_cpp(tmp_path_factory)
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--model", "qwen2.5vl-tiny", "--video", "synthetic:pan", "--seed", "2", "--format",
+                 "npy", "--out", str(case)]) == 0
+    done = cpp.run_inspect(qwen25_build_dir, case, "--dump", tmp_path / "dump", "--max-new-tokens", 5)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+
+    seen: dict = {"steps": []}
+    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
+
+    def recording_positions(model, input_ids, video_grid_thw):
+        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
+        return seen["positions"], seen["delta"]
+
+    def recording_start(self, presents):
+        start(self, presents)
+        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
+
+    def recording_step(self, token, position):
+        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
+        return step(self, token, position)
+
+    monkeypatch.setattr(session, "position_ids", recording_positions)
+    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
+    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    c = load_case(case)
+    result = Runtime(qwen25_build_dir).generate(c, max_new_tokens=5)
+
+    model = out["manifest"]["model"]
+    config = qwen2_5_vl_tiny_config()
+    assert (model["family"], model["position_rule"]) == ("qwen2_5_vl", "mrope")
+    assert model["temporal_step"] == Qwen2_5_VLAdapter().temporal_step(config) == 2.0
+    positions = np.load(tmp_path / "dump" / "position_ids.npy")
+    assert np.array_equal(positions, seen["positions"])  # what the Python runtime fed its prefill
+    adapter_positions, adapter_delta = Qwen2_5_VLAdapter().position_ids(config, c.input_ids, c.video_grid_thw)
+    assert np.array_equal(positions, adapter_positions) and adapter_delta == seen["delta"]
+    plain, _ = mrope_position_ids(c.input_ids, c.video_grid_thw, video_token_id=model["video_token_id"],
+                                  spatial_merge_size=2)
+    assert not np.array_equal(positions, plain)  # grid (4, 8, 8) at step 2: time gives the largest position
+    length = c.input_ids.shape[1]
+    begin, end = c.video_span(model["video_token_id"])
+    delta = seen["delta"]
+    assert out["plan"] == {"bucket": QWEN25_BUCKET, "length": length, "video_start": begin, "video_end": end,
+                           "delta": delta, "decode_positions": [length + k + delta for k in range(4)]}
+    assert out["layout"]["cache_lengths"] == out["static_decode"]["prefill_lengths"] == seen["lengths"]
+    n = result.generated_ids.shape[1]
+    assert len(seen["steps"]) == n - 1 >= 1, n  # the tiny model's tokens for this case: no early EOS
+    assert [{k: st[k] for k in ("cache_lengths", "position")} for st in out["static_decode"]["steps"][:n - 1]] == \
+        seen["steps"]

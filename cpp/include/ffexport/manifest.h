@@ -20,6 +20,8 @@ inline constexpr const char* kManifestFormat = "ffexport.manifest/1";
 // Bucket schedules (ffexport/fusion/schedule.py): version 2 adds the frame blocks; version 1 is one block.
 inline constexpr const char* kScheduleFormatV1 = "ffexport.schedule/1";
 inline constexpr const char* kScheduleFormatV2 = "ffexport.schedule/2";
+// The position rules this runtime computes (`model.positions.rule`; ffexport/mrope.py).
+inline constexpr const char* kPositionRuleMrope = "mrope";
 
 struct ModelFacts {
   std::string name;
@@ -34,6 +36,11 @@ struct ModelFacts {
   int64_t spatial_merge_size = 0;
   int64_t patch_size = 0;
   int64_t temporal_patch_size = 0;
+  // How position ids are built (`model.positions`; a build without it: M-RoPE, step 1, as in Python).
+  std::string position_rule = kPositionRuleMrope;
+  // M-RoPE temporal index per grid step of a video: the token at grid step t gets int(t * temporal_step)
+  // (1 for Qwen2-VL; seconds_per_grid * tokens_per_second for Qwen2.5-VL).
+  double temporal_step = 1.0;
 
   // Values per row of pixel_values_videos: RGB x temporal patch x patch x patch.
   int64_t patch_dim() const { return 3 * temporal_patch_size * patch_size * patch_size; }

@@ -1,7 +1,7 @@
 // The runtime's arithmetic, free of TensorRT and CUDA (compiled and tested on any machine):
-// M-RoPE position ids (the released Qwen2-VL rule, a port of ffexport/mrope.py), which bucket a case
-// runs in, the prefill/decode positions, the decode cache budget, and whether an engine recorded in
-// the manifest can run on this machine.
+// M-RoPE position ids (the released Qwen2-VL rule with the build's temporal step, a port of
+// ffexport/mrope.py), which bucket a case runs in, the prefill/decode positions, the decode cache
+// budget, and whether an engine recorded in the manifest can run on this machine.
 #pragma once
 
 #include <array>
@@ -24,18 +24,25 @@ struct Positions {
   int64_t delta = 0;         // max(position) + 1 - L
 };
 
+// The M-RoPE temporal index of video grid step `step`: int(step * temporal_step), the product in
+// double and truncated as Python's int() / numpy's astype(int64) do (ffexport/mrope.py); `step` itself
+// when temporal_step is 1. InputError when it does not fit in int64.
+int64_t temporal_index(int64_t step, double temporal_step);
+
 // Position ids for one sequence with one video per row of `grids` (ffexport/mrope.py,
-// mrope_position_ids): text counts up by one; a video's tokens get (t, h, w) grid positions offset
-// by where the video starts; text after a video continues at the largest position it used plus one.
-// InputError when the spans do not match the grids.
+// mrope_position_ids): text counts up by one; a video's token at grid step t, merged row h, column w
+// gets (temporal_index(t), h, w) offset by where the video starts; text after a video continues at the
+// largest position it used plus one. `temporal_step`: the manifest's model.positions.temporal_step
+// (1: Qwen2-VL; Qwen2.5-VL counts time). InputError when the spans do not match the grids or the step
+// is not positive and finite.
 Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<std::array<int64_t, 3>>& grids,
-                             int64_t video_token_id, int64_t spatial_merge_size);
+                             int64_t video_token_id, int64_t spatial_merge_size, double temporal_step = 1.0);
 
 // The video grids M-RoPE places for one video of `grid` in a prompt of model family `family`, one per
-// run of video tokens: Qwen2-VL the whole grid as one run; Qwen3-VL one (1, h, w) grid per temporal
+// run of video tokens: Qwen2-VL and Qwen2.5-VL the whole grid as one run (Qwen2.5-VL's time scaling is
+// the manifest's temporal_step, applied by mrope_position_ids); Qwen3-VL one (1, h, w) grid per temporal
 // group, each its own frame block (ffexport/models/qwen3_vl.py, position_ids). InputError for a family
-// whose positions this runtime does not compute (e.g. Qwen2.5-VL's time-scaled rule) or a run count
-// the family does not write.
+// whose positions this runtime does not compute or a run count the family does not write.
 std::vector<std::array<int64_t, 3>> position_grids(const std::string& family, const std::array<int64_t, 3>& grid,
                                                    size_t runs);
 
