@@ -26,8 +26,9 @@ def add_verbosity_args(p: argparse.ArgumentParser, *, top_level: bool = False) -
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="qwen2vl-tiny",
-                   help="preset (qwen2vl-tiny, qwen2vl-2b, qwen2vl-7b) or a local Hugging Face directory "
-                        "(default: qwen2vl-tiny, random weights built in)")
+                   help="preset (`ffexport models` lists them: qwen2vl-tiny, qwen2vl-7b, qwen2.5vl-7b, qwen3vl-8b, "
+                        "llava-video-7b, ...) or a local Hugging Face directory (default: qwen2vl-tiny, random "
+                        "weights built in)")
     g.add_argument("--weights", metavar="DIR", help="local directory holding a preset's weights "
                    "(default: the local Hugging Face cache; nothing is downloaded)")
     g.add_argument("--random-weights", action="store_true",

@@ -292,6 +292,8 @@ class _Reader:
         step = self.get(record, "temporal_step", (int, float), where)
         if not step > 0:
             raise self.fail(f"{where}.temporal_step", f"must be positive, got {step}")
+        if step == float("inf"):  # json reads 1e999 as inf; positions would be garbage
+            raise self.fail(f"{where}.temporal_step", f"must be finite, got {step}")
         return {"position_rule": rule, "temporal_step": float(step)}
 
     def bucket(self, b: dict[str, Any], index: int) -> Bucket:

@@ -205,3 +205,15 @@ def test_missing_tokenizer_is_refused(build):
     with pytest.raises(InputError) as e:
         load_manifest(build)
     assert "tokenizer.json is missing" in _message(e)
+
+
+@pytest.mark.parametrize("step, words", [("1e999", "must be finite, got inf"), ("0", "must be positive, got 0"),
+                                         ("-1.5", "must be positive, got -1.5")])
+def test_a_temporal_step_that_would_give_garbage_positions_is_one_line(build, step, words):
+    """JSON reads 1e999 as inf; int(t * inf) would be garbage positions, so the step must be finite."""
+    _edit(build, lambda m: m["model"].update(positions={"rule": "mrope", "temporal_step": 1.0}))
+    text = (build / "manifest.json").read_text().replace('"temporal_step": 1.0', f'"temporal_step": {step}')
+    (build / "manifest.json").write_text(text)
+    with pytest.raises(InputError) as e:
+        load_manifest(build)
+    assert f"model.positions.temporal_step {words}" in _message(e)
