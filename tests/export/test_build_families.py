@@ -97,6 +97,16 @@ def test_qwen25_vision_graph_equals_transformers_tower(qwen25_build, qwen25):
     assert np.abs(got - expected).max() <= FP32_ATOL  # measured 2e-6
 
 
+
+def test_qwen25_build_parses_and_builds_for_sm89(qwen25_build, tensorrt_rtx, capsys):
+    """NVIDIA's parser and ahead-of-time builder (TensorRT-RTX) take every graph of the build."""
+    from ffexport.cli import main
+
+    assert main(["check", str(qwen25_build), "--build-for", "SM89"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if ": built for SM89 (" in line]) == 5
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
+
 # ------------------------------------------------------------------ run (torch-free)
 def test_qwen25_run_on_a_real_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
     from ffexport.runtime import Runtime
