@@ -135,6 +135,11 @@ class LlavaStyleAdapter:
                                     std=self.image_std)
 
     @staticmethod
+    def positions_record(config) -> dict:
+        """How the runtime builds position ids (the manifest's ``model.positions``): 1D, ``arange(L)``."""
+        return {"rule": "1d"}
+
+    @staticmethod
     def position_ids(config, input_ids: np.ndarray, video_grid_thw=None) -> tuple[np.ndarray, int]:
         """1D positions as ``[3, L]`` rows and the delta for generated tokens (0: they continue at L)."""
         return one_d_position_ids(np.asarray(input_ids).shape[-1]), 0

@@ -42,6 +42,13 @@ _HASH_CHUNK = 1 << 20
 
 #: position rules the runtime knows (``model.positions.rule``; ffexport/mrope.py)
 POSITION_RULES = ("mrope",)
+#: rules builds may record whose families the runtime does not run yet, and why
+NOT_RUN_YET = {"1d": "a fixed-size vision tower with 1D positions"}
+
+
+def _family(raw: dict[str, Any]) -> str:
+    model = raw.get("model")
+    return str(model.get("family")) if isinstance(model, dict) else "an unknown family"
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,7 @@ class _Reader:
                         tokenizer_file=tokenizer_file, graphs=graphs, all_buckets=buckets, files=files, raw=raw)
 
     def model(self, m: dict[str, Any]) -> ModelFacts:
+        positions = self.positions(m.get("positions"))  # first: it says whether this runtime runs the family
         eos = self.get(m, "eos_token_id", (int, list), "model")
         eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in eos_ids):
@@ -277,7 +285,7 @@ class _Reader:
             spatial_merge_size=self.positive(m, "spatial_merge_size", "model"),
             patch_size=self.positive(m, "patch_size", "model"),
             temporal_patch_size=self.positive(m, "temporal_patch_size", "model"),
-            **self.positions(m.get("positions")),
+            **positions,
         )
 
     def positions(self, record: Any) -> dict[str, Any]:
@@ -286,6 +294,9 @@ class _Reader:
             return {}
         where = "model.positions"
         rule = self.get(record, "rule", str, where)
+        if rule in NOT_RUN_YET:
+            raise InputError(f"{self.path}: a build of {_family(self.raw)} ({NOT_RUN_YET[rule]}): ffexport run does "
+                             "not run this family's builds yet; see docs/families.md")
         if rule not in POSITION_RULES:
             raise InputError(f"{self.path}: {where}.rule is {rule!r}; this runtime builds positions by "
                              f"{', '.join(POSITION_RULES)}: update ffexport or rebuild with this version")

@@ -226,3 +226,60 @@ def test_stages_not_done_are_still_refused_in_one_line(tmp_path, error_line, arg
     assert line.startswith(f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this family yet "
                            f"(done: {done})") and line.endswith("see docs/families.md")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ LLaVA-NeXT-Video
+@pytest.fixture(scope="module")
+def llava_build(tmp_path_factory) -> Path:
+    """``ffexport build --model llava-next-video-tiny --bucket 8x112x112`` once for the module. Do not modify."""
+    out = tmp_path_factory.mktemp("llava") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "llava-next-video-tiny",
+                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+def test_llava_next_video_build_passes_its_gate(llava_build):
+    manifest = json.loads((llava_build / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "llava_next_video" and manifest["model"]["positions"] == {"rule": "1d"}
+    (bucket,) = manifest["buckets"]
+    # 8 frames at the tower's 112 px: 8x8 patches pooled 2x2 -> 16 tokens per frame, one contiguous block
+    assert (bucket["visual_tokens"], bucket["patches_per_frame"], bucket["grid_thw"]) == (128, 16, [8, 4, 4])
+    assert bucket["usable"] and bucket["parity"]["passed"]
+    vision = bucket["graphs"]["vision"]["inputs"][0]
+    assert vision["name"] == "pixel_values_videos" and vision["shape"] == [1, 8, 3, 112, 112]
+    parity = json.loads((llava_build / BUCKET / "parity.json").read_text())
+    for graph in parity["graphs"]:
+        assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] for e in parity["end_to_end"])
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] >= 2
+    # the oracle runs with the family's 1D rotary layout (one section), not "not run"
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1 and contract["oracle"]["not_run"] == 0
+
+
+def test_llava_next_video_vision_graph_equals_transformers(llava_build):
+    from ffexport.export.parity import OrtRunner
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel("llava-next-video-tiny")()
+    case = loaded.case_from_video(synthetic_video("zoom", frames=8, height=90, width=160, seed=3), "hi")
+    got = OrtRunner().run(llava_build / f"{BUCKET}.vision.onnx",
+                          {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    config = loaded.model.config
+    with torch.no_grad():  # transformers' own forward of the tower, feature layer, pooling and projector
+        expected = loaded.model.model.get_video_features(
+            torch.from_numpy(case.pixel_values_videos), vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+    expected = expected.reshape(-1, expected.shape[-1]).numpy()
+    assert got.shape == expected.shape == (128, 64)
+    assert np.abs(got - expected).max() <= FP32_ATOL
+
+
+def test_run_refuses_a_llava_build_in_one_line(llava_build, tmp_path, capsys, error_line):
+    from ffexport.cli import main
+
+    assert main(["run", str(llava_build), "--inputs", str(tmp_path / "c.npz")]) == 2
+    assert error_line() == (f"error: input: {llava_build / 'manifest.json'}: a build of llava_next_video (a fixed-size "
+                            "vision tower with 1D positions): ffexport run does not run this family's builds yet; "
+                            "see docs/families.md")
