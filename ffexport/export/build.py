@@ -354,6 +354,8 @@ class Build:
             "video_processor": (loaded.processor.to_json() if getattr(loaded, "processor", None) is not None
                                 else None),
             "positions": loaded.adapter.positions_record(cfg),
+            # fixed-size towers: frame preprocessing and chat template for the runtime (Qwen: none)
+            **(loaded.adapter.runtime_record(cfg) if hasattr(loaded.adapter, "runtime_record") else {}),
         }
 
     def _vision_tower(self):

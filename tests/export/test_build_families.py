@@ -276,10 +276,65 @@ def test_llava_next_video_vision_graph_equals_transformers(llava_build):
     assert np.abs(got - expected).max() <= FP32_ATOL
 
 
-def test_run_refuses_a_llava_build_in_one_line(llava_build, tmp_path, capsys, error_line):
+@pytest.fixture(scope="module")
+def llava():
+    from ffexport.models import LoadModel
+
+    return LoadModel("llava-next-video-tiny")()
+
+
+def test_llava_next_video_runtime_prepares_the_adapters_case(llava_build, llava):
+    """The torch-free runtime's frames (FixedFramePreprocess from the manifest) and prompt (the chat
+    template, tokenized in one piece by the build's tokenizer) are the adapter's, array for array."""
+    from ffexport.runtime import Runtime
+
+    frames = synthetic_video("pan", frames=8, height=90, width=160, seed=6)
+    runtime = Runtime(llava_build)
+    got = runtime.prepare_video(frames, PROMPT, BUCKET)
+    want = llava.case_from_video(frames, PROMPT)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.pixel_values_videos, want.pixel_values_videos)
+    assert got.video_grid_thw is None
+
+
+def test_llava_next_video_run_on_a_real_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path):
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.fit import FitVideo
+
+    clip = _real_clip()
+    out = tmp_path / "o.npz"
+    report, done = _cli(["run", str(llava_build), "--video", str(clip), "--prompt", PROMPT,
+                         "--max-new-tokens", str(TOKENS), "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    runtime = Runtime(llava_build)
+    fitted = FitVideo(runtime.manifest)(clip)
+    case = runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket)
+    expected = _static_reference(llava, llava_build, case)
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_llava_next_video_run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path):
+    from ffexport.case import load_case
     from ffexport.cli import main
 
+    case_file = tmp_path / "case.npz"
+    assert main(["-q", "case", "--model", "llava-next-video-tiny", "--video", "synthetic:zoom", "--seed", "2",
+                 "--out", str(case_file)]) == 0
+    out = tmp_path / "o.npz"
+    report, done = _cli(["-q", "run", str(llava_build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
+                         "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    expected = _static_reference(llava, llava_build, load_case(case_file))
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_run_refuses_a_case_of_another_frame_count_in_one_line(llava_build, llava, tmp_path, error_line):
+    from ffexport.cli import main
+
+    llava.case_from_video(synthetic_video("pan", frames=4, seed=1), PROMPT).save(tmp_path / "c.npz")
     assert main(["run", str(llava_build), "--inputs", str(tmp_path / "c.npz")]) == 2
-    assert error_line() == (f"error: input: {llava_build / 'manifest.json'}: a build of llava_next_video (a fixed-size "
-                            "vision tower with 1D positions): ffexport run does not run this family's builds yet; "
-                            "see docs/families.md")
+    assert error_line().startswith("error: input: the case has 4 frames; no usable bucket of ")
