@@ -58,3 +58,20 @@ def parse_bucket(
     h, w = resized[0] // patch_size, resized[1] // patch_size
     per_frame = (h // merge_size) * (w // merge_size)
     return Bucket(frames, height, width, resized, (t, h, w), t * per_frame, per_frame)
+
+
+def parse_fixed_bucket(text: str, *, size: int, tokens_per_frame: int) -> Bucket:
+    """``FRAMESxHEIGHTxWIDTH`` for a fixed-size tower (LLaVA-style): every frame is brought to
+    ``size`` x ``size`` whatever the video's size, and gives ``tokens_per_frame`` tokens, one per cell
+    of a square token grid; ``grid_thw`` is that grid per frame, ``(frames, side, side)``."""
+    m = _BUCKET.match(text)
+    if not m:
+        raise InputError(f"bucket {text!r} is not FRAMESxHEIGHTxWIDTH (e.g. 8x112x112: 8 frames of 112x112 pixels)")
+    frames, height, width = (int(g) for g in m.groups())
+    if min(frames, height, width) <= 0:
+        raise InputError(f"bucket {text!r}: frames, height and width must be positive")
+    side = int(round(tokens_per_frame ** 0.5))
+    if side * side != tokens_per_frame:
+        raise InputError(f"bucket {text!r}: {tokens_per_frame} tokens per frame is not a square grid")
+    return Bucket(frames, height, width, (size, size), (frames, side, side), frames * tokens_per_frame,
+                  tokens_per_frame)

@@ -23,7 +23,7 @@ import torch
 import ffexport
 from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
-from ffexport.export.buckets import Bucket, parse_bucket
+from ffexport.export.buckets import Bucket, parse_bucket, parse_fixed_bucket
 from ffexport.export.attention_rewrite import choose_attention
 from ffexport.export.builddir import BuildDirectory, committed_weights, fault_point
 from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
@@ -36,7 +36,7 @@ from ffexport.export.manifest import (
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
 from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
-from ffexport.export.vision import VisionEncoder
+from ffexport.export.vision import FixedTowerEncoder, VisionEncoder
 from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
@@ -122,12 +122,7 @@ class Build:
         self.loaded = loaded
         self.config = config
         self.out = Path(config.out)
-        vision = loaded.config.vision_config
-        self.buckets = [
-            parse_bucket(b, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                         merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
-            for b in dict.fromkeys(config.buckets)
-        ]
+        self.buckets = [self._parse_bucket(b) for b in dict.fromkeys(config.buckets)]
         if not self.buckets:
             raise InputError("give at least one --bucket FRAMESxHEIGHTxWIDTH")
         for b in self.buckets:
@@ -240,9 +235,13 @@ class Build:
                     nominal = nominal_schedule(b, self.config.fusion, layers)
                     schedule, source = nominal.schedule, nominal.source
                 steps.start(f"{b.name}: vision graph")
-                tower = self._vision_tower()
-                vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
-                pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
+                if self._fixed_tower():  # the model is on the meta device already
+                    vision = self._vision_module(b)
+                    pixels = torch.zeros(vision.input_shape, dtype=torch.float32, **meta)
+                else:
+                    tower = self._vision_tower()
+                    vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
+                    pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
                 vision_file = f"{b.name}.vision.onnx"
                 self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"], ["video_features"]),
                                      vision_file)
@@ -345,19 +344,42 @@ class Build:
             "name": loaded.name, "family": loaded.adapter.family, "source": loaded.source,
             "num_layers": loaded.num_layers, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
             "num_kv_heads": parts.num_kv_heads, "head_dim": parts.head_dim,
-            "video_token_id": cfg.video_token_id, "vision_start_token_id": cfg.vision_start_token_id,
-            "vision_end_token_id": cfg.vision_end_token_id, "eos_token_id": eos,
-            "spatial_merge_size": vision.spatial_merge_size, "patch_size": vision.patch_size,
-            "temporal_patch_size": vision.temporal_patch_size,
+            "video_token_id": cfg.video_token_id,
+            # Qwen families; None for fixed-size towers (LLaVA-style: no vision markers, no merge / temporal patch)
+            "vision_start_token_id": getattr(cfg, "vision_start_token_id", None),
+            "vision_end_token_id": getattr(cfg, "vision_end_token_id", None), "eos_token_id": eos,
+            "spatial_merge_size": getattr(vision, "spatial_merge_size", None), "patch_size": vision.patch_size,
+            "temporal_patch_size": getattr(vision, "temporal_patch_size", None),
             "video_pixels": list(loaded.video_pixels) if loaded.video_pixels else None,
             "video_processor": (loaded.processor.to_json() if getattr(loaded, "processor", None) is not None
                                 else None),
             "positions": loaded.adapter.positions_record(cfg),
+            # fixed-size towers: frame preprocessing and chat template for the runtime (Qwen: none)
+            **(loaded.adapter.runtime_record(cfg) if hasattr(loaded.adapter, "runtime_record") else {}),
         }
 
     def _vision_tower(self):
         """The family's vision tower as data (its adapter's ``vision_tower``; ffexport/export/vision.py)."""
         return self.loaded.adapter.vision_tower(self.loaded.config.vision_config)
+
+    def _fixed_tower(self) -> bool:
+        """A fixed-size tower (LLaVA-style adapters declare ``tokens_per_frame``; Qwen ones a ``vision_tower``)."""
+        return not hasattr(self.loaded.adapter, "vision_tower")
+
+    def _parse_bucket(self, text: str) -> Bucket:
+        loaded = self.loaded
+        if self._fixed_tower():
+            adapter, cfg = loaded.adapter, loaded.config
+            return parse_fixed_bucket(text, size=adapter.frame_size(cfg), tokens_per_frame=adapter.tokens_per_frame(cfg))
+        vision = loaded.config.vision_config
+        return parse_bucket(text, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                            merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+
+    def _vision_module(self, bucket: Bucket) -> torch.nn.Module:
+        """The bucket's vision graph module: the Qwen towers per grid, a fixed-size tower per frame count."""
+        if self._fixed_tower():
+            return FixedTowerEncoder(self.loaded.model, self.loaded.adapter, bucket.frames).eval()
+        return VisionEncoder(self.loaded.model.model.visual, bucket.grid_thw, self._vision_tower()).eval()
 
     def _new_manifest(self) -> dict[str, Any]:
         import onnx
@@ -504,7 +526,7 @@ class Build:
 
         steps.start(f"{name}: export vision graph")
         grid = bucket.grid_thw
-        vision = VisionEncoder(self.loaded.model.model.visual, grid, self._vision_tower()).eval()
+        vision = self._vision_module(bucket)
         vision_file = f"{name}.vision.onnx"
         self._save_graph(GraphSpec("vision", vision, (torch.from_numpy(cases[0].pixel_values_videos),),
                                    ["pixel_values_videos"], ["video_features"]), vision_file, store)

@@ -168,9 +168,14 @@ class ScheduleContract:
         if dtype != torch.float32:
             self.oracle_note = f"not run: the oracle computes in float32 and this build is {self.precision}"
             return None
+        rotary = self.loaded.model.model.language_model.rotary_emb
+        # 1D RoPE (no mrope_section on the model): the rotary layout the family declares, as data
+        section = None if hasattr(rotary, "mrope_section") else \
+            self.loaded.adapter.decoder_parts(self.loaded.model).mrope_section
         try:
             return OracleRun(self.loaded.model, cost=self.fusion.cost, similarity=self.fusion.similarity,
-                             ratio_lower_bound=self.fusion.ratio_lower_bound, budget_layers=self.budget_layers)
+                             ratio_lower_bound=self.fusion.ratio_lower_bound, budget_layers=self.budget_layers,
+                             mrope_section=section)
         except AttributeError as e:  # a family whose modules the oracle does not know
             self.oracle_note = f"not run: the oracle does not support {self.loaded.name}'s modules ({e})"
             return None

@@ -226,6 +226,37 @@ class _Windows:
         return window[:, None] == window[None, :]
 
 
+class FixedTowerEncoder(nn.Module):
+    """``FixedTowerEncoder(model, adapter, frames)(pixel_values_videos [1, T, C, S, S]) -> [T * tokens_per_frame, D]``.
+
+    A fixed-size tower (LLaVA-style: every frame at one size through CLIP/SigLIP, the feature layer,
+    the projector and the pooling the adapter's ``video_features`` names): nothing depends on the
+    video beyond its frame count, so the model's own forward is captured as it is, for ``frames``
+    frames. The model's modules are shared (no copies).
+    """
+
+    def __init__(self, model: nn.Module, adapter, frames: int) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+        config = model.config
+        self.frames = int(frames)
+        self.size = int(adapter.frame_size(config))
+        self.channels = int(config.vision_config.num_channels)
+        self.num_tokens = self.frames * adapter.tokens_per_frame(config) + adapter.trailing_video_tokens
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int, int]:
+        return (1, self.frames, self.channels, self.size, self.size)
+
+    def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        if tuple(pixel_values_videos.shape) != self.input_shape:
+            raise ValueError(f"pixel_values_videos has shape {tuple(pixel_values_videos.shape)}; this encoder was "
+                             f"built for {list(self.input_shape)}")
+        dtype = next(self.model.parameters()).dtype
+        return self.adapter.video_features(self.model, pixel_values_videos.to(dtype))
+
+
 def vision_position_ids(h: int, w: int, merge: int) -> torch.Tensor:
     """(row, col) of each patch of one frame in the processor's order: [h*w, 2] int64."""
     rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(h // merge, merge, w // merge, merge)

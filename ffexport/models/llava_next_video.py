@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
-from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
+from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 
 
@@ -33,6 +33,11 @@ ADAPTER = FAMILIES.register("llava_next_video", LlavaNextVideoAdapter(
     # the checkpoint's chat template: "USER: <video>\n{prompt} ASSISTANT:" after BOS
     prompt=PromptTemplate("USER: ", "\n{prompt} ASSISTANT:"),
     resize_mode="shortest_edge_crop",
+    # build: the tower captured per frame count (ffexport/export/vision.py FixedTowerEncoder), 1D positions,
+    # the parity gate with contract and oracle; run: the runtime's fixed-size preprocessing, chat template
+    # and 1D positions from the manifest (tests/export/test_build_families.py)
+    stages=("case", "reference", "build", "run"),
+    missing={k: v for k, v in MISSING_STAGES.items() if k != "build"},
 ))
 
 

@@ -134,6 +134,20 @@ class LlavaStyleAdapter:
         return FixedFramePreprocess(self.frame_size(config), mode=self.resize_mode, mean=self.image_mean,
                                     std=self.image_std)
 
+    def runtime_record(self, config) -> dict:
+        """What the torch-free runtime needs to prepare a video and a prompt (the manifest's ``model``):
+        the frame preprocessing (:class:`ffexport.video.fixed.FixedFramePreprocess`) and the chat template."""
+        pre = self.preprocessor(config)
+        return {"frame_preprocess": {"size": pre.size, "mode": pre.mode, "mean": list(pre.mean), "std": list(pre.std),
+                                     "resample": pre.resample},
+                "prompt_template": {"before": self.prompt.before, "after": self.prompt.after},
+                "trailing_video_tokens": self.trailing_video_tokens}
+
+    @staticmethod
+    def positions_record(config) -> dict:
+        """How the runtime builds position ids (the manifest's ``model.positions``): 1D, ``arange(L)``."""
+        return {"rule": "1d"}
+
     @staticmethod
     def position_ids(config, input_ids: np.ndarray, video_grid_thw=None) -> tuple[np.ndarray, int]:
         """1D positions as ``[3, L]`` rows and the delta for generated tokens (0: they continue at L)."""

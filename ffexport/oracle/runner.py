@@ -115,9 +115,9 @@ class OracleRun:
     (a float32 model: the oracle computes in float32, similarities in float64)."""
 
     def __init__(self, model, *, cost: float, similarity: float, ratio_lower_bound: float, budget_layers: int,
-                 max_work: float = MAX_WORK) -> None:
+                 max_work: float = MAX_WORK, mrope_section: list[int] | tuple[int, ...] | None = None) -> None:
         self.oracle = _Watched(model, cost=cost, similarity=similarity, ratio_lower_bound=ratio_lower_bound,
-                               budget_layers=budget_layers)
+                               budget_layers=budget_layers, mrope_section=mrope_section)
         self.max_work = max_work
 
     @property

@@ -40,8 +40,9 @@ REBUILD = "the build is corrupt or incomplete; rebuild it with `ffexport build`"
 
 _HASH_CHUNK = 1 << 20
 
-#: position rules the runtime knows (``model.positions.rule``; ffexport/mrope.py)
-POSITION_RULES = ("mrope",)
+#: position rules the runtime knows (``model.positions.rule``): M-RoPE (ffexport/mrope.py) and 1D
+#: (``arange(L)`` on all three rows: fixed-size towers, LLaVA-NeXT-Video)
+POSITION_RULES = ("mrope", "1d")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ModelFacts:
     position_rule: str = "mrope"
     #: M-RoPE temporal index per grid step of a video (Qwen2.5-VL: seconds_per_grid * tokens_per_second)
     temporal_step: float = 1.0
+    #: fixed-size towers (position rule "1d"): FixedFramePreprocess's settings and the chat template
+    frame_preprocess: dict[str, Any] | None = None
+    prompt_template: tuple[str, str] | None = None
 
     @property
     def patch_dim(self) -> int:
@@ -260,6 +264,8 @@ class _Reader:
                         tokenizer_file=tokenizer_file, graphs=graphs, all_buckets=buckets, files=files, raw=raw)
 
     def model(self, m: dict[str, Any]) -> ModelFacts:
+        positions = self.positions(m.get("positions"))  # first: it says which facts the family has
+        fixed = positions.get("position_rule") == "1d"
         eos = self.get(m, "eos_token_id", (int, list), "model")
         eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in eos_ids):
@@ -274,11 +280,22 @@ class _Reader:
             head_dim=self.positive(m, "head_dim", "model"),
             video_token_id=self.get(m, "video_token_id", int, "model"),
             eos_token_ids=eos_ids,
-            spatial_merge_size=self.positive(m, "spatial_merge_size", "model"),
+            spatial_merge_size=1 if fixed else self.positive(m, "spatial_merge_size", "model"),
             patch_size=self.positive(m, "patch_size", "model"),
-            temporal_patch_size=self.positive(m, "temporal_patch_size", "model"),
-            **self.positions(m.get("positions")),
+            temporal_patch_size=1 if fixed else self.positive(m, "temporal_patch_size", "model"),
+            **positions,
+            **(self.fixed_tower(m) if fixed else {}),
         )
+
+    def fixed_tower(self, m: dict[str, Any]) -> dict[str, Any]:
+        """A fixed-size tower's frame preprocessing and chat template (``model.frame_preprocess``, ``prompt_template``)."""
+        pre = self.get(m, "frame_preprocess", dict, "model")
+        for key, kind in (("size", int), ("mode", str), ("mean", list), ("std", list), ("resample", str)):
+            self.get(pre, key, kind, "model.frame_preprocess")
+        template = self.get(m, "prompt_template", dict, "model")
+        before = self.get(template, "before", str, "model.prompt_template")
+        after = self.get(template, "after", str, "model.prompt_template")
+        return {"frame_preprocess": pre, "prompt_template": (before, after)}
 
     def positions(self, record: Any) -> dict[str, Any]:
         """``model.positions``: the position rule and its numbers (absent in older builds: M-RoPE, step 1)."""
@@ -289,6 +306,8 @@ class _Reader:
         if rule not in POSITION_RULES:
             raise InputError(f"{self.path}: {where}.rule is {rule!r}; this runtime builds positions by "
                              f"{', '.join(POSITION_RULES)}: update ffexport or rebuild with this version")
+        if rule == "1d":
+            return {"position_rule": rule}
         step = self.get(record, "temporal_step", (int, float), where)
         if not step > 0:
             raise self.fail(f"{where}.temporal_step", f"must be positive, got {step}")

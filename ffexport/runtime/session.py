@@ -70,9 +70,13 @@ _GRAPH_INPUTS = {
 _PAST, _PRESENT = "past_key_values.", "present."
 
 
-def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray) -> tuple[np.ndarray, int]:
+def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray | None) -> tuple[np.ndarray, int]:
     """The prefill's position ids [3, L] and the delta for generated tokens, by the rule the build
-    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`)."""
+    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`, or
+    1D: ``arange(L)`` on all three rows, delta 0)."""
+    if model.position_rule == "1d":
+        length = np.asarray(input_ids).shape[-1]
+        return np.broadcast_to(np.arange(length, dtype=np.int64), (3, length)).copy(), 0
     return mrope_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
                               spatial_merge_size=model.spatial_merge_size, temporal_step=model.temporal_step)
 
@@ -187,6 +191,10 @@ class Runtime:
         if repeated:
             log.warning("video has %d frames; bucket %s needs %d: frames repeated", total, b.name, b.frames)
         m = self.manifest.model
+        if m.position_rule == "1d":  # a fixed-size tower (LLaVA-NeXT-Video)
+            case = self._fixed_tower_case(sampled, prompt, b)
+            self._check_text_length(case, b.visual_tokens)
+            return case
         pixels, grid = preprocess_video(sampled, patch_size=m.patch_size, temporal_patch_size=m.temporal_patch_size,
                                         merge_size=m.spatial_merge_size, size=b.resized)
         if tuple(int(x) for x in grid.reshape(-1)) != b.grid_thw:
@@ -200,6 +208,25 @@ class Runtime:
         self._check_text_length(case, b.visual_tokens)
         log.debug("prepared %d frames for bucket %s: %d prompt tokens", total, b.name, ids.shape[1])
         return case
+
+    def _fixed_tower_case(self, frames: np.ndarray, prompt: str, bucket: Bucket) -> Case:
+        """Frames at the tower's size (the manifest's ``frame_preprocess``) and the family's chat template
+        around the video tokens, tokenized in one piece with the tokenizer's special tokens (as the
+        family's processor does; ffexport/models/llava_style.py)."""
+        from ffexport.video.fixed import FixedFramePreprocess
+
+        m = self.manifest.model
+        pre = m.frame_preprocess
+        pixels = FixedFramePreprocess(int(pre["size"]), mode=pre["mode"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                                      resample=pre["resample"])(frames)
+        before, after = m.prompt_template
+        token = self.tokenizer.convert_ids_to_tokens(m.video_token_id)
+        text = before + token * bucket.visual_tokens + after.format(prompt=prompt)
+        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True), dtype=np.int64).reshape(1, -1)
+        if int(np.count_nonzero(ids == m.video_token_id)) != bucket.visual_tokens:
+            raise InputError(f"cannot build the prompt: the build's tokenizer does not keep {token!r} as one token: "
+                             f"{REBUILD}")
+        return Case(ids, pixels, None, attention_mask=np.ones_like(ids))
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -322,6 +349,36 @@ class Runtime:
         m = self.manifest.model
         if not np.isfinite(case.pixel_values_videos).all():
             raise InputError("pixel_values_videos contains NaN or infinite values")
+        if m.position_rule == "1d":
+            b = self._fixed_tower_bucket(case, bucket)
+        else:
+            b = self._grid_bucket(case, bucket)
+        ids = case.input_ids
+        if int(ids.min()) < 0 or int(ids.max()) >= m.vocab_size:
+            raise InputError(f"input_ids hold token ids outside the model's vocabulary [0, {m.vocab_size})")
+        self._check_text_length(case, b.visual_tokens)
+        return b
+
+    def _fixed_tower_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:
+        """The bucket of a fixed-size-tower case: its frame count (pixels ``[1, T, C, S, S]``) and video span."""
+        m = self.manifest.model
+        pixels, size = case.pixel_values_videos, int(m.frame_preprocess["size"])
+        if pixels.ndim != 5 or pixels.shape[0] != 1 or tuple(pixels.shape[2:]) != (3, size, size):
+            raise InputError(f"pixel_values_videos must have shape [1, frames, 3, {size}, {size}] for this build, "
+                             f"got {list(pixels.shape)}")
+        frames = pixels.shape[1]
+        candidates = [self.bucket(bucket)] if bucket is not None else self.manifest.buckets
+        b = next((c for c in candidates if c.frames == frames), None)
+        if b is None:
+            raise InputError(f"the case has {frames} frames; no usable bucket of {self.manifest.root} takes that many: "
+                             f"{self.manifest.describe_buckets()}")
+        start, end = case.video_span(m.video_token_id)
+        if end - start != b.visual_tokens:
+            raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {b.visual_tokens}")
+        return b
+
+    def _grid_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:
+        m = self.manifest.model
         case.check(video_token_id=m.video_token_id, spatial_merge_size=m.spatial_merge_size, patch_dim=m.patch_dim)
         grid = case.grid
         if bucket is not None:
@@ -335,10 +392,6 @@ class Runtime:
                 raise InputError(f"the case's video grid {_grid(grid)} matches no usable bucket of {self.manifest.root}; "
                                  f"buckets: {listing}")
             b = matches[0]
-        ids = case.input_ids
-        if int(ids.min()) < 0 or int(ids.max()) >= m.vocab_size:
-            raise InputError(f"input_ids hold token ids outside the model's vocabulary [0, {m.vocab_size})")
-        self._check_text_length(case, b.visual_tokens)
         return b
 
     def _check_text_length(self, case: Case, visual_tokens: int) -> None:

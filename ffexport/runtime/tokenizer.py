@@ -1,7 +1,7 @@
 """The build's tokenizer (``DIR/tokenizer/tokenizer.json``) through the ``tokenizers`` library only.
 
 :class:`BuildTokenizer` offers the three methods the rest of ffexport calls on a tokenizer
-(``encode``, ``convert_tokens_to_ids``, ``decode``), so :func:`ffexport.prompt.build_video_prompt_ids`
+(``encode``, ``convert_tokens_to_ids``, ``convert_ids_to_tokens``, ``decode``), so :func:`ffexport.prompt.build_video_prompt_ids`
 works with it exactly as with a transformers tokenizer, without importing transformers.
 """
 
@@ -32,6 +32,9 @@ class BuildTokenizer:
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
+
+    def convert_ids_to_tokens(self, token_id: int) -> str | None:
+        return self._tokenizer.id_to_token(int(token_id))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -97,6 +97,16 @@ def test_qwen25_vision_graph_equals_transformers_tower(qwen25_build, qwen25):
     assert np.abs(got - expected).max() <= FP32_ATOL  # measured 2e-6
 
 
+
+def test_qwen25_build_parses_and_builds_for_sm89(qwen25_build, tensorrt_rtx, capsys):
+    """NVIDIA's parser and ahead-of-time builder (TensorRT-RTX) take every graph of the build."""
+    from ffexport.cli import main
+
+    assert main(["check", str(qwen25_build), "--build-for", "SM89"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if ": built for SM89 (" in line]) == 5
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
+
 # ------------------------------------------------------------------ run (torch-free)
 def test_qwen25_run_on_a_real_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
     from ffexport.runtime import Runtime
@@ -216,3 +226,115 @@ def test_stages_not_done_are_still_refused_in_one_line(tmp_path, error_line, arg
     assert line.startswith(f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this family yet "
                            f"(done: {done})") and line.endswith("see docs/families.md")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ LLaVA-NeXT-Video
+@pytest.fixture(scope="module")
+def llava_build(tmp_path_factory) -> Path:
+    """``ffexport build --model llava-next-video-tiny --bucket 8x112x112`` once for the module. Do not modify."""
+    out = tmp_path_factory.mktemp("llava") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "llava-next-video-tiny",
+                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+def test_llava_next_video_build_passes_its_gate(llava_build):
+    manifest = json.loads((llava_build / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "llava_next_video" and manifest["model"]["positions"] == {"rule": "1d"}
+    (bucket,) = manifest["buckets"]
+    # 8 frames at the tower's 112 px: 8x8 patches pooled 2x2 -> 16 tokens per frame, one contiguous block
+    assert (bucket["visual_tokens"], bucket["patches_per_frame"], bucket["grid_thw"]) == (128, 16, [8, 4, 4])
+    assert bucket["usable"] and bucket["parity"]["passed"]
+    vision = bucket["graphs"]["vision"]["inputs"][0]
+    assert vision["name"] == "pixel_values_videos" and vision["shape"] == [1, 8, 3, 112, 112]
+    parity = json.loads((llava_build / BUCKET / "parity.json").read_text())
+    for graph in parity["graphs"]:
+        assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] for e in parity["end_to_end"])
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] >= 2
+    # the oracle runs with the family's 1D rotary layout (one section), not "not run"
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1 and contract["oracle"]["not_run"] == 0
+
+
+def test_llava_next_video_vision_graph_equals_transformers(llava_build):
+    from ffexport.export.parity import OrtRunner
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel("llava-next-video-tiny")()
+    case = loaded.case_from_video(synthetic_video("zoom", frames=8, height=90, width=160, seed=3), "hi")
+    got = OrtRunner().run(llava_build / f"{BUCKET}.vision.onnx",
+                          {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    config = loaded.model.config
+    with torch.no_grad():  # transformers' own forward of the tower, feature layer, pooling and projector
+        expected = loaded.model.model.get_video_features(
+            torch.from_numpy(case.pixel_values_videos), vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+    expected = expected.reshape(-1, expected.shape[-1]).numpy()
+    assert got.shape == expected.shape == (128, 64)
+    assert np.abs(got - expected).max() <= FP32_ATOL
+
+
+@pytest.fixture(scope="module")
+def llava():
+    from ffexport.models import LoadModel
+
+    return LoadModel("llava-next-video-tiny")()
+
+
+def test_llava_next_video_runtime_prepares_the_adapters_case(llava_build, llava):
+    """The torch-free runtime's frames (FixedFramePreprocess from the manifest) and prompt (the chat
+    template, tokenized in one piece by the build's tokenizer) are the adapter's, array for array."""
+    from ffexport.runtime import Runtime
+
+    frames = synthetic_video("pan", frames=8, height=90, width=160, seed=6)
+    runtime = Runtime(llava_build)
+    got = runtime.prepare_video(frames, PROMPT, BUCKET)
+    want = llava.case_from_video(frames, PROMPT)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.pixel_values_videos, want.pixel_values_videos)
+    assert got.video_grid_thw is None
+
+
+def test_llava_next_video_run_on_a_real_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path):
+    from ffexport.runtime import Runtime
+    from ffexport.runtime.fit import FitVideo
+
+    clip = _real_clip()
+    out = tmp_path / "o.npz"
+    report, done = _cli(["run", str(llava_build), "--video", str(clip), "--prompt", PROMPT,
+                         "--max-new-tokens", str(TOKENS), "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    runtime = Runtime(llava_build)
+    fitted = FitVideo(runtime.manifest)(clip)
+    case = runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket)
+    expected = _static_reference(llava, llava_build, case)
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_llava_next_video_run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path):
+    from ffexport.case import load_case
+    from ffexport.cli import main
+
+    case_file = tmp_path / "case.npz"
+    assert main(["-q", "case", "--model", "llava-next-video-tiny", "--video", "synthetic:zoom", "--seed", "2",
+                 "--out", str(case_file)]) == 0
+    out = tmp_path / "o.npz"
+    report, done = _cli(["-q", "run", str(llava_build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
+                         "--out", str(out)])
+    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
+    expected = _static_reference(llava, llava_build, load_case(case_file))
+    with np.load(out) as saved:
+        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
+        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_run_refuses_a_case_of_another_frame_count_in_one_line(llava_build, llava, tmp_path, error_line):
+    from ffexport.cli import main
+
+    llava.case_from_video(synthetic_video("pan", frames=4, seed=1), PROMPT).save(tmp_path / "c.npz")
+    assert main(["run", str(llava_build), "--inputs", str(tmp_path / "c.npz")]) == 2
+    assert error_line().startswith("error: input: the case has 4 frames; no usable bucket of ")
