@@ -16,7 +16,8 @@ TopK, so no K < 3840 limit). TensorRT takes a ``Loop`` with a constant trip coun
 (TensorRT-RTX parses and builds it; the body reads the key from the outer graph).
 
 ``TRANSLATIONS`` maps the custom op to this node for ``torch.onnx.export``; :class:`CaptureOnnx`
-always passes it.
+always passes it. It also maps ``aten.index_select`` (the steps' row selections) to a plain ``Gather``
+(:func:`index_select_node`).
 """
 
 from __future__ import annotations
@@ -80,5 +81,30 @@ def selection_cut_node(key, count: int):
     return op.Gather(final, op.Constant(value_int=0), axis=0)
 
 
-#: ``torch.onnx.export(..., custom_translation_table=TRANSLATIONS)``
-TRANSLATIONS = {torch.ops.ffexport.selection_cut.default: selection_cut_node}
+def _rank(value) -> int | None:
+    shape = getattr(value, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def index_select_node(self, dim: int, index):
+    """``aten.index_select`` as one ``Gather`` when ``index`` is 1-D and ``self`` is not a scalar.
+
+    The exporter's own translation reshapes every index to 1-D first (for 0-D indices), and the
+    optimizer keeps that ``Reshape`` even when the index is already 1-D: the FrameFusion steps gather
+    rows by computed indices a dozen times (merge, prune, the sequence they shrink), so a static
+    prefill held one no-op ``Reshape`` per gather. ONNX ``Gather`` with a 1-D index along ``dim`` is
+    ``index_select``; other ranks take the general form.
+    """
+    if _rank(index) == 1 and _rank(self) not in (None, 0):
+        return op.Gather(self, index, axis=dim)
+    flat = op.Reshape(index, op.Constant(value_ints=[-1]))
+    if _rank(self) == 0:
+        return op.Squeeze(op.Gather(op.Reshape(self, op.Constant(value_ints=[-1])), flat, axis=0))
+    return op.Gather(self, flat, axis=dim)
+
+
+#: ``torch.onnx.export(..., custom_translation_table=TRANSLATIONS)``: top-k's cut, and index_select
+TRANSLATIONS = {
+    torch.ops.ffexport.selection_cut.default: selection_cut_node,
+    torch.ops.aten.index_select.default: index_select_node,
+}

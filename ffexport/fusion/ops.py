@@ -24,6 +24,23 @@ import torch
 NO_PREDECESSOR = -2.0
 
 
+def _chain_places(patch_ids: torch.Tensor, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's place in patch order and its rank in its patch chain (earlier tokens of its
+    patch), both [n] int64: float32 cumulative sums over a one-hot [n, P] matrix (exact below 2**24)."""
+    patches = torch.arange(num_patches, dtype=patch_ids.dtype, device=patch_ids.device)
+    onehot = (patch_ids.unsqueeze(1) == patches.unsqueeze(0)).to(torch.float32)  # [n, P]
+    per_patch = onehot.sum(dim=0)
+    before = torch.cumsum(per_patch, dim=0) - per_patch  # tokens of smaller patch ids
+    rank = (torch.cumsum(onehot, dim=0) * onehot).sum(dim=1) - 1.0  # earlier tokens of the same patch
+    return (before.index_select(0, patch_ids) + rank).to(torch.int64), rank.to(torch.int64)
+
+
+def _num_patches(patch_ids: torch.Tensor, num_patches: int | None) -> int:
+    if num_patches is not None:
+        return num_patches
+    return int(patch_ids.max()) + 1 if patch_ids.shape[0] else 1  # eager callers only (reads a value)
+
+
 def patch_order(patch_ids: torch.Tensor, num_patches: int | None = None) -> torch.Tensor:
     """Permutation that sorts visual tokens patch-major (by patch id, then by position).
 
@@ -34,16 +51,25 @@ def patch_order(patch_ids: torch.Tensor, num_patches: int | None = None) -> torc
     ``num_patches`` is P (the decoder passes it; eager callers may omit it).
     """
     n = patch_ids.shape[0]
-    if num_patches is None:
-        num_patches = int(patch_ids.max()) + 1 if n else 1
-    patches = torch.arange(num_patches, dtype=patch_ids.dtype, device=patch_ids.device)
-    onehot = (patch_ids.unsqueeze(1) == patches.unsqueeze(0)).to(torch.float32)  # [n, P]
-    per_patch = onehot.sum(dim=0)
-    before = torch.cumsum(per_patch, dim=0) - per_patch  # tokens of smaller patch ids
-    rank = (torch.cumsum(onehot, dim=0) * onehot).sum(dim=1) - 1.0  # earlier tokens of the same patch
-    place = (before.index_select(0, patch_ids) + rank).to(torch.int64)
+    place, _ = _chain_places(patch_ids, _num_patches(patch_ids, num_patches))
     positions = torch.arange(n, dtype=torch.int64, device=patch_ids.device)
     return torch.zeros(n, dtype=torch.int64, device=patch_ids.device).scatter(0, place, positions)
+
+
+def chain_predecessor(patch_ids: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's predecessor in its patch chain, in sequence order: ``(previous, has)``, [n] int64
+    span positions and [n] bool (False for a chain's first token, whose ``previous`` is arbitrary).
+
+    The predecessor is the token one place earlier in patch order (``order``), when it has the same
+    patch id. [n] integer work only, so callers compare rows in sequence order with one gather
+    instead of permuting [n, D] rows to patch order and slicing them.
+    """
+    n = order.shape[0]
+    positions = torch.arange(n, dtype=torch.int64, device=order.device)
+    place = torch.zeros(n, dtype=torch.int64, device=order.device).scatter(0, order, positions)
+    earlier = torch.cat([order[:1], order[:-1]])  # the token one place earlier in patch order
+    previous = earlier.index_select(0, place)
+    return previous, (place > 0) & (patch_ids.index_select(0, previous) == patch_ids)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -74,14 +100,18 @@ def chain_closeness(visual: torch.Tensor, patch_ids: torch.Tensor, order: torch.
     near-duplicates: for static content ``1 - cos`` is ~1e-6 and the cosine carries it with two
     digits at best, while the distance of the normalized rows keeps its relative precision, so two
     backends agree on the order (see :func:`top_flags`).
+
+    The rows are compared in sequence order (each with its predecessor, one gather: see
+    :func:`chain_predecessor`) and only the [n] keys are permuted to patch order: the same operations
+    on the same rows as comparing neighbours in patch order, so the same bits, with two fewer passes
+    over [n, D].
     """
-    xs = visual.index_select(0, order).to(torch.float32)
-    ps = patch_ids.index_select(0, order)
+    xs = visual.to(torch.float32)
     unit = xs / torch.linalg.vector_norm(xs, dim=-1, keepdim=True)
-    gap = -0.5 * ((unit[1:] - unit[:-1]) ** 2).sum(dim=-1)
-    gap = torch.where(ps[1:] == ps[:-1], gap, torch.full_like(gap, 4 * NO_PREDECESSOR))
-    head = torch.full((1,), 4 * NO_PREDECESSOR, dtype=gap.dtype, device=gap.device)
-    return torch.cat([head, gap])
+    previous, has = chain_predecessor(patch_ids, order)
+    gap = -0.5 * ((unit - unit.index_select(0, previous)) ** 2).sum(dim=-1)
+    gap = torch.where(has, gap, torch.full_like(gap, 4 * NO_PREDECESSOR))
+    return gap.index_select(0, order)
 
 
 #: merge keys (``chain_closeness``) within this distance of the cut count as tied
@@ -150,9 +180,12 @@ def top_flags(scores: torch.Tensor, count: int, *, relative: bool = False) -> to
     # of a constant below ~1e-8 as an Add of zero and drops it
     distance = x - low
     above = (distance > eps).to(torch.float32)
-    near = (distance >= -eps).to(torch.float32) - above
+    within = (distance >= -eps).to(torch.float32)  # above, or near the cut
+    near = within - above
     need = count - above.sum()
-    return above + near * (torch.cumsum(near, dim=0) <= need).to(torch.float32)
+    # near the cut: taken while the near ones so far fit in ``need`` (then ``within`` = 1 is the flag);
+    # otherwise the flag is ``above`` (1 above the cut, 0 near or below it)
+    return torch.where(torch.cumsum(near, dim=0) <= need, within, above)
 
 
 def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
@@ -174,25 +207,6 @@ def compact_index(keep: torch.Tensor, count: int) -> torch.Tensor:
     return out.scatter(0, slot, positions)[:count]
 
 
-def segment_sums(values: torch.Tensor, group: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Inclusive running sums within contiguous segments (``group`` nondecreasing), [n, D].
-
-    A Hillis-Steele scan: ``ceil(log2(max_len))`` steps, each adding the row ``2**s`` places back
-    when it lies in the same segment. Gathers and adds only (no scatter-add, which TensorRT runs
-    only as a plugin); pairwise sums, so no cancellation. ``max_len`` bounds a segment's length.
-    """
-    acc = values
-    shift = 1
-    max_len = min(max_len, values.shape[0])  # no segment is longer than the rows (a thinned span)
-    while shift < max_len:
-        pad = torch.zeros((shift,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
-        previous = torch.cat([pad, acc[:-shift]], dim=0)
-        same = torch.cat([torch.zeros(shift, dtype=torch.bool, device=group.device), group[shift:] == group[:-shift]])
-        acc = acc + torch.where(same.unsqueeze(-1), previous, torch.zeros_like(previous))
-        shift *= 2
-    return acc
-
-
 def merge(
     visual: torch.Tensor,
     patch_ids: torch.Tensor,
@@ -200,6 +214,7 @@ def merge(
     merged: torch.Tensor,
     m: int,
     max_run: int | None = None,
+    num_patches: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge the flagged tokens into the unmerged token before them in their patch chain.
 
@@ -207,26 +222,38 @@ def merge(
     flagged). Each maximal run of flagged tokens is averaged, with equal weights, together with the
     unflagged token just before it. Returns ``(kept, values)``: the ``n - m`` surviving rows' positions
     in the span (ascending) and their new values [n - m, D], in that order. ``max_run`` bounds a
-    group's size (a patch chain's length: the number of frames); None allows any.
+    chain's length (the number of frames); None allows any. ``num_patches`` is P (the decoder passes
+    it; eager callers may omit it).
+
+    How, in a fixed number of passes over the [n, D] rows whatever the frames: the rows are laid out
+    as a [P, T] grid of patch chains (cell ``(p, r)``: the ``r``-th token of patch ``p``; T = the
+    chain bound; empty cells read row 0 with weight 0), a group is an unmerged token and the run after
+    it, and each chain's group means are one product of a [T, T] matrix with the chain's rows (a
+    batched MatMul): row r weighs every cell of r's group by 1/size, the others by 0. Gathers, small
+    integer scatters and a MatMul: no scatter-add (a TensorRT plugin), no running sums over [n, D]
+    (cancellation), and an unmerged token with no run keeps its row exactly (weight 1, the rest 0).
+    A non-finite row spoils the means of its chain (0 x inf): hidden states are finite.
     """
-    n = visual.shape[0]
-    xs = visual.index_select(0, order).to(torch.float32)
-    unmerged = 1.0 - merged.to(torch.float32)
-    # group id of every token in patch order: a group is one unmerged token plus the run after it;
-    # groups are contiguous in patch order, so their sums are segmented running sums at their ends
-    group = torch.cumsum(unmerged, dim=0).to(torch.int64) - 1  # float32 cumsum: see compact_index
-    running = segment_sums(xs, group, max_run if max_run is not None else n)
-    is_last = torch.cat([group[1:] != group[:-1], torch.ones(1, dtype=torch.bool, device=group.device)])
-    last = compact_index(is_last.to(torch.float32), n - m)  # patch-order position of each group's end
-    first = compact_index(unmerged, n - m)  # and of its start (the unmerged token)
-    sizes = (last - first + 1).to(torch.float32)
-    means = (running.index_select(0, last) / sizes.unsqueeze(-1)).to(visual.dtype)
-    # back to sequence order: keep[i] for the token at span position i
-    keep = torch.zeros(n, dtype=torch.float32, device=merged.device).scatter(0, order, unmerged)
-    kept = compact_index(keep, n - m)
-    group_of_position = torch.zeros(n, dtype=torch.int64, device=visual.device).scatter(0, order, group)
-    values = means.index_select(0, group_of_position.index_select(0, kept))
-    return kept, values
+    n, width = visual.shape[0], visual.shape[-1]
+    frames = min(max_run if max_run is not None else n, n)  # no chain is longer than the rows
+    patches = _num_patches(patch_ids, num_patches)
+    cells = patches * frames
+    _, rank = _chain_places(patch_ids, patches)
+    slot = patch_ids * frames + rank  # each token's cell, [n] in sequence order
+    positions = torch.arange(n, dtype=torch.int64, device=visual.device)
+    unmerged = torch.zeros(n, dtype=torch.float32, device=visual.device).scatter(
+        0, order, 1.0 - merged.to(torch.float32))  # by span position
+    # an empty cell starts a group of its own, so it never shares one with a token
+    starts = torch.ones(cells, dtype=torch.float32, device=visual.device).scatter(0, slot, unmerged)
+    group = torch.cumsum(starts.reshape(patches, frames, 1), dim=1)  # [P, T, 1]: float32, exact
+    same = (group == group.transpose(1, 2)).to(torch.float32)  # [P, T, T]: cells r and j share a group
+    weights = same / same.sum(dim=2, keepdim=True)  # row r: 1/size on its group's cells
+    source = torch.zeros(cells, dtype=torch.int64, device=visual.device).scatter(0, slot, positions)
+    rows = visual.index_select(0, source).to(torch.float32).reshape(patches, frames, width)
+    means = torch.matmul(weights, rows).reshape(cells, width)
+    kept = compact_index(unmerged, n - m)
+    values = means.index_select(0, slot.index_select(0, kept))
+    return kept, values.to(visual.dtype)
 
 
 def last_query_importance(query: torch.Tensor, key: torch.Tensor, num_queries: int = 4) -> torch.Tensor:

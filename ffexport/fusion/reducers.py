@@ -102,7 +102,7 @@ def reduce_extra(span: VisualSpan, kept: torch.Tensor, merged: bool) -> torch.Te
     removed = only.length - (kept.shape[0] - span.text_tokens)
     order = ops.patch_order(only.patch_ids, only.patches_per_frame)
     kept_visual, values = ops.merge(rows, only.patch_ids, order, 1.0 - flags.index_select(0, order), removed,
-                                    max_run=only.frames)
+                                    max_run=only.frames, num_patches=only.patches_per_frame)
     return span.lift(index, Reduction(kept_visual, values), span.extra).values
 
 
@@ -121,7 +121,8 @@ def _merge(visual: torch.Tensor, span: VisualSpan, flags_for: "callable") -> tup
     order = ops.patch_order(span.patch_ids, span.patches_per_frame)
     key = ops.chain_closeness(visual, span.patch_ids, order)
     flags, m = flags_for(key, lambda: ops.chain_similarity(visual, span.patch_ids, order))
-    kept, values = ops.merge(visual, span.patch_ids, order, flags, m, max_run=span.frames)
+    kept, values = ops.merge(visual, span.patch_ids, order, flags, m, max_run=span.frames,
+                             num_patches=span.patches_per_frame)
     return Reduction(kept, values), m
 
 
@@ -144,7 +145,8 @@ class StandardSteps:
         ``values`` their run averages [n - remove, D] in ``visual``'s dtype."""
         order = ops.patch_order(patch_ids, patches_per_frame)
         key = ops.chain_closeness(visual, patch_ids, order)
-        return ops.merge(visual, patch_ids, order, ops.top_flags(key, remove), remove, max_run=max_run)
+        return ops.merge(visual, patch_ids, order, ops.top_flags(key, remove), remove, max_run=max_run,
+                         num_patches=patches_per_frame)
 
     def prune(self, importance: torch.Tensor, keep: int) -> torch.Tensor:
         """Span positions (ascending) of the ``keep`` most important tokens; ``importance`` [n] float32."""
