@@ -126,6 +126,9 @@ def _authors_config(loaded) -> dict[str, Any]:
         "num_key_value_heads": text.num_key_value_heads, "rms_norm_eps": text.rms_norm_eps,
         "rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
         "vocab_size": text.vocab_size, "max_position_embeddings": text.max_position_embeddings,
+        # Qwen2-VL-2B-Instruct's config.json (4.51.3's default window, 4096, would make its SDPA path build
+        # an explicit mask beyond 4096 tokens, which the authors' merge cannot slice)
+        "sliding_window": 32768, "use_sliding_window": False, "max_window_layers": 28,
         "hidden_act": text.hidden_act, "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", True)),
         "video_token_id": cfg.video_token_id, "image_token_id": cfg.image_token_id,
         "vision_start_token_id": cfg.vision_start_token_id, "vision_end_token_id": cfg.vision_end_token_id,
@@ -204,7 +207,8 @@ def race(args: argparse.Namespace) -> int:
     print(f"authors race: {started}, load average {load_start}, ffexport commit {git_commit()}, authors' repo "
           f"{_authors_commit(args.authors_repo)}")
     t0 = time.perf_counter()
-    meta = _prepare_in_subprocess(args, workdir)
+    meta = _reusable(args, workdir) if args.reuse else None
+    meta = meta or _prepare_in_subprocess(args, workdir)
     s = meta["schedule"]
     print(f"prepared in {time.perf_counter() - t0:.0f} s: {meta['layers']} layers, bucket {meta['bucket']}: "
           f"{meta['visual_tokens']} visual + {meta['text_tokens']} text tokens, {meta['patches_per_frame']} per frame; "
@@ -249,6 +253,18 @@ def race(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
     return 0
+
+
+def _reusable(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
+    """``--reuse``: the workdir's prepared files, when they were made with the same settings."""
+    path = workdir / "meta.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    same = (meta["layers"] == args.layers and meta["bucket"] == args.bucket
+            and meta["fusion"]["cost"] == args.cost and meta["fusion"]["similarity_lower_bound"] == args.similarity
+            and meta["fusion"]["ratio_lower_bound"] == args.ratio_lower_bound)
+    return meta if same else None
 
 
 def _prepare_in_subprocess(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -514,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-text", type=int, default=256)
     parser.add_argument("--workdir", help="scratch directory (weights, graph, inputs; several GiB)")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--reuse", action="store_true", help="reuse --workdir's prepared files made with the same settings")
     parser.add_argument("--profile", action="store_true", help="after the rounds, profile one prefill per side")
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument("--worker", choices=["prepare", "authors", "onnxruntime"], help=argparse.SUPPRESS)
