@@ -1,6 +1,6 @@
 """Time one static FrameFusion merge step and one prune step in PyTorch on a GPU (the standard-op
-formulation that the exported graphs use: counting-sort patch order, bisection top-k, segmented
-scan averages, compaction), at the sizes ``plugins/tests/kernel_check.cpp`` times the CUDA plugin
+formulation that the exported graphs use: counting-sort patch order, bisection top-k, chain-grid
+averages by one batched matmul (a segmented scan before 2026-12-03), compaction), at the sizes ``plugins/tests/kernel_check.cpp`` times the CUDA plugin
 kernels at, so the two can be compared side by side.
 
     python benchmarks/gpu_steps.py [--repeats 50]
@@ -27,7 +27,7 @@ def merge_step(visual: torch.Tensor, patch_ids: torch.Tensor, patches: int, fram
     order = ops.patch_order(patch_ids, patches)
     key = ops.chain_closeness(visual, patch_ids, order)
     flags = ops.top_flags(key, remove)
-    return ops.merge(visual, patch_ids, order, flags, remove, max_run=frames)
+    return ops.merge(visual, patch_ids, order, flags, remove, max_run=frames, num_patches=patches)
 
 
 def make_inputs(frames: int, patches: int, d: int, dtype: torch.dtype, gen: torch.Generator):
