@@ -86,8 +86,10 @@ def top_flags(scores: np.ndarray, count: int, *, relative: bool = False) -> np.n
 
 
 def segment_sums(values: np.ndarray, group: np.ndarray, max_len: int) -> np.ndarray:
-    """Inclusive running sums within contiguous segments, by the same Hillis-Steele scan as
-    :func:`ffexport.fusion.ops.segment_sums` (so the additions, and their rounding, are the same)."""
+    """Inclusive running sums within contiguous segments (a Hillis-Steele scan). The graphs' standard
+    ops average a merge group with one batched MatMul instead (:mod:`ffexport.fusion.ops`), so the
+    additions' order, and their float32 rounding, differ: values agree within 1e-6, kept positions exactly
+    (tests/runtime/test_plugins.py)."""
     acc = values
     shift = 1
     while shift < max_len:
