@@ -131,5 +131,5 @@ def test_a_positions_record_it_cannot_use_is_one_line(cpp_build, build, tmp_path
         load_manifest(build)
     line = one_error_line(cpp_build.run_inspect(build), "input", 2)
     assert words in line and str(build / "manifest.json") in line
-    if "rule is" in words:  # Python names the same rule (it also knows "1d", LLaVA-style builds' rule,
+    if "rule is '" in words:  # Python names the same rule (it also knows "1d", LLaVA-style builds' rule,
         assert "model.positions.rule is 'rope1d'" in str(python.value)  # which the C++ runtime does not serve)
