@@ -42,12 +42,7 @@ def parse_bucket(
     video_pixels: tuple[int, int] | None = None,
 ) -> Bucket:
     """Parse ``FRAMESxHEIGHTxWIDTH`` and apply the model's resize rule."""
-    m = _BUCKET.match(text)
-    if not m:
-        raise InputError(f"bucket {text!r} is not FRAMESxHEIGHTxWIDTH (e.g. 8x112x112: 8 frames of 112x112 pixels)")
-    frames, height, width = (int(g) for g in m.groups())
-    if min(frames, height, width) <= 0:
-        raise InputError(f"bucket {text!r}: frames, height and width must be positive")
+    frames, height, width = _shape(text)
     min_pixels, max_pixels = video_pixels or (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
     try:
         resized = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
@@ -60,16 +55,22 @@ def parse_bucket(
     return Bucket(frames, height, width, resized, (t, h, w), t * per_frame, per_frame)
 
 
-def parse_fixed_bucket(text: str, *, size: int, tokens_per_frame: int) -> Bucket:
-    """``FRAMESxHEIGHTxWIDTH`` for a fixed-size tower (LLaVA-style): every frame is brought to
-    ``size`` x ``size`` whatever the video's size, and gives ``tokens_per_frame`` tokens, one per cell
-    of a square token grid; ``grid_thw`` is that grid per frame, ``(frames, side, side)``."""
+def _shape(text: str) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of ``FRAMESxHEIGHTxWIDTH``, all positive, or one-line :class:`InputError`."""
     m = _BUCKET.match(text)
     if not m:
         raise InputError(f"bucket {text!r} is not FRAMESxHEIGHTxWIDTH (e.g. 8x112x112: 8 frames of 112x112 pixels)")
     frames, height, width = (int(g) for g in m.groups())
     if min(frames, height, width) <= 0:
         raise InputError(f"bucket {text!r}: frames, height and width must be positive")
+    return frames, height, width
+
+
+def parse_fixed_bucket(text: str, *, size: int, tokens_per_frame: int) -> Bucket:
+    """``FRAMESxHEIGHTxWIDTH`` for a fixed-size tower (LLaVA-style): every frame is brought to
+    ``size`` x ``size`` whatever the video's size, and gives ``tokens_per_frame`` tokens, one per cell
+    of a square token grid; ``grid_thw`` is that grid per frame, ``(frames, side, side)``."""
+    frames, height, width = _shape(text)
     side = int(round(tokens_per_frame ** 0.5))
     if side * side != tokens_per_frame:
         raise InputError(f"bucket {text!r}: {tokens_per_frame} tokens per frame is not a square grid")

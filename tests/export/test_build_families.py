@@ -108,41 +108,49 @@ def test_qwen25_build_parses_and_builds_for_sm89(qwen25_build, tensorrt_rtx, cap
     assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
 
 # ------------------------------------------------------------------ run (torch-free)
-def test_qwen25_run_on_a_real_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+def _run_clip_gives_pytorchs_tokens(build: Path, loaded, tmp_path: Path, bucket: str | None = None) -> None:
+    """``ffexport run --video`` (torch-free, in a subprocess) on a real clip == the PyTorch static
+    reference on the case the runtime's own steps make of that clip."""
     from ffexport.runtime import Runtime
     from ffexport.runtime.fit import FitVideo
 
     clip = _real_clip()
     out = tmp_path / "o.npz"
-    report, done = _cli(["run", str(qwen25_build), "--video", str(clip), "--prompt", PROMPT,
+    report, done = _cli(["run", str(build), "--video", str(clip), "--prompt", PROMPT,
                          "--max-new-tokens", str(TOKENS), "--out", str(out)])
     assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
-    assert "answer:" in done.stdout and f"-> bucket {BUCKET}" in done.stderr
-    # the same case in this process (the runtime's own steps), through the PyTorch static reference
-    runtime = Runtime(qwen25_build)
+    assert "answer:" in done.stdout and (bucket is None or f"-> bucket {bucket}" in done.stderr)
+    runtime = Runtime(build)
     fitted = FitVideo(runtime.manifest)(clip)
-    case = runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket)
-    expected = _static_reference(qwen25, qwen25_build, case)
+    expected = _static_reference(loaded, build, runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket))
     with np.load(out) as saved:
         assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
         assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
 
 
-def test_qwen25_run_inputs_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+def _run_inputs_gives_pytorchs_tokens(build: Path, loaded, tmp_path: Path, model: str, video: str, seed: int) -> None:
+    """``ffexport run --inputs`` on an ``ffexport case`` file == the PyTorch static reference on that case."""
     from ffexport.case import load_case
     from ffexport.cli import main
 
     case_file = tmp_path / "case.npz"
-    assert main(["-q", "case", "--model", "qwen2.5vl-tiny", "--video", "synthetic:pan", "--seed", "5",
-                 "--out", str(case_file)]) == 0
+    assert main(["-q", "case", "--model", model, "--video", video, "--seed", str(seed), "--out", str(case_file)]) == 0
     out = tmp_path / "o.npz"
-    report, done = _cli(["-q", "run", str(qwen25_build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
+    report, done = _cli(["-q", "run", str(build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
                          "--out", str(out)])
     assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
-    expected = _static_reference(qwen25, qwen25_build, load_case(case_file))
+    expected = _static_reference(loaded, build, load_case(case_file))
     with np.load(out) as saved:
         assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
         assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+
+
+def test_qwen25_run_on_a_real_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+    _run_clip_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path, BUCKET)
+
+
+def test_qwen25_run_inputs_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path):
+    _run_inputs_gives_pytorchs_tokens(qwen25_build, qwen25, tmp_path, "qwen2.5vl-tiny", "synthetic:pan", 5)
 
 
 def test_the_runtime_takes_the_temporal_step_from_the_manifest(qwen25_build, qwen25):
@@ -298,38 +306,11 @@ def test_llava_next_video_runtime_prepares_the_adapters_case(llava_build, llava)
 
 
 def test_llava_next_video_run_on_a_real_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path):
-    from ffexport.runtime import Runtime
-    from ffexport.runtime.fit import FitVideo
-
-    clip = _real_clip()
-    out = tmp_path / "o.npz"
-    report, done = _cli(["run", str(llava_build), "--video", str(clip), "--prompt", PROMPT,
-                         "--max-new-tokens", str(TOKENS), "--out", str(out)])
-    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
-    runtime = Runtime(llava_build)
-    fitted = FitVideo(runtime.manifest)(clip)
-    case = runtime.prepare_video(fitted.frames, PROMPT, fitted.bucket)
-    expected = _static_reference(llava, llava_build, case)
-    with np.load(out) as saved:
-        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
-        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+    _run_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path)
 
 
 def test_llava_next_video_run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path):
-    from ffexport.case import load_case
-    from ffexport.cli import main
-
-    case_file = tmp_path / "case.npz"
-    assert main(["-q", "case", "--model", "llava-next-video-tiny", "--video", "synthetic:zoom", "--seed", "2",
-                 "--out", str(case_file)]) == 0
-    out = tmp_path / "o.npz"
-    report, done = _cli(["-q", "run", str(llava_build), "--inputs", str(case_file), "--max-new-tokens", str(TOKENS),
-                         "--out", str(out)])
-    assert report == {"attempts": [], "loaded": [], "code": 0}, done.stderr[-3000:]
-    expected = _static_reference(llava, llava_build, load_case(case_file))
-    with np.load(out) as saved:
-        assert saved["generated_ids"].tolist() == expected.generated_ids.tolist()
-        assert np.abs(saved["logits"] - expected.logits).max() <= FP32_ATOL
+    _run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path, "llava-next-video-tiny", "synthetic:zoom", 2)
 
 
 def test_run_refuses_a_case_of_another_frame_count_in_one_line(llava_build, llava, tmp_path, error_line):
