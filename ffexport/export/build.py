@@ -235,13 +235,8 @@ class Build:
                     nominal = nominal_schedule(b, self.config.fusion, layers)
                     schedule, source = nominal.schedule, nominal.source
                 steps.start(f"{b.name}: vision graph")
-                if self._fixed_tower():  # the model is on the meta device already
-                    vision = self._vision_module(b)
-                    pixels = torch.zeros(vision.input_shape, dtype=torch.float32, **meta)
-                else:
-                    tower = self._vision_tower()
-                    vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
-                    pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
+                vision = self._vision_module(b).to("meta")  # the model is on the meta device; the encoder's tables too
+                pixels = torch.zeros(vision.input_shape, dtype=torch.float32, **meta)
                 vision_file = f"{b.name}.vision.onnx"
                 self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"], ["video_features"]),
                                      vision_file)

@@ -103,6 +103,11 @@ class VisionEncoder(nn.Module):
         return t * h * w
 
     @property
+    def input_shape(self) -> tuple[int, int]:
+        """Shape of ``pixel_values_videos``: ``[t*h*w, C*tp*p*p]``."""
+        return (self.num_patches, self.patch_dim)
+
+    @property
     def num_tokens(self) -> int:
         """Visual tokens out (``N``): ``t*h*w / merge**2``."""
         return self.num_patches // self.merge_size**2
