@@ -28,6 +28,17 @@ round; a whole first round is a warm-up that only fills the page cache):
   (fused attention, ``com.microsoft.GroupQueryAttention``) in an ONNX Runtime session;
 - ``transformers sdpa full``: the same 4.51.3 model without FrameFusion (the common yardstick).
 
+``--low-precision`` adds two variants, each compared with its fp32 side for accuracy (last-position
+logits: max |diff|, argmax, top-5 overlap; random weights, so a measure of the arithmetic, not of
+answers):
+
+- ``ffexport reduced int8``: the same reduced graph with its weight MatMuls quantized by ONNX
+  Runtime's own ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, one scale per output
+  channel; activations quantized per run: ``DynamicQuantizeMatMul``/``MatMulInteger``, which MLAS runs
+  on AMX/VNNI). Attention, norms, softmax and FrameFusion's steps stay fp32;
+- ``authors framefusion bf16``: the authors' code with the model in bfloat16 (PyTorch runs bf16 GEMMs
+  and SDPA on AMX), the fair low-precision opponent.
+
 Same schedule: ffexport's dynamic reference realizes its schedule on the inputs with the authors'
 parameters (cost, similarity lower bound, ratio lower bound, their 28-layer budget); each process
 reports the KV length every layer's attention saw, and the race stops unless the two FrameFusion
@@ -50,7 +61,13 @@ from pathlib import Path
 from typing import Any
 
 AUTHORS, REDUCED, FULL = "authors framefusion", "ffexport reduced", "transformers sdpa full"
+#: ``--low-precision``: int8 weight GEMMs on ffexport's side, bf16 on the authors' (both use this CPU's AMX units)
+REDUCED_INT8, AUTHORS_BF16 = "ffexport reduced int8", "authors framefusion bf16"
 VARIANTS = (AUTHORS, REDUCED, FULL)
+LOW_PRECISION = (REDUCED_INT8, AUTHORS_BF16)
+#: where each variant's worker saves its last-position logits (in --workdir)
+LOGITS = {AUTHORS: "authors_framefusion", REDUCED: "ffexport_reduced", FULL: "transformers_sdpa_full",
+          REDUCED_INT8: "ffexport_reduced_int8", AUTHORS_BF16: "authors_framefusion_bf16"}
 TARGET = 0.70
 #: what the authors' code hard-codes as the depth of its cost budget (FrameFusion._compute_pruning_ratio)
 AUTHORS_BUDGET_LAYERS = 28
@@ -91,11 +108,13 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     _save_authors_weights(loaded, workdir / "authors_weights.pt")
     export = ExportPrefillGraphs(loaded.adapter.decoder_parts(loaded.model), workdir, max_text=args.max_text)
     graph, _ = export("reduced", schedule, (inputs.embeds, inputs.positions, inputs.start))
+    graph_int8 = quantize_int8(graph, workdir / "reduced.int8.onnx") if args.low_precision else None
     meta = {
         "config": _authors_config(loaded), "layers": loaded.num_layers, "bucket": bucket.name,
         "visual_tokens": inputs.visual_tokens, "patches_per_frame": inputs.patches_per_frame,
         "video_start": int(inputs.start), "length": length, "text_tokens": length - inputs.visual_tokens,
         "inputs": source, "model_source": loaded.source, "graph": graph.name, "schedule": schedule.to_json(),
+        "graph_int8": graph_int8.name if graph_int8 else None,
         "fusion": {"cost": args.cost, "similarity_lower_bound": args.similarity,
                    "ratio_lower_bound": args.ratio_lower_bound, "budget_layers": AUTHORS_BUDGET_LAYERS},
     }
@@ -103,6 +122,21 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     del loaded, decoder, export, inputs, case
     gc.collect()
     return meta
+
+
+def quantize_int8(graph: Path, out: Path) -> Path:
+    """The graph with every MatMul whose second input is a weight (an initializer) quantized to int8
+    per output channel by ONNX Runtime's dynamic quantizer; MatMuls of two activations (attention's
+    importance, the merge step's group means over a constant grid) are left fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(graph), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer if len(i.dims) == 2 and min(i.dims) >= 256}
+    skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
+    quantize_dynamic(str(graph), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=skip, use_external_data_format=True)
+    return out
 
 
 def _save_authors_weights(loaded, path: Path) -> None:
@@ -144,18 +178,20 @@ def worker_command(args: argparse.Namespace, variant: str, workdir: Path, *, pro
               "--profile-top", str(args.profile_top)]
     if profile:
         common.append("--profile")
-    if variant == REDUCED:
-        return [sys.executable, __file__, "--worker", "onnxruntime", *common]
+    if variant in (REDUCED, REDUCED_INT8):
+        return [sys.executable, __file__, "--worker", "onnxruntime", *common,
+                *(["--int8"] if variant == REDUCED_INT8 else [])]
     fusion = ["--cost", str(args.cost), "--similarity", str(args.similarity),
               "--ratio-lower-bound", str(args.ratio_lower_bound)]
     return [args.authors_python, __file__, "--worker", "authors", "--authors-repo", args.authors_repo,
-            "--variant", "framefusion" if variant == AUTHORS else "full", *fusion, *common]
+            "--variant", "full" if variant == FULL else "framefusion", *fusion, *common,
+            *(["--bf16"] if variant == AUTHORS_BF16 else [])]
 
 
 def run_worker(args: argparse.Namespace, variant: str, workdir: Path, *, profile: bool = False) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    if variant == REDUCED:
+    if variant in (REDUCED, REDUCED_INT8):
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # this checkout's ffexport
     proc = subprocess.run(worker_command(args, variant, workdir, profile=profile), capture_output=True, text=True,
                           env=env)
@@ -179,7 +215,7 @@ def check_same_schedule(meta: dict[str, Any], results: dict[str, dict[str, Any]]
     if kept[AUTHORS] != kept[REDUCED]:
         raise SystemExit("error: the realized schedules differ (visual tokens per layer above); choose FrameFusion "
                          "parameters for which ffexport's dynamic reference realizes the authors' schedule")
-    a, r = (np.load(workdir / f"{name}.logits.npy").reshape(-1) for name in ("authors_framefusion", "ffexport_reduced"))
+    a, r = (np.load(workdir / f"{LOGITS[v]}.logits.npy").reshape(-1) for v in (AUTHORS, REDUCED))
     full_path = workdir / "transformers_sdpa_full.logits.npy"
     f = np.load(full_path).reshape(-1) if FULL in results and full_path.exists() else None
     check = {"visual_tokens_per_layer": kept[AUTHORS], "max_abs_logit_diff": float(np.abs(a - r).max()),
@@ -189,7 +225,27 @@ def check_same_schedule(meta: dict[str, Any], results: dict[str, dict[str, Any]]
     print(f"  same schedule on both sides: {kept[AUTHORS]} visual tokens per layer; last-position logits: max |authors "
           f"- ffexport| {check['max_abs_logit_diff']:.3g} (|logits| up to {check['logit_scale']:.3g}), argmax "
           f"{'equal' if check['argmax_equal'] else 'DIFFERENT'}; authors vs full model: {full_note}")
+    for low, base in ((REDUCED_INT8, REDUCED), (AUTHORS_BF16, AUTHORS)):
+        if low in results:
+            check[low] = accuracy(np.load(workdir / f"{LOGITS[low]}.logits.npy").reshape(-1),
+                                  np.load(workdir / f"{LOGITS[base]}.logits.npy").reshape(-1))
+            check[low]["same_schedule_as_fp32"] = results[low]["kv_lengths"] == results[base]["kv_lengths"]
+            c = check[low]
+            print(f"  {low} vs {base}: last-position logits max |diff| {c['max_abs_diff']:.3g} ({c['relative']:.2%} of "
+                  f"|logits| max), argmax {'equal' if c['argmax_equal'] else 'DIFFERENT'}, top-5 overlap "
+                  f"{c['top5_overlap']}/5; schedule {'the same' if c['same_schedule_as_fp32'] else 'DIFFERENT'} "
+                  f"({[n - text for n in results[low]['kv_lengths']]} visual tokens per layer)")
     return check
+
+
+def accuracy(low, base) -> dict[str, Any]:
+    """How far a low-precision variant's logits are from its fp32 side's."""
+    import numpy as np
+
+    top = lambda x: set(np.argsort(x)[-5:].tolist())  # noqa: E731
+    diff = float(np.abs(low - base).max())
+    return {"max_abs_diff": diff, "relative": diff / float(np.abs(base).max()),
+            "argmax_equal": bool(low.argmax() == base.argmax()), "top5_overlap": len(top(low) & top(base))}
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -216,6 +272,10 @@ def race(args: argparse.Namespace) -> int:
           f"ffexport's realized schedule {s['stages']} -> {meta['visual_tokens'] - sum(x['remove'] for x in s['stages'])} "
           f"visual tokens ({meta['fusion']})")
     variants = tuple(v for v in VARIANTS if v != FULL or not args.no_full)
+    if args.low_precision:
+        if not meta.get("graph_int8"):
+            raise SystemExit("error: --low-precision: the prepared workdir has no int8 graph; run without --reuse")
+        variants += LOW_PRECISION
     samples: dict[str, list[float]] = {v: [] for v in variants}
     per_process: dict[str, list[list[float]]] = {v: [] for v in variants}
     info: dict[str, dict[str, Any]] = {}
@@ -237,6 +297,9 @@ def race(args: argparse.Namespace) -> int:
             check = check_same_schedule(meta, info, workdir)
     stats = {v: summarize(samples[v]) for v in variants}
     ratio = stats[REDUCED]["median"] / stats[AUTHORS]["median"]
+    low = {f"{a} / {b}": stats[a]["median"] / stats[b]["median"]
+           for a, b in ((REDUCED_INT8, AUTHORS), (REDUCED_INT8, AUTHORS_BF16), (AUTHORS_BF16, AUTHORS))
+           if a in stats and b in stats}
     profiles = {}
     if args.profile:
         for variant in (AUTHORS, REDUCED):
@@ -251,7 +314,8 @@ def race(args: argparse.Namespace) -> int:
                                "kv_lengths": info[v]["kv_lengths"], "peak_rss_mib": info[v]["peak_rss_mib"]}
                            for v in variants},
               "ratio_reduced_over_authors": ratio,
-              "ratio_of_minima": stats[REDUCED]["min"] / stats[AUTHORS]["min"], "profiles": profiles}
+              "ratio_of_minima": stats[REDUCED]["min"] / stats[AUTHORS]["min"], "low_precision_ratios": low,
+              "profiles": profiles}
     render(record)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
@@ -266,7 +330,8 @@ def _reusable(args: argparse.Namespace, workdir: Path) -> dict[str, Any] | None:
     meta = json.loads(path.read_text())
     same = (meta["layers"] == args.layers and meta["bucket"] == args.bucket
             and meta["fusion"]["cost"] == args.cost and meta["fusion"]["similarity_lower_bound"] == args.similarity
-            and meta["fusion"]["ratio_lower_bound"] == args.ratio_lower_bound)
+            and meta["fusion"]["ratio_lower_bound"] == args.ratio_lower_bound
+            and (meta.get("graph_int8") is not None or not args.low_precision))
     return meta if same else None
 
 
@@ -274,7 +339,8 @@ def _prepare_in_subprocess(args: argparse.Namespace, workdir: Path) -> dict[str,
     """:func:`prepare` in a child process, so that the driver holds no weights during the rounds."""
     cmd = [sys.executable, __file__, "--worker", "prepare", "--workdir", str(workdir), "--layers", str(args.layers),
            "--bucket", args.bucket, "--threads", str(args.threads), "--cost", str(args.cost), "--similarity",
-           str(args.similarity), "--ratio-lower-bound", str(args.ratio_lower_bound), "--max-text", str(args.max_text)]
+           str(args.similarity), "--ratio-lower-bound", str(args.ratio_lower_bound), "--max-text", str(args.max_text),
+           *(["--low-precision"] if args.low_precision else [])]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -320,6 +386,8 @@ def render(record: dict[str, Any]) -> None:
               f"sdpa full: {full / record['variants'][REDUCED]['median']:.2f}x faster")
     print(f"fastest sample (least disturbed by other processes): ffexport reduced / authors framefusion "
           f"{record['ratio_of_minima']:.2f}x")
+    for name, value in record.get("low_precision_ratios", {}).items():
+        print(f"{name} prefill: {value:.2f}x")
     print(f"ffexport reduced / authors framefusion prefill: {record['ratio_reduced_over_authors']:.2f}x "
           f"(target <= {TARGET:.2f}x)")
 
@@ -389,11 +457,13 @@ def authors_worker(args: argparse.Namespace) -> int:
     if unexpected or any(not k.startswith("visual.") for k in missing):
         raise SystemExit(f"weights do not fit: unexpected {unexpected[:3]}, missing {[k for k in missing if not k.startswith('visual.')][:3]}")
     model.eval()
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model.to(dtype)
     attention = type(model.model.layers[0].self_attn).__name__
     if attention != "Qwen2VLSdpaAttention":
         raise SystemExit(f"expected SDPA attention, got {attention}")
     data = np.load(workdir / "inputs.npz")
-    embeds = torch.from_numpy(data["inputs_embeds"])
+    embeds = torch.from_numpy(data["inputs_embeds"]).to(dtype)
     positions = torch.from_numpy(data["position_ids"])[:, None, :]  # [3, 1, L] as get_rope_index returns
     start, n, p, length = meta["video_start"], meta["visual_tokens"], meta["patches_per_frame"], meta["length"]
 
@@ -440,7 +510,7 @@ def authors_worker(args: argparse.Namespace) -> int:
     else:
         first, samples, (logits, cache) = _timed(prefill, args.inner)
     kv = [int(cache.key_cache[i].shape[-2]) for i in range(len(cache.key_cache))]
-    name = "authors_framefusion" if framefusion is not None else "transformers_sdpa_full"
+    name = LOGITS[FULL if framefusion is None else AUTHORS_BF16 if args.bf16 else AUTHORS]
     np.save(workdir / f"{name}.logits.npy", logits.float().numpy())
     extra = {}
     if framefusion is not None:
@@ -467,7 +537,8 @@ def onnxruntime_worker(args: argparse.Namespace) -> int:
         feeds = {k: data[k] for k in data.files}
     start_load = time.perf_counter()
     options = session_options(args.threads, profile_prefix=str(workdir / "ort_profile") if args.profile else None)
-    session = ort.InferenceSession(str(workdir / meta["graph"]), options, providers=["CPUExecutionProvider"])
+    graph = workdir / meta["graph_int8" if args.int8 else "graph"]
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     load_s = time.perf_counter() - start_load
 
     def prefill():
@@ -485,10 +556,10 @@ def onnxruntime_worker(args: argparse.Namespace) -> int:
         first, samples, outs = _timed(prefill, args.inner)
     layers = meta["layers"]
     kv = [int(outs[1 + 2 * i].shape[2]) for i in range(layers)]
-    np.save(workdir / "ffexport_reduced.logits.npy", outs[0])
+    np.save(workdir / f"{LOGITS[REDUCED_INT8 if args.int8 else REDUCED]}.logits.npy", outs[0])
     print(json.dumps({"load_s": load_s, "first_s": first, "samples": samples, "kv_lengths": kv,
                       "peak_rss_mib": _peak_rss_mib(), "profile": profile,
-                      "versions": {"onnxruntime": ort.__version__, "attention": _attention_ops(workdir / meta["graph"])}}))
+                      "versions": {"onnxruntime": ort.__version__, "attention": _attention_ops(graph)}}))
     return 0
 
 
@@ -540,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-full", action="store_true", help="leave out the transformers sdpa full yardstick")
     parser.add_argument("--profile", action="store_true", help="after the rounds, profile one prefill per side")
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument("--low-precision", action="store_true",
+                        help="add ffexport's reduced graph with int8 weight GEMMs and the authors' code in bf16")
+    parser.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["prepare", "authors", "onnxruntime"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["framefusion", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
