@@ -285,8 +285,10 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path
 @pytest.mark.parametrize("argv, stage", [
     (["build", "--model", "llava-onevision-tiny", "--graph-only"], "build"),
     (["build", "--model", "internvl-tiny"], "build"),
-    (["bench", "--model", "llava-onevision-tiny"], "bench"),
-    (["calibrate", "--model", "llava-onevision-tiny", "--bucket", "8x98x98", "--synthetic", "2"], "calibrate"),
+    # LLaVA-OneVision's calibrate / explain / bench run (tests/calibrate/test_fixed_tower_stages.py); InternVL's
+    # frame blocks are not followed by the trace or the benchmark yet
+    (["bench", "--model", "internvl-tiny"], "bench"),
+    (["calibrate", "--model", "internvl-tiny", "--bucket", "4x96x128", "--synthetic", "2"], "calibrate"),
 ])
 def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line):
     from ffexport.cli import main
