@@ -154,9 +154,14 @@ def bench_case(loaded: LoadedModel, bucket: Bucket) -> tuple[Case, str]:
     """The calibration clip at the bucket's size with the default prompt (or a synthetic text)."""
     if loaded.tokenizer is not None:
         return calibration_case(loaded, bucket), f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default prompt"
-    if fixed_size_tower(loaded.adapter):
-        raise InputError(f"{loaded.name} has no tokenizer here, and its family's prompt cannot be stood in for; "
-                         "pass --weights DIR holding its tokenizer")
+    if fixed_size_tower(loaded.adapter):  # the adapter's prompt template in the tiny byte tokenizer's ids
+        from ffexport.calibrate.collect import bucket_case
+        from ffexport.video import synthetic_video
+
+        h, w = bucket.resized
+        clip = synthetic_video(CALIBRATION_KIND, frames=bucket.frames, height=h, width=w, seed=CALIBRATION_SEED)
+        return bucket_case(loaded, clip, bucket), (f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default "
+                                                   "prompt in stand-in byte ids (no tokenizer)")
     from ffexport.video import preprocess_video, synthetic_video
 
     cfg, vision = loaded.config, loaded.config.vision_config

@@ -90,16 +90,38 @@ def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAU
 
 
 def _fixed_tower_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) -> Case:
-    """A fixed-size tower's case from the adapter (``case_from_video``); it must hold the bucket's visual tokens."""
-    if loaded.tokenizer is None:
-        raise InputError(f"{loaded.name} has no tokenizer here, and its family's prompt cannot be stood in for; "
-                         "pass --weights DIR holding its tokenizer")
-    case = loaded.case_from_video(frames, prompt)
+    """A fixed-size tower's case from the adapter (``case_from_video``, or without a tokenizer
+    :func:`_stand_in_fixed_tower_case`); it must hold the bucket's visual tokens."""
+    if loaded.tokenizer is not None:
+        case = loaded.case_from_video(frames, prompt)
+    else:
+        case = _stand_in_fixed_tower_case(loaded, frames, prompt)
     _, layout = loaded.adapter.layout(loaded.config, case.input_ids)
     if layout.visual_tokens != bucket.visual_tokens:
         raise InputError(f"the case holds {layout.visual_tokens} visual tokens; bucket {bucket.name} has "
                          f"{bucket.visual_tokens}")
     return case
+
+
+def _stand_in_fixed_tower_case(loaded: LoadedModel, frames, prompt: str) -> Case:
+    """A random-weight preset of a fixed-size-tower family without its tokenizer here (7B: sizing before the
+    weights arrive): the adapter's preprocessing and chat template, tokenized with the tiny byte tokenizer,
+    its video token mapped to the model's. Only ids matter to random weights. A family that writes its
+    video otherwise than as one run (InternVL's frame blocks) is refused by its layout."""
+    import numpy as np
+
+    from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids
+
+    adapter, config = loaded.adapter, loaded.config
+    if not hasattr(adapter, "prompt") or not hasattr(adapter, "preprocessor"):
+        raise InputError(f"{loaded.name} has no tokenizer here and its family declares no prompt template; "
+                         "pass --weights DIR holding its tokenizer")
+    pixels = adapter.preprocessor(config)(frames)
+    tiny_video = tiny_special_token_ids()["video_token_id"]
+    ids = adapter.prompt.ids(build_tiny_tokenizer(), video_token_id=tiny_video,
+                             num_video_tokens=adapter.video_tokens(config, pixels.shape[1]), prompt=prompt)
+    ids = np.where(ids == tiny_video, adapter.video_token_id(config), ids).astype(np.int64)
+    return Case(ids, pixels, None, attention_mask=np.ones_like(ids))
 
 
 #: Qwen2-VL's special token ids (the released tokenizer's)

@@ -152,3 +152,32 @@ def test_internvl_frame_blocks_are_still_refused(tmp_path, error_line):
                  ["bench"]):
         assert main(["-q", argv[0], "--model", "internvl-tiny", *argv[1:]]) == 3
         assert "frame blocks with text between them" in error_line()
+
+
+# ------------------------------------------------------------------ a preset without its tokenizer
+def test_the_stand_in_prompt_is_the_family_template_in_byte_ids(next_video):
+    """Without a tokenizer (a random-weight 7B preset not cached here) the case is the adapter's chat
+    template in the tiny byte tokenizer's ids: for the tiny preset, whose tokenizer is that one, it is the
+    real case exactly."""
+    import dataclasses
+
+    from ffexport.calibrate.collect import bucket_case
+
+    bucket = model_bucket(next_video.adapter, next_video.config, BUCKET)
+    clip = synthetic_video("zoom", frames=8, height=112, width=112, seed=2)
+    real = bucket_case(next_video, clip, bucket)
+    stand_in = bucket_case(dataclasses.replace(next_video, tokenizer=None), clip, bucket)
+    assert all(np.array_equal(getattr(real, k), getattr(stand_in, k)) for k in real.keys)
+
+
+def test_the_stand_in_prompt_fits_the_7b_preset():
+    from ffexport.calibrate.collect import bucket_case
+    from ffexport.models import LoadModel
+
+    loaded = LoadModel("llava-next-video-7b", structure_only=True)()  # meta device: no weights, no tokenizer
+    assert loaded.tokenizer is None
+    bucket = model_bucket(loaded.adapter, loaded.config, "8x240x320")
+    case = bucket_case(loaded, synthetic_video("pan", frames=8, height=240, width=320, seed=1), bucket)
+    assert case.pixel_values_videos.shape == (1, 8, 3, 336, 336) and bucket.visual_tokens == 8 * 144
+    assert int((case.input_ids == loaded.config.video_token_id).sum()) == 1152
+    loaded.adapter.check_case(loaded.config, case)  # the family's own check: ids in the vocabulary, span, pixels
