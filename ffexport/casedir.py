@@ -6,8 +6,14 @@
     DIR/pixel_values_videos.npy   float32 [t*h*w, C*temporal_patch*patch*patch]
     DIR/video_grid_thw.npy        int64   [1, 3]
 
-The same arrays, names, dtypes and checks as ``case.npz`` (:mod:`ffexport.case`); M-RoPE positions
-are not stored (every runtime computes them from ``input_ids`` and ``video_grid_thw``).
+A fixed-size tower's case (LLaVA-NeXT-Video, LLaVA-OneVision) holds its processor's names instead::
+
+    DIR/input_ids.npy             int64   [1, L]
+    DIR/attention_mask.npy        int64   [1, L]
+    DIR/pixel_values_videos.npy   float32 [1, frames, 3, S, S]
+
+The same arrays, names, dtypes and checks as ``case.npz`` (:mod:`ffexport.case`); positions are not
+stored (every runtime computes them: M-RoPE from ``input_ids`` and ``video_grid_thw``, or 1D).
 ``ffexport case --format npy --out DIR`` writes one; :func:`ffexport.case.load_case` reads either form.
 """
 
@@ -20,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ffexport.case import CASE_KEYS, Case, case_from_arrays
+from ffexport.case import CASE_KEYS, FIXED_TOWER_CASE_KEYS, Case, case_from_arrays, fixed_tower_case_from_arrays
 from ffexport.errors import InputError
 from ffexport.io import check_writable, write_atomic
 
 
-def case_dir_files(path: str | os.PathLike[str]) -> dict[str, Path]:
-    """``{array name: DIR/name.npy}`` for the arrays of a case."""
-    return {key: Path(path) / f"{key}.npy" for key in CASE_KEYS}
+def case_dir_files(path: str | os.PathLike[str], keys: tuple[str, ...] = CASE_KEYS) -> dict[str, Path]:
+    """``{array name: DIR/name.npy}`` for the arrays of a case (``keys``: a Qwen-grid case's by default)."""
+    return {key: Path(path) / f"{key}.npy" for key in keys}
 
 
 def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -36,16 +42,16 @@ def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool =
     A new folder appears complete or not at all (written beside it, then renamed); in an existing
     folder each file is replaced atomically.
     """
-    if case.keys != CASE_KEYS:
-        raise InputError("a case folder of .npy files holds Qwen2-VL cases (for the C++ runtime); save this "
-                         "family's case as case.npz")
+    if case.keys not in (CASE_KEYS, FIXED_TOWER_CASE_KEYS):
+        raise InputError("a case folder of .npy files holds Qwen-grid and LLaVA-style cases (for the C++ runtime); "
+                         "save this family's case as case.npz")
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} exists and is not a directory; a case folder needs a directory")
-    files = case_dir_files(target)
+    files = case_dir_files(target, case.keys)
     for file in files.values():
         check_writable(file, overwrite=overwrite)
-    arrays = {key: np.ascontiguousarray(getattr(case, key)) for key in CASE_KEYS}
+    arrays = {key: np.ascontiguousarray(getattr(case, key)) for key in case.keys}
     if target.is_dir():
         for key, file in files.items():
             write_atomic(file, lambda f, a=arrays[key]: np.save(f, a, allow_pickle=False), overwrite=overwrite)
@@ -64,8 +70,10 @@ def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool =
 
 
 def load_case_dir(path: str | os.PathLike[str]) -> Case:
-    """Read a case folder; a missing or malformed array is one :class:`InputError` line."""
-    files = case_dir_files(path)
+    """Read a case folder; a missing or malformed array is one :class:`InputError` line. A folder without
+    ``video_grid_thw.npy`` but with ``attention_mask.npy`` is a fixed-size tower's case."""
+    fixed = not (Path(path) / "video_grid_thw.npy").is_file() and (Path(path) / "attention_mask.npy").is_file()
+    files = case_dir_files(path, FIXED_TOWER_CASE_KEYS if fixed else CASE_KEYS)
     missing = [f.name for f in files.values() if not f.is_file()]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)} (a case folder holds "
@@ -76,6 +84,8 @@ def load_case_dir(path: str | os.PathLike[str]) -> Case:
             arrays[key] = np.load(file, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise InputError(f"{file} is not a readable .npy file ({e})") from e
+    if fixed:
+        return fixed_tower_case_from_arrays(arrays, source=str(path))
     return case_from_arrays(arrays, source=str(path))
 
 

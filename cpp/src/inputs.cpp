@@ -16,18 +16,20 @@ Inputs load_inputs(const std::string& dir) {
   }
   std::string listing;
   for (const char* name : kInputFiles) listing += (listing.empty() ? "" : ", ") + std::string(name);
-  for (const char* name : kInputFiles) {
+  auto require = [&](const char* name) {
     if (!is_file(join_path(dir, name))) {
       throw InputError(dir + " lacks " + name + " (an inputs folder holds " + listing +
-                       "; write one with `ffexport case --format npy --out DIR`)");
+                       ", or for a fixed-size tower input_ids.npy and 5-D pixel_values_videos.npy; write one with "
+                       "`ffexport case --format npy --out DIR`)");
     }
-  }
+  };
+  require("input_ids.npy");
+  require("pixel_values_videos.npy");
   const std::string ids_path = join_path(dir, "input_ids.npy");
   const std::string pixels_path = join_path(dir, "pixel_values_videos.npy");
   const std::string grid_path = join_path(dir, "video_grid_thw.npy");
   const NpyArray ids = read_npy(ids_path);
   const NpyArray pixels = read_npy(pixels_path);
-  const NpyArray grid = read_npy(grid_path);
 
   Inputs in;
   const bool ids_shape = (ids.shape.size() == 1 && ids.shape[0] > 0) ||
@@ -36,16 +38,25 @@ Inputs load_inputs(const std::string& dir) {
   if (ids.kind != 'i' && ids.kind != 'u') throw InputError(ids_path + ": input_ids must be integers, got " + ids.describe());
   in.input_ids = ids.to_int64(ids_path);
 
-  if (pixels.shape.size() != 2 || pixels.kind != 'f') {
-    throw InputError(pixels_path + ": pixel_values_videos must be a 2-D float array, got " + pixels.describe());
+  in.fixed_tower = pixels.shape.size() == 5;
+  if ((pixels.shape.size() != 2 && !in.fixed_tower) || pixels.kind != 'f') {
+    throw InputError(pixels_path + ": pixel_values_videos must be a 2-D float array (a Qwen grid's patches) or "
+                     "[1, frames, 3, S, S] (a fixed-size tower's frames), got " + pixels.describe());
   }
-  in.pixel_rows = pixels.shape[0];
-  in.pixel_cols = pixels.shape[1];
+  if (in.fixed_tower) {
+    in.frames_shape = pixels.shape;
+  } else {
+    in.pixel_rows = pixels.shape[0];
+    in.pixel_cols = pixels.shape[1];
+  }
   in.pixel_values_videos = pixels.to_float32(pixels_path);
   for (float v : in.pixel_values_videos) {
     if (!std::isfinite(v)) throw InputError(pixels_path + ": pixel_values_videos contains NaN or infinite values");
   }
+  if (in.fixed_tower) return in;  // its frame count picks the bucket (plan.cpp); a grid file is not read
 
+  require("video_grid_thw.npy");
+  const NpyArray grid = read_npy(grid_path);
   if (grid.size() != 3 || (grid.kind != 'i' && grid.kind != 'u')) {
     throw InputError(grid_path + ": video_grid_thw must hold one (t, h, w) integer row, got " + grid.describe());
   }

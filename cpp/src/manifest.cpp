@@ -114,24 +114,31 @@ class Reader {
     f.num_kv_heads = positive(m, "num_kv_heads", w);
     f.head_dim = positive(m, "head_dim", w);
     f.video_token_id = integer(m, "video_token_id", w);
-    f.spatial_merge_size = positive(m, "spatial_merge_size", w);
+    positions(m, f);  // first: it says which facts the family has (ffexport/runtime/manifest.py, model)
+    // a fixed-size tower (rule "1d") has no merge or temporal patch (null in its manifest), as Python reads it
+    f.spatial_merge_size = f.one_d() ? 1 : positive(m, "spatial_merge_size", w);
     f.patch_size = positive(m, "patch_size", w);
-    f.temporal_patch_size = positive(m, "temporal_patch_size", w);
-    positions(m, f);
+    f.temporal_patch_size = f.one_d() ? 1 : positive(m, "temporal_patch_size", w);
+    if (f.one_d()) f.frame_size = positive(object(m, "frame_preprocess", w), "size", "model.frame_preprocess");
     return f;
   }
 
-  // `model.positions` (ffexport/runtime/manifest.py, positions): {"rule": "mrope", "temporal_step": s}; absent
-  // in older builds (M-RoPE, step 1). A rule this runtime does not know is refused, never run with other positions.
+  // `model.positions` (ffexport/runtime/manifest.py, positions): {"rule": "mrope", "temporal_step": s} or
+  // {"rule": "1d"}; absent in older builds (M-RoPE, step 1). A rule this runtime does not know is refused,
+  // never run with other positions.
   void positions(const json& m, ModelFacts& f) const {
     if (!m.contains("positions") || m.at("positions").is_null()) return;
     const std::string w = "model.positions";
     const json& record = m.at("positions");
     if (!record.is_object()) fail(w, "has the wrong type (" + std::string(record.type_name()) + ")");
     const std::string rule = string(record, "rule", w);
+    if (rule == kPositionRule1d) {
+      f.position_rule = rule;
+      return;
+    }
     if (rule != kPositionRuleMrope) {
       throw InputError(source_ + ": " + w + ".rule is '" + rule + "'; this runtime builds positions by " +
-                       kPositionRuleMrope + ": update ffexport or rebuild with this version");
+                       kPositionRuleMrope + ", " + kPositionRule1d + ": update ffexport or rebuild with this version");
     }
     const json& step = get(record, "temporal_step", w);
     if (!step.is_number()) fail(w + ".temporal_step", "has the wrong type (" + std::string(step.type_name()) + ")");

@@ -57,6 +57,50 @@ std::vector<std::pair<int64_t, int64_t>> check_case(const ModelFacts& m, const I
   return runs;
 }
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text;
+  for (int64_t d : shape) text += (text.empty() ? "" : ", ") + std::to_string(d);
+  return "[" + text + "]";
+}
+
+// Python's Runtime._fixed_tower_bucket (ffexport/runtime/session.py): pixels [1, frames, 3, S, S], the first
+// usable bucket of that many frames, one run of video tokens as long as the bucket's visual tokens.
+const Bucket& fixed_tower_bucket(const Manifest& manifest, const Inputs& in,
+                                 std::vector<std::pair<int64_t, int64_t>>& runs) {
+  const ModelFacts& m = manifest.model;
+  const int64_t size = m.frame_size;
+  const std::vector<int64_t> shape = in.pixel_shape();
+  if (!in.fixed_tower || shape[0] != 1 || shape[2] != 3 || shape[3] != size || shape[4] != size) {
+    throw InputError("pixel_values_videos must have shape [1, frames, 3, " + std::to_string(size) + ", " +
+                     std::to_string(size) + "] for this build, got " + shape_text(shape));
+  }
+  const int64_t frames = shape[1];
+  const Bucket* chosen = nullptr;
+  for (const Bucket& b : manifest.buckets) {
+    if (b.usable && b.frames == frames) {
+      chosen = &b;
+      break;
+    }
+  }
+  if (!chosen) {
+    std::string listing;
+    for (const Bucket& b : manifest.buckets) listing += (listing.empty() ? "" : ", ") + b.describe();
+    throw InputError("the case has " + std::to_string(frames) + " frames; no usable bucket of " + manifest.root +
+                     " takes that many: " + (listing.empty() ? "none" : listing));
+  }
+  runs = video_spans(in.input_ids, m.video_token_id);
+  if (runs.size() != 1) {
+    throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
+                     std::to_string(m.video_token_id) + "); found " + std::to_string(runs.size()));
+  }
+  const int64_t span = runs[0].second - runs[0].first;
+  if (span != chosen->visual_tokens) {
+    throw InputError("the video span in input_ids has " + std::to_string(span) + " tokens; " + std::to_string(frames) +
+                     " frames give " + std::to_string(chosen->visual_tokens));
+  }
+  return *chosen;
+}
+
 // The case's runs of video tokens must be `bucket`'s frame blocks, at the same offsets from the first.
 void check_blocks(const ModelFacts& m, const Bucket& bucket, const std::vector<std::pair<int64_t, int64_t>>& runs) {
   if (bucket.contiguous()) {
@@ -177,14 +221,32 @@ std::vector<std::array<int64_t, 3>> position_grids(const std::string& family, co
                    "model is of family '" + family + "': run it with `ffexport run`");
 }
 
+Positions one_d_position_ids(int64_t length) {
+  Positions p;
+  p.ids.reserve(static_cast<size_t>(3 * length));
+  for (int row = 0; row < 3; ++row) {
+    for (int64_t i = 0; i < length; ++i) p.ids.push_back(i);
+  }
+  p.delta = 0;
+  return p;
+}
+
 Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   const ModelFacts& m = manifest.model;
-  const auto runs = check_case(m, inputs);
+  std::vector<std::pair<int64_t, int64_t>> runs;
   const Bucket* chosen = nullptr;
-  for (const Bucket& b : manifest.buckets) {
-    if (b.usable && b.grid_thw == inputs.video_grid_thw) {
-      chosen = &b;
-      break;
+  if (m.one_d()) {
+    chosen = &fixed_tower_bucket(manifest, inputs, runs);
+  } else if (inputs.fixed_tower) {
+    throw InputError("the case holds frames [1, frames, 3, S, S] (a fixed-size tower's); this build takes a Qwen grid's "
+                     "patches [rows, values] with video_grid_thw (its positions are " + m.position_rule + ")");
+  } else {
+    runs = check_case(m, inputs);
+    for (const Bucket& b : manifest.buckets) {
+      if (b.usable && b.grid_thw == inputs.video_grid_thw) {
+        chosen = &b;
+        break;
+      }
     }
   }
   if (!chosen) {
@@ -214,8 +276,10 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   plan.video_start = runs.front().first;
   plan.video_end = runs.back().second;
   plan.blocks = runs;
-  plan.positions = mrope_position_ids(inputs.input_ids, position_grids(m.family, inputs.video_grid_thw, runs.size()),
-                                      m.video_token_id, m.spatial_merge_size, m.temporal_step);
+  plan.positions = m.one_d() ? one_d_position_ids(length)
+                             : mrope_position_ids(inputs.input_ids,
+                                                  position_grids(m.family, inputs.video_grid_thw, runs.size()),
+                                                  m.video_token_id, m.spatial_merge_size, m.temporal_step);
   if (chosen->stages) {
     for (int64_t i = 0; i < m.num_layers; ++i) plan.cache_lengths.push_back(length - *chosen->removed_before(i));
   }

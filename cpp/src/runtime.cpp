@@ -259,7 +259,7 @@ struct Runtime::Impl {
                                "pixel_values_videos"), {}};
     pixels.upload(stream, "pixel_values_videos");
     const auto vision_shapes = engines.vision->run(
-        {{"pixel_values_videos", make_dims({inputs.pixel_rows, inputs.pixel_cols}), pixels.device.get(), nullptr}},
+        {{"pixel_values_videos", make_dims(inputs.pixel_shape()), pixels.device.get(), nullptr}},
         {{"video_features", &features}}, stream);
     const nvinfer1::Dims e = embed_shapes.at("inputs_embeds"), f = vision_shapes.at("video_features");
     const DataType type = embed->dtype("inputs_embeds");

@@ -134,6 +134,9 @@ void test_positions_and_budget() {
   CHECK(contains(error_of([] { ffexport::temporal_index(7, 1e300); }), "does not fit in int64"));
   CHECK(contains(error_of([&] { ffexport::mrope_position_ids(video, {{5, 2, 2}}, 9, 2, 0.0); }),
                  "temporal_step must be positive and finite"));
+  // 1D positions: arange on all three rows, delta 0
+  const ffexport::Positions flat = ffexport::one_d_position_ids(4);
+  CHECK(flat.ids == (std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}) && flat.delta == 0);
 
   ffexport::check_decode_budget({10, 7}, 5, 13);  // step 4 reads 10 + 3 = 13 cached tokens
   CHECK(contains(error_of([] { ffexport::check_decode_budget({10, 7}, 6, 13); }), "ask for at most 5 new tokens"));

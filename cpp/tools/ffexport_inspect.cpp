@@ -125,7 +125,8 @@ json manifest_json(const ffexport::Manifest& m) {
                      {"video_token_id", f.video_token_id}, {"eos_token_ids", f.eos_token_ids},
                      {"spatial_merge_size", f.spatial_merge_size}, {"patch_size", f.patch_size},
                      {"temporal_patch_size", f.temporal_patch_size}, {"patch_dim", f.patch_dim()},
-                     {"position_rule", f.position_rule}, {"temporal_step", f.temporal_step}}},
+                     {"position_rule", f.position_rule}, {"temporal_step", f.temporal_step},
+                     {"frame_size", f.frame_size}}},
           {"precision", m.precision}, {"max_text", m.max_text}, {"ops", m.ops}, {"graphs", m.graphs},
           {"buckets", buckets}, {"engines", engines}, {"files", m.files.size()}};
 }
@@ -155,10 +156,11 @@ int run(int argc, char** argv) {
     if (!args.dump.empty()) {
       const std::string d = args.dump + "/";
       ffexport::write_npy(d + "input_ids.npy", {1, plan.length}, inputs.input_ids);
-      ffexport::write_npy(d + "pixel_values_videos.npy", {inputs.pixel_rows, inputs.pixel_cols},
-                          inputs.pixel_values_videos);
-      ffexport::write_npy(d + "video_grid_thw.npy", {1, 3},
-                          std::vector<int64_t>(inputs.video_grid_thw.begin(), inputs.video_grid_thw.end()));
+      ffexport::write_npy(d + "pixel_values_videos.npy", inputs.pixel_shape(), inputs.pixel_values_videos);
+      if (!inputs.fixed_tower) {  // a fixed-size tower's case has no grid
+        ffexport::write_npy(d + "video_grid_thw.npy", {1, 3},
+                            std::vector<int64_t>(inputs.video_grid_thw.begin(), inputs.video_grid_thw.end()));
+      }
       ffexport::write_npy(d + "position_ids.npy", {3, plan.length}, plan.positions.ids);
     }
   }

@@ -65,9 +65,9 @@ def bench_command(args: argparse.Namespace) -> int:
 
     if args.json:
         check_writable(args.json, overwrite=args.overwrite)
-    from ffexport.export.buckets import parse_bucket
+    from ffexport.export.buckets import bucket_dims
 
-    parse_bucket(args.bucket, patch_size=14, temporal_patch_size=2, merge_size=2)  # the syntax, before a long load
+    bucket_dims(args.bucket)  # the syntax, before a long load
     if args.device == "cuda":  # say so before loading anything
         if not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu")

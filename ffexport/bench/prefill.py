@@ -30,7 +30,7 @@ from ffexport.bench.memory import PeakMemory
 from ffexport.bench.timer import Timer, Timing
 from ffexport.case import Case
 from ffexport.errors import InputError, ScheduleError
-from ffexport.export.buckets import Bucket, parse_bucket
+from ffexport.export.buckets import Bucket, fixed_size_tower, model_bucket
 from ffexport.export.policy import CALIBRATION_KIND, CALIBRATION_SEED, calibration_case
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
@@ -154,6 +154,14 @@ def bench_case(loaded: LoadedModel, bucket: Bucket) -> tuple[Case, str]:
     """The calibration clip at the bucket's size with the default prompt (or a synthetic text)."""
     if loaded.tokenizer is not None:
         return calibration_case(loaded, bucket), f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default prompt"
+    if fixed_size_tower(loaded.adapter):  # the adapter's prompt template in the tiny byte tokenizer's ids
+        from ffexport.calibrate.collect import bucket_case
+        from ffexport.video import synthetic_video
+
+        h, w = bucket.resized
+        clip = synthetic_video(CALIBRATION_KIND, frames=bucket.frames, height=h, width=w, seed=CALIBRATION_SEED)
+        return bucket_case(loaded, clip, bucket), (f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default "
+                                                   "prompt in stand-in byte ids (no tokenizer)")
     from ffexport.video import preprocess_video, synthetic_video
 
     cfg, vision = loaded.config, loaded.config.vision_config
@@ -173,11 +181,16 @@ def bench_case(loaded: LoadedModel, bucket: Bucket) -> tuple[Case, str]:
 
 
 def prepare_inputs(loaded: LoadedModel, case: Case, device: str):
-    """The prefill's inputs on ``device``: embeddings with the vision encoder's features in place (run
-    on ``device``: a GPU encodes thousands of patches in seconds), M-RoPE positions, the video start."""
+    """The prefill's inputs on ``device``: embeddings with the vision encoder's features in place, the
+    positions, the video start. A family whose adapter prepares its own inputs (``prepare_inputs``: a
+    fixed-size tower and 1D positions) does it on the CPU; the Qwen families run the vision encoder on
+    ``device`` (a GPU encodes thousands of patches in seconds) with M-RoPE positions."""
     from ffexport.bench.torch_runtime import TorchInputs
 
     model, adapter, config = loaded.model, loaded.adapter, loaded.config
+    if hasattr(adapter, "prepare_inputs"):
+        return _adapter_inputs(loaded, case, device)
+    model.to(device)
     start, end = case.video_span(adapter.video_token_id(config))
     positions, _ = adapter.position_ids(config, case.input_ids, case.video_grid_thw)
     dtype = next(model.parameters()).dtype
@@ -188,6 +201,24 @@ def prepare_inputs(loaded: LoadedModel, case: Case, device: str):
         embeds[0, start:end] = features.to(embeds.dtype)
     return TorchInputs(embeds, torch.from_numpy(positions).to(device), torch.tensor(start, dtype=torch.int64,
                        device=device), end - start, adapter.patches_per_frame(config, case.grid))
+
+
+def _adapter_inputs(loaded: LoadedModel, case: Case, device: str):
+    """The adapter's own inputs (prepared with the model on the CPU), then the model and inputs on ``device``.
+    The benchmark times one contiguous visual span: frame blocks with text between them, or DeepStack
+    levels, are refused with one line."""
+    from ffexport.bench.torch_runtime import TorchInputs
+
+    model = loaded.model.to("cpu")
+    p = loaded.adapter.prepare_inputs(model, case)
+    layout = p.get("layout")
+    if (layout is not None and not layout.is_contiguous) or p.get("deepstack") is not None:
+        raise InputError(f"ffexport bench times one contiguous visual span; {loaded.name}'s video has "
+                         f"{'DeepStack levels' if p.get('deepstack') is not None else 'text between frame blocks'}, "
+                         "not wired into the benchmark")
+    model.to(device)
+    return TorchInputs(p["inputs_embeds"].to(device), p["position_ids"].to(device),
+                       p["video_start"].to(device), int(p["visual_tokens"]), int(p["patches_per_frame"]))
 
 
 def machine_facts() -> dict[str, Any]:
@@ -235,10 +266,7 @@ class PrefillBench:
 
     def __init__(self, loaded: LoadedModel, config: BenchConfig) -> None:
         self.loaded, self.config = loaded, config
-        vision = loaded.config.vision_config
-        self.bucket = parse_bucket(config.bucket, patch_size=vision.patch_size,
-                                   temporal_patch_size=vision.temporal_patch_size,
-                                   merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+        self.bucket = model_bucket(loaded.adapter, loaded.config, config.bucket, video_pixels=loaded.video_pixels)
         s = config.schedule
         if s is not None:
             if (s.visual_tokens, s.patches_per_frame) != (self.bucket.visual_tokens, self.bucket.patches_per_frame):
@@ -264,8 +292,6 @@ class PrefillBench:
         with Steps(total, f"bench {bucket.name}", quiet=cfg.quiet) as steps:
             steps.start("inputs (vision encoder)")
             case, case_source = bench_case(loaded, bucket)
-            if device == "cuda":
-                loaded.model.to("cuda")
             inputs = prepare_inputs(loaded, case, device)
             decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
             steps.advance()

@@ -39,7 +39,7 @@ from ffexport.bench.flops import ModelDims, prefill_flops
 from ffexport.bench.memory import PeakMemory
 from ffexport.bench.prefill import _load_average, bench_case, git_commit, machine_facts, prepare_inputs
 from ffexport.errors import InputError, ScheduleError
-from ffexport.export.buckets import parse_bucket
+from ffexport.export.buckets import model_bucket
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
 from ffexport.fusion.reducers import DynamicReducer
@@ -159,10 +159,11 @@ class Race:
 
     def __init__(self, loaded: LoadedModel, config: RaceConfig) -> None:
         self.loaded, self.config = loaded, config
-        vision = loaded.config.vision_config
-        self.bucket = parse_bucket(config.bucket, patch_size=vision.patch_size,
-                                   temporal_patch_size=vision.temporal_patch_size,
-                                   merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+        rule = loaded.adapter.positions_record(loaded.config).get("rule")
+        if rule != "mrope":
+            raise InputError(f"--race feeds transformers' model M-RoPE position ids; {loaded.name} has {rule!r} "
+                             "positions, not wired into the race (run ffexport bench without --race)")
+        self.bucket = model_bucket(loaded.adapter, loaded.config, config.bucket, video_pixels=loaded.video_pixels)
         if next(loaded.model.parameters()).dtype != torch.float32:
             raise InputError("--race compares fp32 graphs (ONNX Runtime CPU); load the model in float32")
         if getattr(loaded.model.config, "_attn_implementation", None) != "sdpa":

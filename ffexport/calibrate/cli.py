@@ -233,11 +233,9 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _bucket(loaded, text: str):
-    from ffexport.export.buckets import parse_bucket
+    from ffexport.export.buckets import model_bucket
 
-    vision = loaded.config.vision_config
-    bucket = parse_bucket(text, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                          merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+    bucket = model_bucket(loaded.adapter, loaded.config, text, video_pixels=loaded.video_pixels)
     if bucket.rounded:
         log.info("bucket %s: %dx%d pixels are resized to %dx%d (the model's resize rule)", bucket.name,
                  bucket.height, bucket.width, *bucket.resized)

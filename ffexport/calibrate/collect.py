@@ -65,15 +65,21 @@ class Collection:
 
 
 def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAULT_PROMPT) -> Case:
-    """Frames sampled to the bucket's count and resized to its size, with the prompt around them."""
+    """Frames sampled to the bucket's count and brought to its size, with the prompt around them: the
+    model's grid resize at the bucket's size, or a fixed-size tower's own preprocessing through the
+    adapter's case builder (every frame to the tower's size, the family's prompt and processor names)."""
     import numpy as np
 
-    from ffexport.prompt import build_video_prompt_ids
+    from ffexport.export.buckets import fixed_size_tower
     from ffexport.runtime.video import sample_frames
+
+    sampled, _ = sample_frames(np.asarray(frames), bucket.frames)
+    if fixed_size_tower(loaded.adapter):
+        return _fixed_tower_case(loaded, sampled, bucket, prompt)
+    from ffexport.prompt import build_video_prompt_ids
     from ffexport.video import preprocess_video
 
     vision = loaded.config.vision_config
-    sampled, _ = sample_frames(np.asarray(frames), bucket.frames)
     pixels, grid = preprocess_video(sampled, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
                                     merge_size=vision.spatial_merge_size, size=bucket.resized)
     if loaded.tokenizer is not None:
@@ -81,6 +87,41 @@ def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAU
     else:
         ids = _stand_in_prompt_ids(loaded, bucket.visual_tokens, prompt)
     return Case(np.asarray(ids, dtype=np.int64).reshape(1, -1), pixels, grid.reshape(1, 3).astype(np.int64))
+
+
+def _fixed_tower_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) -> Case:
+    """A fixed-size tower's case from the adapter (``case_from_video``, or without a tokenizer
+    :func:`_stand_in_fixed_tower_case`); it must hold the bucket's visual tokens."""
+    if loaded.tokenizer is not None:
+        case = loaded.case_from_video(frames, prompt)
+    else:
+        case = _stand_in_fixed_tower_case(loaded, frames, prompt)
+    _, layout = loaded.adapter.layout(loaded.config, case.input_ids)
+    if layout.visual_tokens != bucket.visual_tokens:
+        raise InputError(f"the case holds {layout.visual_tokens} visual tokens; bucket {bucket.name} has "
+                         f"{bucket.visual_tokens}")
+    return case
+
+
+def _stand_in_fixed_tower_case(loaded: LoadedModel, frames, prompt: str) -> Case:
+    """A random-weight preset of a fixed-size-tower family without its tokenizer here (7B: sizing before the
+    weights arrive): the adapter's preprocessing and chat template, tokenized with the tiny byte tokenizer,
+    its video token mapped to the model's. Only ids matter to random weights. A family that writes its
+    video otherwise than as one run (InternVL's frame blocks) is refused by its layout."""
+    import numpy as np
+
+    from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids
+
+    adapter, config = loaded.adapter, loaded.config
+    if not hasattr(adapter, "prompt") or not hasattr(adapter, "preprocessor"):
+        raise InputError(f"{loaded.name} has no tokenizer here and its family declares no prompt template; "
+                         "pass --weights DIR holding its tokenizer")
+    pixels = adapter.preprocessor(config)(frames)
+    tiny_video = tiny_special_token_ids()["video_token_id"]
+    ids = adapter.prompt.ids(build_tiny_tokenizer(), video_token_id=tiny_video,
+                             num_video_tokens=adapter.video_tokens(config, pixels.shape[1]), prompt=prompt)
+    ids = np.where(ids == tiny_video, adapter.video_token_id(config), ids).astype(np.int64)
+    return Case(ids, pixels, None, attention_mask=np.ones_like(ids))
 
 
 #: Qwen2-VL's special token ids (the released tokenizer's)

@@ -2,8 +2,9 @@
 
 ``Explain(loaded, bucket, fusion=...)`` runs the dynamic reference (or ``schedule=`` a static one) on
 a video at the bucket's size with a :class:`~ffexport.calibrate.trace.Trace`; :func:`draw_explain`
-draws one frame per temporal group (Qwen2-VL groups two input frames into one token frame) with each
-visual token's 28x28-pixel area tinted: blue when it was merged into an earlier frame's token (its
+draws one frame per token frame (Qwen2-VL groups two input frames into one; a fixed-size tower takes
+each frame alone) with each visual token's area tinted (28x28 pixels for Qwen2-VL's 2x2 merged 14-pixel
+patches; a fixed-size tower's frame divided by its token grid): blue when it was merged into an earlier frame's token (its
 content lives on, averaged), red when it was pruned (gone, alone or with what had merged into it);
 tokens in their original colours reach the LLM as themselves.
 """
@@ -32,10 +33,24 @@ class Explained:
     trace: Trace
     schedule: Schedule
     mode: str  # "dynamic" or "static"
-    grid_thw: tuple[int, int, int]
-    merge_size: int
-    patch_size: int
-    temporal_patch_size: int
+    #: (token frames, token rows, token columns) of the visual span
+    token_grid: tuple[int, int, int]
+    #: input frames per token frame (Qwen2-VL's temporal patch: 2; a fixed-size tower: 1)
+    frames_per_group: int
+
+
+def token_grid(bucket: Bucket) -> tuple[tuple[int, int, int], int]:
+    """``((token frames, rows, columns), input frames per token frame)`` of a bucket, from its counts alone:
+    ``patches_per_frame`` tokens tile the resized frame in square cells (Qwen's merged patches, a fixed-size
+    tower's pooled grid)."""
+    per_frame = bucket.patches_per_frame
+    groups = bucket.visual_tokens // per_frame
+    h, w = bucket.resized
+    cell = (h * w / per_frame) ** 0.5
+    rows, cols = round(h / cell), round(w / cell)
+    if rows * cols != per_frame or groups * per_frame != bucket.visual_tokens:
+        raise ValueError(f"bucket {bucket.name}: {per_frame} tokens per frame do not tile {h}x{w} pixels")
+    return (groups, rows, cols), -(-bucket.frames // groups)
 
 
 class Explain:
@@ -60,9 +75,8 @@ class Explain:
             [np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC)) for f in sampled])
         case = bucket_case(self.loaded, resized, b)
         result, trace = self.reference.traced(case)
-        vision = self.loaded.config.vision_config
-        return Explained(name, resized, trace, result.schedule, self.mode, b.grid_thw, vision.spatial_merge_size,
-                         vision.patch_size, vision.temporal_patch_size)
+        grid, per_group = token_grid(b)
+        return Explained(name, resized, trace, result.schedule, self.mode, grid, per_group)
 
 
 def draw_explain(path: str | Path, explained: Explained) -> Path:
@@ -73,14 +87,15 @@ def draw_explain(path: str | Path, explained: Explained) -> Path:
     from matplotlib.patches import Patch
 
     e = explained
-    t, gh, gw = e.grid_thw
-    th, tw = gh // e.merge_size, gw // e.merge_size
-    side = e.patch_size * e.merge_size
+    t, th, tw = e.token_grid
     per_frame = th * tw
+    step = e.frames_per_group
     fates = e.trace.fates()
     cols = min(t, 8)
     rows = -(-t // cols)
     height, width = e.frames.shape[1:3]
+    row_edges = np.rint(np.arange(th + 1) * height / th).astype(int)  # token cell borders in pixels
+    col_edges = np.rint(np.arange(tw + 1) * width / tw).astype(int)
     scale = 2.2 / max(height, width) * 1.0
     fig, axes = plt.subplots(rows, cols, figsize=(max(cols * width * scale, 6), rows * height * scale + 1.3),
                              squeeze=False)
@@ -89,7 +104,7 @@ def draw_explain(path: str | Path, explained: Explained) -> Path:
         ax.axis("off")
         if g >= t:
             continue
-        frame = e.frames[min(g * e.temporal_patch_size, len(e.frames) - 1)].astype(np.float32) / 255.0
+        frame = e.frames[min(g * step, len(e.frames) - 1)].astype(np.float32) / 255.0
         shown = frame.copy()
         gray = np.repeat(frame.mean(axis=-1, keepdims=True), 3, axis=-1)
         for k in range(per_frame):  # kept tokens in colour; merged and pruned ones grey, tinted
@@ -97,15 +112,16 @@ def draw_explain(path: str | Path, explained: Explained) -> Path:
             if fate == KEPT:
                 continue
             r, c = divmod(k, tw)
-            area = (slice(r * side, (r + 1) * side), slice(c * side, (c + 1) * side))
+            area = (slice(row_edges[r], row_edges[r + 1]), slice(col_edges[c], col_edges[c + 1]))
             shown[area] = 0.45 * gray[area] + 0.55 * np.array(COLORS[fate], dtype=np.float32)
         ax.imshow(np.clip(shown, 0, 1), interpolation="nearest")
         for k in range(1, th):  # token grid
-            ax.axhline(k * side - 0.5, color="white", linewidth=0.3, alpha=0.5)
+            ax.axhline(row_edges[k] - 0.5, color="white", linewidth=0.3, alpha=0.5)
         for k in range(1, tw):
-            ax.axvline(k * side - 0.5, color="white", linewidth=0.3, alpha=0.5)
+            ax.axvline(col_edges[k] - 0.5, color="white", linewidth=0.3, alpha=0.5)
         counts = np.bincount(fates[g * per_frame:(g + 1) * per_frame], minlength=3)
-        ax.set_title(f"frames {g * e.temporal_patch_size}-{g * e.temporal_patch_size + e.temporal_patch_size - 1}\n"
+        frames = f"frames {g * step}-{g * step + step - 1}" if step > 1 else f"frame {g}"
+        ax.set_title(f"{frames}\n"
                      f"kept {counts[KEPT]}  merged {counts[MERGED]}  pruned {counts[PRUNED]}", fontsize=8)
     total = np.bincount(fates, minlength=3)
     steps = ", ".join(f"L{s.layer}{' pre' if s.where == 'before_attention' else ''} {s.op} {s.remove}"

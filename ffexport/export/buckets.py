@@ -42,7 +42,7 @@ def parse_bucket(
     video_pixels: tuple[int, int] | None = None,
 ) -> Bucket:
     """Parse ``FRAMESxHEIGHTxWIDTH`` and apply the model's resize rule."""
-    frames, height, width = _shape(text)
+    frames, height, width = bucket_dims(text)
     min_pixels, max_pixels = video_pixels or (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
     try:
         resized = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
@@ -55,7 +55,7 @@ def parse_bucket(
     return Bucket(frames, height, width, resized, (t, h, w), t * per_frame, per_frame)
 
 
-def _shape(text: str) -> tuple[int, int, int]:
+def bucket_dims(text: str) -> tuple[int, int, int]:
     """``(frames, height, width)`` of ``FRAMESxHEIGHTxWIDTH``, all positive, or one-line :class:`InputError`."""
     m = _BUCKET.match(text)
     if not m:
@@ -70,9 +70,27 @@ def parse_fixed_bucket(text: str, *, size: int, tokens_per_frame: int) -> Bucket
     """``FRAMESxHEIGHTxWIDTH`` for a fixed-size tower (LLaVA-style): every frame is brought to
     ``size`` x ``size`` whatever the video's size, and gives ``tokens_per_frame`` tokens, one per cell
     of a square token grid; ``grid_thw`` is that grid per frame, ``(frames, side, side)``."""
-    frames, height, width = _shape(text)
+    frames, height, width = bucket_dims(text)
     side = int(round(tokens_per_frame ** 0.5))
     if side * side != tokens_per_frame:
         raise InputError(f"bucket {text!r}: {tokens_per_frame} tokens per frame is not a square grid")
     return Bucket(frames, height, width, (size, size), (frames, side, side), frames * tokens_per_frame,
                   tokens_per_frame)
+
+
+def fixed_size_tower(adapter) -> bool:
+    """Whether a family's adapter declares a fixed-size tower: every frame brought to ``frame_size``
+    and giving ``tokens_per_frame`` tokens (LLaVA-style, InternVL), rather than a patch grid that
+    follows the video's size (the Qwen families)."""
+    return hasattr(adapter, "frame_size") and hasattr(adapter, "tokens_per_frame")
+
+
+def model_bucket(adapter, config, text: str, *, video_pixels: tuple[int, int] | None = None) -> Bucket:
+    """``FRAMESxHEIGHTxWIDTH`` for the model ``adapter`` drives: :func:`parse_fixed_bucket` with the
+    adapter's frame size and tokens per frame for a fixed-size tower, else :func:`parse_bucket` with the
+    vision config's patch, temporal patch and merge sizes and the model's pixel limits."""
+    if fixed_size_tower(adapter):
+        return parse_fixed_bucket(text, size=adapter.frame_size(config), tokens_per_frame=adapter.tokens_per_frame(config))
+    vision = config.vision_config
+    return parse_bucket(text, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
+                        merge_size=vision.spatial_merge_size, video_pixels=video_pixels)

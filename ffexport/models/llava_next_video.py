@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
-from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
+from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 
 
@@ -35,9 +35,10 @@ ADAPTER = FAMILIES.register("llava_next_video", LlavaNextVideoAdapter(
     resize_mode="shortest_edge_crop",
     # build: the tower captured per frame count (ffexport/export/vision.py FixedTowerEncoder), 1D positions,
     # the parity gate with contract and oracle; run: the runtime's fixed-size preprocessing, chat template
-    # and 1D positions from the manifest (tests/export/test_build_families.py)
-    stages=("case", "reference", "build", "run"),
-    missing={k: v for k, v in MISSING_STAGES.items() if k != "build"},
+    # and 1D positions from the manifest (tests/export/test_build_families.py); calibrate, explain, bench: buckets
+    # and cases from the adapter (ffexport/export/buckets.py model_bucket; tests/calibrate/test_fixed_tower_stages.py)
+    stages=("case", "reference", "build", "run", "calibrate", "explain", "bench"),
+    missing={},
 ))
 
 

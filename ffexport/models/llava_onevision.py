@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
-from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
+from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.video.fixed import HALF_MEAN_STD
 
@@ -38,6 +38,10 @@ ADAPTER = FAMILIES.register("llava_onevision", LlavaOnevisionAdapter(
     # the released checkpoints' video_preprocessor_config (SigLIP normalisation), not the class default
     image_mean=HALF_MEAN_STD,
     image_std=HALF_MEAN_STD,
+    # calibrate, explain, bench: buckets and cases from the adapter, as for LLaVA-NeXT-Video (they need no build;
+    # tests/calibrate/test_fixed_tower_stages.py)
+    stages=("case", "reference", "calibrate", "explain", "bench"),
+    missing={k: v for k, v in MISSING_STAGES.items() if k in ("build", "run")},
 ))
 
 

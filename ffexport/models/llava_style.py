@@ -33,10 +33,12 @@ LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
 MISSING_STAGES = {
     "build": "a vision graph for a fixed-size tower (frames [T, 3, S, S] -> tokens) and 1D positions in the "
              "build, its parity gate and the torch-free runtime (today they take Qwen2-VL's grid and M-RoPE)",
-    "calibrate": "calibration runs on builds' buckets (video_grid_thw shapes); fixed-size-tower buckets are not "
-                 "defined yet",
-    "explain": "explain draws Qwen2-VL buckets (video_grid_thw shapes); fixed-size-tower buckets are not defined yet",
-    "bench": "the prefill benchmark builds Qwen2-VL cases (video_grid_thw); fixed-size-tower cases are not wired in",
+    "calibrate": "calibration follows one contiguous visual span (ffexport/calibrate/trace.py); frame blocks with "
+                 "text between them are not followed yet",
+    "explain": "explain follows one contiguous visual span (ffexport/calibrate/trace.py); frame blocks with text "
+               "between them are not followed yet",
+    "bench": "the prefill benchmark times one contiguous visual span; frame blocks with text between them are not "
+             "wired in",
 }
 
 

@@ -75,7 +75,8 @@ def test_manifest_reads_as_in_python(cpp_build, toy_build_dir):
         "vocab_size": m.vocab_size, "num_kv_heads": m.num_kv_heads, "head_dim": m.head_dim,
         "video_token_id": m.video_token_id, "eos_token_ids": m.eos_token_ids, "spatial_merge_size": m.spatial_merge_size,
         "patch_size": m.patch_size, "temporal_patch_size": m.temporal_patch_size, "patch_dim": m.patch_dim,
-        "position_rule": m.position_rule, "temporal_step": m.temporal_step}
+        "position_rule": m.position_rule, "temporal_step": m.temporal_step,
+        "frame_size": m.frame_preprocess["size"] if m.frame_preprocess else 0}
     assert [(b["name"], tuple(b["grid_thw"]), b["visual_tokens"], b["usable"], b["vision"], b["prefill"])
             for b in got["buckets"]] == [(b.name, b.grid_thw, b.visual_tokens, b.usable, b.vision, b.prefill)
                                           for b in want.all_buckets]

@@ -159,3 +159,72 @@ def test_cpp_plan_of_a_real_qwen2_5_vl_build(qwen25_build_dir, tmp_path, tmp_pat
     assert len(seen["steps"]) == n - 1 >= 1, n  # the tiny model's tokens for this case: no early EOS
     assert [{k: st[k] for k in ("cache_lengths", "position")} for st in out["static_decode"]["steps"][:n - 1]] == \
         seen["steps"]
+
+
+@pytest.fixture(scope="module")
+def next_video_build_dir(tmp_path_factory) -> Path:
+    """`ffexport build --model llava-next-video-tiny --bucket 8x112x112` once per module (1D positions)."""
+    out = tmp_path_factory.mktemp("next_video") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "llava-next-video-tiny",
+                           "--bucket", QWEN25_BUCKET, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_cpp_plan_of_a_real_llava_next_video_build(next_video_build_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """A real LLaVA-NeXT-Video build (`model.positions = {"rule": "1d"}`) and a case folder written by `ffexport
+    case --format npy` (frames [1, 8, 3, 112, 112], no grid): the C++ bucket, positions, decode positions and
+    per-layer cache lengths are those the Python runtime uses when ONNX Runtime runs the same case, and the
+    positions are the model adapter's own."""
+    from ffexport.models.llava_next_video import ADAPTER, llava_next_video_tiny_config
+    from ffexport.runtime import Runtime, session
+    from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+    cpp = build_cpp(tmp_path_factory)
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--model", "llava-next-video-tiny", "--video", "synthetic:pan", "--seed", "2",
+                 "--format", "npy", "--out", str(case)]) == 0
+    assert not (case / "video_grid_thw.npy").exists()
+    done = cpp.run_inspect(next_video_build_dir, case, "--dump", tmp_path / "dump", "--max-new-tokens", 5)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+
+    seen: dict = {"steps": []}
+    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
+
+    def recording_positions(model, input_ids, video_grid_thw):
+        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
+        return seen["positions"], seen["delta"]
+
+    def recording_start(self, presents):
+        start(self, presents)
+        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
+
+    def recording_step(self, token, position):
+        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
+        return step(self, token, position)
+
+    monkeypatch.setattr(session, "position_ids", recording_positions)
+    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
+    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    c = load_case(case)
+    result = Runtime(next_video_build_dir).generate(c, max_new_tokens=5)
+
+    model = out["manifest"]["model"]
+    assert (model["family"], model["position_rule"], model["frame_size"]) == ("llava_next_video", "1d", 112)
+    positions = np.load(tmp_path / "dump" / "position_ids.npy")
+    assert np.array_equal(positions, seen["positions"]) and seen["delta"] == 0  # what Python fed its prefill
+    adapter_positions, adapter_delta = ADAPTER.position_ids(llava_next_video_tiny_config(), c.input_ids)
+    assert np.array_equal(positions, adapter_positions) and adapter_delta == 0
+    assert np.array_equal(np.load(tmp_path / "dump" / "pixel_values_videos.npy"), c.pixel_values_videos)
+    length = c.input_ids.shape[1]
+    begin, end = c.video_span(model["video_token_id"])
+    assert end - begin == 128
+    assert out["plan"] == {"bucket": QWEN25_BUCKET, "length": length, "video_start": begin, "video_end": end,
+                           "delta": 0, "decode_positions": [length + k for k in range(4)]}
+    assert out["layout"]["cache_lengths"] == out["static_decode"]["prefill_lengths"] == seen["lengths"]
+    n = result.generated_ids.shape[1]
+    assert len(seen["steps"]) == n - 1 >= 1, n  # the tiny model's tokens for this case: no early EOS
+    assert [{k: st[k] for k in ("cache_lengths", "position")} for st in out["static_decode"]["steps"][:n - 1]] == \
+        seen["steps"]

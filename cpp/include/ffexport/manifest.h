@@ -20,8 +20,10 @@ inline constexpr const char* kManifestFormat = "ffexport.manifest/1";
 // Bucket schedules (ffexport/fusion/schedule.py): version 2 adds the frame blocks; version 1 is one block.
 inline constexpr const char* kScheduleFormatV1 = "ffexport.schedule/1";
 inline constexpr const char* kScheduleFormatV2 = "ffexport.schedule/2";
-// The position rules this runtime computes (`model.positions.rule`; ffexport/mrope.py).
+// The position rules this runtime computes (`model.positions.rule`): M-RoPE (ffexport/mrope.py) and 1D
+// (arange(L) on all three rows, delta 0: LLaVA-style builds; ffexport/runtime/session.py, position_ids).
 inline constexpr const char* kPositionRuleMrope = "mrope";
+inline constexpr const char* kPositionRule1d = "1d";
 
 struct ModelFacts {
   std::string name;
@@ -41,6 +43,11 @@ struct ModelFacts {
   // M-RoPE temporal index per grid step of a video: the token at grid step t gets int(t * temporal_step)
   // (1 for Qwen2-VL; seconds_per_grid * tokens_per_second for Qwen2.5-VL).
   double temporal_step = 1.0;
+  // A fixed-size tower's frame size S (`model.frame_preprocess.size`; rule "1d" only, else 0): its case
+  // holds pixel_values_videos [1, frames, 3, S, S].
+  int64_t frame_size = 0;
+
+  bool one_d() const { return position_rule == kPositionRule1d; }
 
   // Values per row of pixel_values_videos: RGB x temporal patch x patch x patch.
   int64_t patch_dim() const { return 3 * temporal_patch_size * patch_size * patch_size; }

@@ -1,6 +1,6 @@
 // The runtime's arithmetic, free of TensorRT and CUDA (compiled and tested on any machine):
 // M-RoPE position ids (the released Qwen2-VL rule with the build's temporal step, a port of
-// ffexport/mrope.py), which bucket a case runs in, the prefill/decode positions, the decode cache
+// ffexport/mrope.py) or 1D ones (LLaVA-style builds), which bucket a case runs in, the prefill/decode positions, the decode cache
 // budget, and whether an engine recorded in the manifest can run on this machine.
 #pragma once
 
@@ -38,6 +38,10 @@ int64_t temporal_index(int64_t step, double temporal_step);
 Positions mrope_position_ids(const std::vector<int64_t>& ids, const std::vector<std::array<int64_t, 3>>& grids,
                              int64_t video_token_id, int64_t spatial_merge_size, double temporal_step = 1.0);
 
+// 1D positions (model.positions.rule "1d", LLaVA-style builds): arange(length) on all three rows, delta 0,
+// so generated token k sits at length + k (ffexport/runtime/session.py, position_ids).
+Positions one_d_position_ids(int64_t length);
+
 // The video grids M-RoPE places for one video of `grid` in a prompt of model family `family`, one per
 // run of video tokens: Qwen2-VL and Qwen2.5-VL the whole grid as one run (Qwen2.5-VL's time scaling is
 // the manifest's temporal_step, applied by mrope_position_ids); Qwen3-VL one (1, h, w) grid per temporal
@@ -68,7 +72,9 @@ struct Plan {
 
 // Check `inputs` against the build (grid valid for merging, video tokens as many as the grid gives,
 // pixel rows and values per row, ids inside the vocabulary, text length 1..max_text) and pick the
-// first usable bucket whose grid equals the case's (like ffexport/runtime/session.py). The case's runs
+// first usable bucket whose grid equals the case's (like ffexport/runtime/session.py). A build with
+// 1D positions takes a fixed-size tower's case instead: frames [1, T, 3, S, S] pick the first usable
+// bucket of T frames, and its one run of video tokens must hold the bucket's visual tokens. The case's runs
 // of video tokens must be the bucket's frame blocks (one run for a contiguous video; for several
 // blocks, the same lengths at the same offsets from the first, so the text between blocks has the
 // length the graphs were built for). InputError otherwise, listing the buckets or the blocks.
