@@ -229,6 +229,7 @@ class Build:
         with Steps(len(self.buckets) * 2 + 2, "capturing graphs", quiet=self.config.quiet) as steps:
             for b in self.buckets:
                 layout = self._nominal_layout(b)
+                self._check_text_between_blocks(layout, b)
                 if self.config.schedule is not None:
                     schedule, source = self.config.schedule, self.config.schedule_source or "given"
                     self._check_schedule_blocks(schedule, layout, b)
@@ -405,6 +406,13 @@ class Build:
                              f"{bucket.patches_per_frame}")
         return layout
 
+    def _check_text_between_blocks(self, layout: FrameLayout, bucket: Bucket) -> None:
+        """The text between frame blocks is prompt text: ``--max-text`` must leave room for it and more."""
+        if layout.text_tokens >= self.config.max_text:
+            raise InputError(f"bucket {bucket.name}: the text between its {len(layout.blocks)} frame blocks is "
+                             f"{layout.text_tokens} tokens, --max-text {self.config.max_text} leaves no room for the "
+                             f"prompt; pass a larger --max-text (e.g. {layout.text_tokens + 256})")
+
     @staticmethod
     def _check_schedule_blocks(schedule: Schedule, layout: FrameLayout, bucket: Bucket) -> None:
         if schedule.frame_layout != layout:
@@ -555,6 +563,7 @@ class Build:
             if text > self.config.max_text:
                 raise InputError(f"the parity prompt has {text} text tokens; --max-text must be at least that")
         layout = self._bucket_layout(bucket, torch_inputs)
+        self._check_text_between_blocks(layout, bucket)
         self._check_schedule_blocks(schedule, layout, bucket)
         steps.advance()
 

@@ -448,3 +448,26 @@ def test_internvl_build_parses_and_builds_for_sm89(internvl_build, tensorrt_rtx,
     assert main(["check", str(internvl_build), "--build-for", "SM89"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
+
+
+def test_a_schedule_without_the_buckets_frame_blocks_is_refused_in_one_line(tmp_path, error_line):
+    """A one-block schedule for InternVL's 128 tokens would put the graph's visual rows on the text
+    between frames: the build refuses it, naming both layouts."""
+    from ffexport.cli import main
+    from ffexport.fusion.schedule import Schedule, Stage
+
+    Schedule(128, 16, (Stage(0, "before_attention", "merge", 40),)).save(tmp_path / "s.json")
+    assert main(["-q", "build", "--model", "internvl-tiny", "--bucket", BUCKET, "--schedule", str(tmp_path / "s.json"),
+                 "--out", str(tmp_path / "b")]) == 2
+    line = error_line()
+    assert line.startswith("error: input: the schedule's frame blocks [[0, 128]] are not bucket 8x112x112's [[0, 16], ")
+
+
+def test_text_between_frame_blocks_must_fit_max_text_in_one_line(tmp_path, error_line):
+    """--graph-only --bucket 12x..: 11 gaps of 7-8 tokens (Qwen2's, no tokenizer here) = 80 text tokens."""
+    from ffexport.cli import main
+
+    assert main(["-q", "build", "--model", "internvl-tiny", "--graph-only", "--bucket", "12x112x112", "--max-text", "80",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert error_line() == ("error: input: bucket 12x112x112: the text between its 12 frame blocks is 80 tokens, "
+                            "--max-text 80 leaves no room for the prompt; pass a larger --max-text (e.g. 336)")
