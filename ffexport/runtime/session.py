@@ -16,7 +16,8 @@
 
 Steps of :meth:`Runtime.generate` (graph names and shapes: ``docs/build-format.md``): ``embed`` on
 ``input_ids``, the bucket's ``vision`` graph on the pixels, the features written over the video
-span, the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
+tokens in order (one span, or the bucket's frame blocks with text between them: ``frame_blocks``),
+the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
 manifest records: 1 for Qwen2-VL, ``seconds_per_grid * tokens_per_second`` for Qwen2.5-VL), then greedy decoding
 with the bucket's static decode graph (caches preallocated and updated in place through IO binding,
 :mod:`ffexport.runtime.kv_cache`) or, in builds without one, ``decode`` (each step's ``present.*`` fed
