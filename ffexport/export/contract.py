@@ -40,6 +40,7 @@ from ffexport.case import Case
 from ffexport.errors import CaptureError, FusionError
 from ffexport.export.parity import OrtRunner, Tolerance, compare
 from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.schedule import Schedule
 from ffexport.models.loading import LoadedModel
 from ffexport.reference import Reference
@@ -93,12 +94,15 @@ class ScheduleContract:
 
     def __init__(self, loaded: LoadedModel, *, fusion: FusionConfig, runner: OrtRunner, out: Path, vision_file: str,
                  prefill_file: str, export_prefill: Callable[[Schedule, Path], Path], tolerance: Tolerance,
-                 precision: str, tokens: int, visual_tokens: int, patches_per_frame: int) -> None:
+                 precision: str, tokens: int, visual_tokens: int, patches_per_frame: int,
+                 layout: FrameLayout | None = None) -> None:
         self.loaded, self.fusion, self.runner, self.out = loaded, fusion, runner, Path(out)
         self.vision_file, self.prefill_file, self.export_prefill = vision_file, prefill_file, export_prefill
         self.tolerance = CONTRACT_FP32 if precision == "fp32" else tolerance
         self.precision, self.tokens = precision, tokens
         self.visual_tokens, self.patches_per_frame = visual_tokens, patches_per_frame
+        #: the video's frame blocks, given to the oracle (None or one block: the contiguous span)
+        self.blocks = None if layout is None or layout.is_contiguous else layout.to_json()
         self.budget_layers = fusion.layers_for(loaded.num_layers)
 
     def __call__(self, deployed: Schedule, kind: str, videos: Sequence[ParityVideo]) -> dict[str, Any]:
@@ -183,7 +187,7 @@ class ScheduleContract:
     def _oracle_check(self, oracle, video: ParityVideo, prefill: Path, realized: Schedule) -> dict[str, Any]:
         with torch.no_grad():
             outcome = oracle(video.embeds[0].float(), video.positions, int(video.start), self.visual_tokens,
-                             self.patches_per_frame)
+                             self.patches_per_frame, blocks=self.blocks)
         if not outcome.ran:
             return {"ran": False, "compared": False, "passed": None, "work": outcome.work, "note": outcome.note}
         result = outcome.result
