@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
-from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
+from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.video.fixed import HALF_MEAN_STD
 
@@ -38,6 +38,8 @@ ADAPTER = FAMILIES.register("llava_onevision", LlavaOnevisionAdapter(
     # the released checkpoints' video_preprocessor_config (SigLIP normalisation), not the class default
     image_mean=HALF_MEAN_STD,
     image_std=HALF_MEAN_STD,
+    stages=("case", "reference", "build", "run"),
+    missing={k: v for k, v in MISSING_STAGES.items() if k != "build"},
 ))
 
 

@@ -68,6 +68,8 @@ class ModelFacts:
     #: fixed-size towers (position rule "1d"): FixedFramePreprocess's settings and the chat template
     frame_preprocess: dict[str, Any] | None = None
     prompt_template: tuple[str, str] | None = None
+    #: video tokens after the last frame's (LLaVA-OneVision's learned newline: 1); text to FrameFusion
+    trailing_video_tokens: int = 0
 
     @property
     def patch_dim(self) -> int:
@@ -288,14 +290,18 @@ class _Reader:
         )
 
     def fixed_tower(self, m: dict[str, Any]) -> dict[str, Any]:
-        """A fixed-size tower's frame preprocessing and chat template (``model.frame_preprocess``, ``prompt_template``)."""
+        """A fixed-size tower's frame preprocessing, chat template and video tokens after the frames
+        (``model.frame_preprocess``, ``prompt_template``, ``trailing_video_tokens``)."""
         pre = self.get(m, "frame_preprocess", dict, "model")
         for key, kind in (("size", int), ("mode", str), ("mean", list), ("std", list), ("resample", str)):
             self.get(pre, key, kind, "model.frame_preprocess")
         template = self.get(m, "prompt_template", dict, "model")
         before = self.get(template, "before", str, "model.prompt_template")
         after = self.get(template, "after", str, "model.prompt_template")
-        return {"frame_preprocess": pre, "prompt_template": (before, after)}
+        trailing = self.get(m, "trailing_video_tokens", int, "model")
+        if trailing < 0:
+            raise self.fail("model.trailing_video_tokens", f"must be 0 or more, got {trailing}")
+        return {"frame_preprocess": pre, "prompt_template": (before, after), "trailing_video_tokens": trailing}
 
     def positions(self, record: Any) -> dict[str, Any]:
         """``model.positions``: the position rule and its numbers (absent in older builds: M-RoPE, step 1)."""

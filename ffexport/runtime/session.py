@@ -191,7 +191,7 @@ class Runtime:
         if repeated:
             log.warning("video has %d frames; bucket %s needs %d: frames repeated", total, b.name, b.frames)
         m = self.manifest.model
-        if m.position_rule == "1d":  # a fixed-size tower (LLaVA-NeXT-Video)
+        if m.position_rule == "1d":  # a fixed-size tower (LLaVA-NeXT-Video, LLaVA-OneVision)
             case = self._fixed_tower_case(sampled, prompt, b)
             self._check_text_length(case, b.visual_tokens)
             return case
@@ -221,9 +221,10 @@ class Runtime:
                                       resample=pre["resample"])(frames)
         before, after = m.prompt_template
         token = self.tokenizer.convert_ids_to_tokens(m.video_token_id)
-        text = before + token * bucket.visual_tokens + after.format(prompt=prompt)
+        count = bucket.visual_tokens + m.trailing_video_tokens  # OneVision: the frames' tokens, then its newline
+        text = before + token * count + after.format(prompt=prompt)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True), dtype=np.int64).reshape(1, -1)
-        if int(np.count_nonzero(ids == m.video_token_id)) != bucket.visual_tokens:
+        if int(np.count_nonzero(ids == m.video_token_id)) != count:
             raise InputError(f"cannot build the prompt: the build's tokenizer does not keep {token!r} as one token: "
                              f"{REBUILD}")
         return Case(ids, pixels, None, attention_mask=np.ones_like(ids))
@@ -373,8 +374,9 @@ class Runtime:
             raise InputError(f"the case has {frames} frames; no usable bucket of {self.manifest.root} takes that many: "
                              f"{self.manifest.describe_buckets()}")
         start, end = case.video_span(m.video_token_id)
-        if end - start != b.visual_tokens:
-            raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {b.visual_tokens}")
+        count = b.visual_tokens + m.trailing_video_tokens
+        if end - start != count:
+            raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {count}")
         return b
 
     def _grid_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:

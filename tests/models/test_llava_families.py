@@ -283,7 +283,7 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path
 
 
 @pytest.mark.parametrize("argv, stage", [
-    (["build", "--model", "llava-onevision-tiny", "--graph-only"], "build"),
+    (["explain", "--model", "llava-onevision-tiny", "--video", "synthetic:pan:0"], "explain"),
     (["build", "--model", "internvl-tiny"], "build"),
     (["bench", "--model", "llava-onevision-tiny"], "bench"),
     (["calibrate", "--model", "llava-onevision-tiny", "--bucket", "8x98x98", "--synthetic", "2"], "calibrate"),
@@ -291,11 +291,12 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path
 def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line):
     from ffexport.cli import main
 
-    out = [] if argv[0] == "bench" else ["--out", str(tmp_path / "out")]
+    target = tmp_path / ("out.png" if argv[0] == "explain" else "out")
+    out = [] if argv[0] == "bench" else ["--out", str(target)]
     assert main([*argv, *out]) == 3
     line = error_line()
     assert f"ffexport {stage} is not done for" in line and "missing:" in line
-    assert not (tmp_path / "out").exists()
+    assert not target.exists()
 
 
 @pytest.mark.parametrize("preset, billions, per_frame, layers", [
