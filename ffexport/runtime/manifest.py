@@ -72,6 +72,8 @@ class ModelFacts:
     #: the text a processor writes around and between frame blocks (``model.video_text``; None: the
     #: video is one run of video tokens)
     video_text: VideoText | None = None
+    #: video tokens after the last frame's (LLaVA-OneVision's learned newline: 1); text to FrameFusion
+    trailing_video_tokens: int = 0
 
     @property
     def patch_dim(self) -> int:
@@ -297,14 +299,18 @@ class _Reader:
         )
 
     def fixed_tower(self, m: dict[str, Any]) -> dict[str, Any]:
-        """A fixed-size tower's frame preprocessing and chat template (``model.frame_preprocess``, ``prompt_template``)."""
+        """A fixed-size tower's frame preprocessing, chat template and video tokens after the frames
+        (``model.frame_preprocess``, ``prompt_template``, ``trailing_video_tokens``)."""
         pre = self.get(m, "frame_preprocess", dict, "model")
         for key, kind in (("size", int), ("mode", str), ("mean", list), ("std", list), ("resample", str)):
             self.get(pre, key, kind, "model.frame_preprocess")
         template = self.get(m, "prompt_template", dict, "model")
         before = self.get(template, "before", str, "model.prompt_template")
         after = self.get(template, "after", str, "model.prompt_template")
-        facts = {"frame_preprocess": pre, "prompt_template": (before, after)}
+        trailing = self.get(m, "trailing_video_tokens", int, "model")
+        if trailing < 0:
+            raise self.fail("model.trailing_video_tokens", f"must be 0 or more, got {trailing}")
+        facts = {"frame_preprocess": pre, "prompt_template": (before, after), "trailing_video_tokens": trailing}
         if m.get("video_text") is not None:
             try:
                 facts["video_text"] = VideoText.from_json(m["video_text"])

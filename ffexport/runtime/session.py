@@ -192,7 +192,7 @@ class Runtime:
         if repeated:
             log.warning("video has %d frames; bucket %s needs %d: frames repeated", total, b.name, b.frames)
         m = self.manifest.model
-        if m.position_rule == "1d":  # a fixed-size tower (LLaVA-NeXT-Video)
+        if m.position_rule == "1d":  # a fixed-size tower (LLaVA-NeXT-Video, LLaVA-OneVision)
             case = self._fixed_tower_case(sampled, prompt, b)
             self._check_text_length(case, b.visual_tokens)
             return case
@@ -226,11 +226,11 @@ class Runtime:
         token = self.tokenizer.convert_ids_to_tokens(m.video_token_id)
         if m.video_text is not None and bucket.frame_blocks is not None:  # text between frame blocks
             video = m.video_text.text(token, [tokens for _, tokens in bucket.frame_blocks])
-        else:
-            video = token * bucket.visual_tokens
+        else:  # one run: the frames' tokens, then any trailing video tokens (OneVision's newline)
+            video = token * (bucket.visual_tokens + m.trailing_video_tokens)
         text = before + video + after.format(prompt=prompt)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True), dtype=np.int64).reshape(1, -1)
-        if int(np.count_nonzero(ids == m.video_token_id)) != bucket.visual_tokens:
+        if int(np.count_nonzero(ids == m.video_token_id)) != count:
             raise InputError(f"cannot build the prompt: the build's tokenizer does not keep {token!r} as one token: "
                              f"{REBUILD}")
         case = Case(ids, pixels, None, attention_mask=np.ones_like(ids))
@@ -398,8 +398,9 @@ class Runtime:
                                  "frames, tokenized by the build's tokenizer)")
             return b
         start, end = case.video_span(m.video_token_id)
-        if end - start != b.visual_tokens:
-            raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {b.visual_tokens}")
+        count = b.visual_tokens + m.trailing_video_tokens
+        if end - start != count:
+            raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {count}")
         return b
 
     def _grid_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:

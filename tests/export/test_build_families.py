@@ -4,6 +4,9 @@ Qwen2.5-VL: its vision tower (window attention) exported per bucket from the ada
 ``vision_tower`` declaration, its time-scaled M-RoPE positions recorded in the manifest and rebuilt
 by the torch-free runtime; the build's parity gate (graphs vs PyTorch, pipeline vs the static
 reference, the contract and the oracle) must pass, and ``run`` must give PyTorch's greedy tokens.
+LLaVA-NeXT-Video and LLaVA-OneVision (fixed-size towers, one parametrized set of checks): the tower
+captured per frame count (OneVision: bilinear pooling and the learned newline after all frames in the
+vision graph's output, text to FrameFusion), 1D positions, the same gate, and the same ``run`` proofs.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,89 +239,154 @@ def test_stages_not_done_are_still_refused_in_one_line(tmp_path, error_line, arg
     assert not list(tmp_path.iterdir())
 
 
-# ------------------------------------------------------------------ LLaVA-NeXT-Video
+# ------------------------------------------------------------------ fixed-size towers (LLaVA-style)
+@dataclass(frozen=True)
+class FixedTower:
+    """What a fixed-size-tower preset's build at ``BUCKET`` must show (8 frames, 16 tokens per frame)."""
+
+    family: str
+    size: int  # the tower's frame size: every frame is resized to it
+    trailing: int  # video tokens after the frames' (OneVision's learned newline)
+    inputs: tuple[str, int]  # the ``ffexport case`` video and seed of the --inputs check
+
+
+FIXED_TOWERS = {
+    # CLIP 112: 8x8 patches, CLS dropped, 2x2 average pool
+    "llava-next-video-tiny": FixedTower("llava_next_video", 112, 0, ("synthetic:zoom", 2)),
+    # SigLIP 98: 7x7 patches, projected, bilinear pool to ceil(7/2) = 4 per side, one newline after all frames
+    "llava-onevision-tiny": FixedTower("llava_onevision", 98, 1, ("synthetic:pan", 5)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FIXED_TOWERS))
+def fixed_preset(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def llava_build(tmp_path_factory) -> Path:
-    """``ffexport build --model llava-next-video-tiny --bucket 8x112x112`` once for the module. Do not modify."""
-    out = tmp_path_factory.mktemp("llava") / "build"
-    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "llava-next-video-tiny",
+def fixed_build(fixed_preset, tmp_path_factory) -> Path:
+    """``ffexport build --model <preset> --bucket 8x112x112`` once per preset. Do not modify."""
+    out = tmp_path_factory.mktemp(fixed_preset) / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", fixed_preset,
                            "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
     return out
 
 
-def test_llava_next_video_build_passes_its_gate(llava_build):
-    manifest = json.loads((llava_build / "manifest.json").read_text())
-    assert manifest["model"]["family"] == "llava_next_video" and manifest["model"]["positions"] == {"rule": "1d"}
+@pytest.fixture(scope="module")
+def fixed_loaded(fixed_preset):
+    from ffexport.models import LoadModel
+
+    return LoadModel(fixed_preset)()
+
+
+def test_fixed_tower_build_passes_its_gate(fixed_build, fixed_preset):
+    facts = FIXED_TOWERS[fixed_preset]
+    manifest = json.loads((fixed_build / "manifest.json").read_text())
+    assert manifest["model"]["family"] == facts.family and manifest["model"]["positions"] == {"rule": "1d"}
+    assert manifest["model"]["trailing_video_tokens"] == facts.trailing
     (bucket,) = manifest["buckets"]
-    # 8 frames at the tower's 112 px: 8x8 patches pooled 2x2 -> 16 tokens per frame, one contiguous block
+    # 8 frames, 16 tokens per frame, one contiguous block (a trailing newline is text after it)
     assert (bucket["visual_tokens"], bucket["patches_per_frame"], bucket["grid_thw"]) == (128, 16, [8, 4, 4])
     assert bucket["usable"] and bucket["parity"]["passed"]
-    vision = bucket["graphs"]["vision"]["inputs"][0]
-    assert vision["name"] == "pixel_values_videos" and vision["shape"] == [1, 8, 3, 112, 112]
-    parity = json.loads((llava_build / BUCKET / "parity.json").read_text())
+    (vision,) = bucket["graphs"]["vision"]["inputs"]
+    assert vision["name"] == "pixel_values_videos" and vision["shape"] == [1, 8, 3, facts.size, facts.size]
+    (features,) = bucket["graphs"]["vision"]["outputs"]
+    assert features["name"] == "video_features" and features["shape"] == [128 + facts.trailing, 64]
+    parity = json.loads((fixed_build / BUCKET / "parity.json").read_text())
+    assert {g["graph"] for g in parity["graphs"]} == {"vision", "prefill"}
     for graph in parity["graphs"]:
         assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
-    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] for e in parity["end_to_end"])
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] and e["logits"]["passed"]
+                                                  for e in parity["end_to_end"])
     contract = parity["contract"]
     assert contract["passed"] and contract["compared"] >= 2
     # the oracle runs with the family's 1D rotary layout (one section), not "not run"
     assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1 and contract["oracle"]["not_run"] == 0
+    for name in ("embed", "decode"):
+        assert manifest["graphs"][name]["parity"]["passed"]
 
 
-def test_llava_next_video_vision_graph_equals_transformers(llava_build):
+def test_fixed_tower_vision_graph_equals_transformers(fixed_build, fixed_preset, fixed_loaded):
+    """The exported vision graph against transformers' own ``get_video_features`` (tower, feature layer,
+    pooling, projector; OneVision's learned newline appended after all frames) on a clip of another size."""
     from ffexport.export.parity import OrtRunner
-    from ffexport.models import LoadModel
 
-    loaded = LoadModel("llava-next-video-tiny")()
-    case = loaded.case_from_video(synthetic_video("zoom", frames=8, height=90, width=160, seed=3), "hi")
-    got = OrtRunner().run(llava_build / f"{BUCKET}.vision.onnx",
+    trailing = FIXED_TOWERS[fixed_preset].trailing
+    model = fixed_loaded.model
+    case = fixed_loaded.case_from_video(synthetic_video("zoom", frames=8, height=90, width=160, seed=3), "hi")
+    got = OrtRunner().run(fixed_build / f"{BUCKET}.vision.onnx",
                           {"pixel_values_videos": case.pixel_values_videos})["video_features"]
-    config = loaded.model.config
-    with torch.no_grad():  # transformers' own forward of the tower, feature layer, pooling and projector
-        expected = loaded.model.model.get_video_features(
+    config = model.config
+    with torch.no_grad():
+        expected = model.model.get_video_features(
             torch.from_numpy(case.pixel_values_videos), vision_feature_layer=config.vision_feature_layer,
             vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
     expected = expected.reshape(-1, expected.shape[-1]).numpy()
-    assert got.shape == expected.shape == (128, 64)
+    assert got.shape == expected.shape == (128 + trailing, 64)
     assert np.abs(got - expected).max() <= FP32_ATOL
+    if trailing:  # the last row is the learned newline itself, whatever the frames hold
+        np.testing.assert_array_equal(got[-1], model.model.image_newline.detach().numpy())
 
 
-@pytest.fixture(scope="module")
-def llava():
-    from ffexport.models import LoadModel
+def test_fixed_tower_build_parses_and_builds_for_sm89(fixed_build, tensorrt_rtx, capsys):
+    """NVIDIA's parser and ahead-of-time builder (TensorRT-RTX) take every graph of the build
+    (OneVision's vision graph holds the bilinear pooling as an ONNX Resize)."""
+    from ffexport.cli import main
 
-    return LoadModel("llava-next-video-tiny")()
+    assert main(["check", str(fixed_build), "--build-for", "SM89"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if ": built for SM89 (" in line]) == 5
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
 
 
-def test_llava_next_video_runtime_prepares_the_adapters_case(llava_build, llava):
+def test_fixed_tower_runtime_prepares_the_adapters_case(fixed_build, fixed_loaded):
     """The torch-free runtime's frames (FixedFramePreprocess from the manifest) and prompt (the chat
-    template, tokenized in one piece by the build's tokenizer) are the adapter's, array for array."""
+    template with the frames' tokens and any trailing newline, tokenized in one piece by the build's
+    tokenizer) are the adapter's, array for array."""
     from ffexport.runtime import Runtime
 
     frames = synthetic_video("pan", frames=8, height=90, width=160, seed=6)
-    runtime = Runtime(llava_build)
+    runtime = Runtime(fixed_build)
     got = runtime.prepare_video(frames, PROMPT, BUCKET)
-    want = llava.case_from_video(frames, PROMPT)
+    want = fixed_loaded.case_from_video(frames, PROMPT)
     np.testing.assert_array_equal(got.input_ids, want.input_ids)
     np.testing.assert_array_equal(got.pixel_values_videos, want.pixel_values_videos)
     assert got.video_grid_thw is None
 
 
-def test_llava_next_video_run_on_a_real_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path):
-    _run_clip_gives_pytorchs_tokens(llava_build, llava, tmp_path)
+def test_fixed_tower_run_on_a_real_clip_gives_pytorchs_tokens(fixed_build, fixed_loaded, tmp_path):
+    _run_clip_gives_pytorchs_tokens(fixed_build, fixed_loaded, tmp_path)
 
 
-def test_llava_next_video_run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path):
-    _run_inputs_gives_pytorchs_tokens(llava_build, llava, tmp_path, "llava-next-video-tiny", "synthetic:zoom", 2)
+def test_fixed_tower_run_inputs_gives_pytorchs_tokens(fixed_build, fixed_preset, fixed_loaded, tmp_path):
+    video, seed = FIXED_TOWERS[fixed_preset].inputs
+    _run_inputs_gives_pytorchs_tokens(fixed_build, fixed_loaded, tmp_path, fixed_preset, video, seed)
 
 
-def test_run_refuses_a_case_of_another_frame_count_in_one_line(llava_build, llava, tmp_path, error_line):
+def test_run_refuses_a_case_of_another_frame_count_in_one_line(fixed_build, fixed_loaded, tmp_path, error_line):
     from ffexport.cli import main
 
-    llava.case_from_video(synthetic_video("pan", frames=4, seed=1), PROMPT).save(tmp_path / "c.npz")
-    assert main(["run", str(llava_build), "--inputs", str(tmp_path / "c.npz")]) == 2
+    fixed_loaded.case_from_video(synthetic_video("pan", frames=4, seed=1), PROMPT).save(tmp_path / "c.npz")
+    assert main(["run", str(fixed_build), "--inputs", str(tmp_path / "c.npz")]) == 2
     assert error_line().startswith("error: input: the case has 4 frames; no usable bucket of ")
+
+
+def test_run_refuses_a_video_span_one_token_short_in_one_line(fixed_build, fixed_preset, fixed_loaded, tmp_path,
+                                                            error_line):
+    """The prompt holds the frames' tokens and then any trailing ones (OneVision's newline: 129 for 8
+    frames); a span one token short, e.g. a OneVision prompt without its newline, is refused."""
+    from ffexport.case import Case
+    from ffexport.cli import main
+
+    trailing = FIXED_TOWERS[fixed_preset].trailing
+    case = fixed_loaded.case_from_video(synthetic_video("pan", frames=8, seed=1), PROMPT)
+    start, _ = case.video_span(fixed_loaded.config.video_token_id)
+    ids = np.delete(case.input_ids, start, axis=1)
+    Case(ids, case.pixel_values_videos, None, attention_mask=np.ones_like(ids)).save(tmp_path / "c.npz")
+    assert main(["run", str(fixed_build), "--inputs", str(tmp_path / "c.npz")]) == 2
+    assert error_line() == (f"error: input: the video span in input_ids has {127 + trailing} tokens; "
+                            f"8 frames give {128 + trailing}")
 
 
 # ------------------------------------------------------------------ InternVL: frame blocks through build and run

@@ -222,7 +222,7 @@ def test_a_temporal_step_that_would_give_garbage_positions_is_one_line(build, st
 # ------------------------------------------------------------------ frame blocks (text between frames)
 _FIXED_TOWER = {"positions": {"rule": "1d"}, "frame_preprocess": {"size": 112, "mode": "square", "mean": [0.5] * 3,
                                                                    "std": [0.5] * 3, "resample": "bicubic"},
-                "prompt_template": {"before": "", "after": "{prompt}"}}
+                "prompt_template": {"before": "", "after": "{prompt}"}, "trailing_video_tokens": 0}
 
 
 def _blocks_build(build: Path, blocks, video_text) -> None:
@@ -257,6 +257,35 @@ def test_frame_blocks_and_video_text_are_read(build):
 ])
 def test_malformed_frame_blocks_are_a_corrupt_build(build, blocks, video_text, words):
     _blocks_build(build, blocks, video_text)
+    with pytest.raises(InputError) as e:
+        load_manifest(build)
+    assert words in _message(e) and "rebuild" in _message(e)
+
+
+def _fixed_tower(m: dict) -> None:
+    """Make the dummy a fixed-size-tower build (LLaVA-style facts, as ``ffexport build`` writes them)."""
+    m["model"].update(positions={"rule": "1d"}, spatial_merge_size=None, temporal_patch_size=None,
+                      frame_preprocess={"size": 98, "mode": "square", "mean": [0.5] * 3, "std": [0.5] * 3,
+                                        "resample": "bicubic"},
+                      prompt_template={"before": "<|im_start|>user\n", "after": "\n{prompt}<|im_end|>"},
+                      trailing_video_tokens=1)
+
+
+def test_a_fixed_tower_build_reads_its_trailing_video_tokens(build):
+    _edit(build, _fixed_tower)
+    assert load_manifest(build).model.trailing_video_tokens == 1
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda m: m["model"].pop("trailing_video_tokens"), "model.trailing_video_tokens is missing"),
+    (lambda m: m["model"].update(trailing_video_tokens=-1), "model.trailing_video_tokens must be 0 or more, got -1"),
+    (lambda m: m["model"].update(trailing_video_tokens=1.0), "model.trailing_video_tokens has the wrong type"),
+])
+def test_a_fixed_tower_builds_trailing_video_tokens_must_be_a_count(build, edit, words):
+    """The runtime writes that many more video tokens into the prompt (OneVision's newline), so a wrong
+    value is a corrupt build, not a prompt one token off."""
+    _edit(build, _fixed_tower)
+    _edit(build, edit)
     with pytest.raises(InputError) as e:
         load_manifest(build)
     assert words in _message(e) and "rebuild" in _message(e)
