@@ -224,10 +224,11 @@ class Runtime:
             pixels = pixels.reshape(bucket.pixel_shape)
         before, after = m.prompt_template
         token = self.tokenizer.convert_ids_to_tokens(m.video_token_id)
+        count = bucket.visual_tokens + m.trailing_video_tokens  # OneVision: the frames' tokens, then its newline
         if m.video_text is not None and bucket.frame_blocks is not None:  # text between frame blocks
             video = m.video_text.text(token, [tokens for _, tokens in bucket.frame_blocks])
-        else:  # one run: the frames' tokens, then any trailing video tokens (OneVision's newline)
-            video = token * (bucket.visual_tokens + m.trailing_video_tokens)
+        else:
+            video = token * count
         text = before + video + after.format(prompt=prompt)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True), dtype=np.int64).reshape(1, -1)
         if int(np.count_nonzero(ids == m.video_token_id)) != count:
