@@ -38,6 +38,7 @@ from ffexport.fusion.decoder import DecoderParts
 from ffexport.fusion.layout import FrameLayout
 from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
+from ffexport.models.vision_tower import VisionTower
 from ffexport.mrope import mrope_position_ids
 
 
@@ -52,6 +53,9 @@ class Qwen3VLAdapter:
     stages: frozenset = frozenset({"case", "reference"})
     missing = {"build": "the build does not export Qwen3-VL's vision tower, DeepStack levels and frame blocks yet "
                         "(the static prefill graph takes them from Python: tests/models/test_qwen_families.py)"}
+
+    #: the vision graph takes the tower's learned positions and DeepStack blocks as data (ffexport/export/vision.py)
+    vision_tower = staticmethod(VisionTower.qwen3_vl)
 
     @staticmethod
     def num_layers(config: Qwen3VLConfig) -> int:
