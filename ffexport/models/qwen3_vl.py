@@ -39,7 +39,7 @@ from ffexport.fusion.layout import FrameLayout
 from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.models.vision_tower import VisionTower
-from ffexport.mrope import mrope_position_ids
+from ffexport.mrope import block_position_ids
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,15 @@ class Qwen3VLAdapter:
             raise ValueError(f"the prompt has {len(layout.blocks)} video blocks, the grid {grid_thw[0]} temporal groups")
         return start, layout
 
+    @staticmethod
+    def positions_record(config: Qwen3VLConfig) -> dict:
+        """How the runtime builds position ids (the manifest's ``model.positions``): M-RoPE with every
+        frame block a ``(1, h, w)`` grid (:func:`ffexport.mrope.block_position_ids`)."""
+        return {"rule": "mrope_blocks"}
+
     def position_ids(self, config: Qwen3VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
         """M-RoPE positions [3, L]: every block is a (1, h, w) grid (see the module docstring)."""
-        grid = np.asarray(video_grid_thw, dtype=np.int64).reshape(-1, 3)
-        blocks = np.repeat(grid, grid[:, 0], axis=0)
-        blocks[:, 0] = 1
-        return mrope_position_ids(input_ids, blocks, video_token_id=self.video_token_id(config),
+        return block_position_ids(input_ids, video_grid_thw, video_token_id=self.video_token_id(config),
                                   spatial_merge_size=self.spatial_merge_size(config))
 
     @staticmethod

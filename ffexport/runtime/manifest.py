@@ -40,9 +40,10 @@ REBUILD = "the build is corrupt or incomplete; rebuild it with `ffexport build`"
 
 _HASH_CHUNK = 1 << 20
 
-#: position rules the runtime knows (``model.positions.rule``): M-RoPE (ffexport/mrope.py) and 1D
-#: (``arange(L)`` on all three rows: fixed-size towers, LLaVA-NeXT-Video)
-POSITION_RULES = ("mrope", "1d")
+#: position rules the runtime knows (``model.positions.rule``): M-RoPE (ffexport/mrope.py), M-RoPE with
+#: every frame block a (1, h, w) grid (``mrope_blocks``: Qwen3-VL) and 1D (``arange(L)`` on all three rows:
+#: fixed-size towers, LLaVA-NeXT-Video)
+POSITION_RULES = ("mrope", "1d", "mrope_blocks")
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class _Reader:
         if rule not in POSITION_RULES:
             raise InputError(f"{self.path}: {where}.rule is {rule!r}; this runtime builds positions by "
                              f"{', '.join(POSITION_RULES)}: update ffexport or rebuild with this version")
-        if rule == "1d":
+        if rule in ("1d", "mrope_blocks"):  # no numbers: 1D, or M-RoPE with each frame block a (1, h, w) grid
             return {"position_rule": rule}
         step = self.get(record, "temporal_step", (int, float), where)
         if not step > 0:

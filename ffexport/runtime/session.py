@@ -42,7 +42,7 @@ import numpy as np
 
 from ffexport.case import Case
 from ffexport.errors import InputError, RunError
-from ffexport.mrope import mrope_position_ids
+from ffexport.mrope import block_position_ids, mrope_position_ids
 from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
 from ffexport.runtime.manifest import REBUILD, Bucket, Manifest, ModelFacts, check_bytes, load_manifest
 from ffexport.runtime.tokenizer import BuildTokenizer
@@ -72,11 +72,15 @@ _PAST, _PRESENT = "past_key_values.", "present."
 
 def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray | None) -> tuple[np.ndarray, int]:
     """The prefill's position ids [3, L] and the delta for generated tokens, by the rule the build
-    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`, or
-    1D: ``arange(L)`` on all three rows, delta 0)."""
+    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`;
+    ``mrope_blocks``: M-RoPE with every frame block a ``(1, h, w)`` grid, Qwen3-VL; or 1D: ``arange(L)``
+    on all three rows, delta 0)."""
     if model.position_rule == "1d":
         length = np.asarray(input_ids).shape[-1]
         return np.broadcast_to(np.arange(length, dtype=np.int64), (3, length)).copy(), 0
+    if model.position_rule == "mrope_blocks":  # Qwen3-VL: one (1, h, w) grid per frame block
+        return block_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
+                                  spatial_merge_size=model.spatial_merge_size)
     return mrope_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
                               spatial_merge_size=model.spatial_merge_size, temporal_step=model.temporal_step)
 

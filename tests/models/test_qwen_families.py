@@ -324,6 +324,31 @@ def test_qwen3_layout_is_one_block_per_group_with_timestamps_between(qwen3, qwen
     assert x["deepstack"].shape == (2, 64, 64)
 
 
+def test_qwen3_runtime_positions_equal_get_rope_index(qwen3, qwen3_inputs):
+    """The torch-free runtime's positions for the rule a Qwen3-VL build records (``mrope_blocks``) ==
+    transformers' ``get_rope_index`` (ids and delta); Qwen2-VL's rule on the same prompt differs."""
+    from dataclasses import replace
+
+    from ffexport.runtime.manifest import ModelFacts
+    from ffexport.runtime.session import position_ids
+
+    x = qwen3_inputs
+    ids = torch.from_numpy(x["ids"])
+    types = (ids == qwen3.config.video_token_id).long() * 2
+    theirs, delta = qwen3.model.model.get_rope_index(ids, mm_token_type_ids=types,
+                                                     video_grid_thw=torch.from_numpy(x["grid"]))
+    cfg = qwen3.config
+    facts = ModelFacts(name="t", family="qwen3_vl", num_layers=4, hidden_size=64, vocab_size=100, num_kv_heads=2,
+                       head_dim=16, video_token_id=cfg.video_token_id, eos_token_ids=(0,), spatial_merge_size=2,
+                       patch_size=16, temporal_patch_size=2,
+                       position_rule=qwen3.adapter.positions_record(cfg)["rule"])
+    ours, our_delta = position_ids(facts, x["ids"], x["grid"])
+    np.testing.assert_array_equal(ours, theirs[:, 0].numpy())
+    assert our_delta == int(delta[0, 0])
+    with pytest.raises(ValueError):  # Qwen2-VL's rule wants one span per video, not one per block
+        position_ids(replace(facts, position_rule="mrope"), x["ids"], x["grid"])
+
+
 def test_qwen3_plain_prefill_equals_transformers(qwen3, qwen3_inputs):
     """q/k norms, interleaved M-RoPE, timestamps between blocks and DeepStack levels: our decoder with no
     reduction == transformers' forward (which computes its own positions: ours equal them)."""
