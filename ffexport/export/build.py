@@ -736,7 +736,7 @@ class Build:
         """The parity contract and the oracle on every parity video (:mod:`ffexport.export.contract`)."""
         from ffexport.export.contract import ParityVideo, ScheduleContract, schedule_kind
 
-        videos = [ParityVideo(n, c, ti.embeds, ti.positions, ti.start)
+        videos = [ParityVideo(n, c, ti.embeds, ti.positions, ti.start, ti.deepstack)
                   for (n, _), c, ti in zip(self._case_names(), cases, torch_inputs)]
 
         def export_prefill(other: Schedule, directory: Path) -> Path:
@@ -850,12 +850,14 @@ def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefi
     video_id = adapter.video_token_id(config)
     start, end = case.video_span(video_id)
     embeds = runner.run(out / "embed.onnx", {"input_ids": case.input_ids})["inputs_embeds"]
-    feats = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    vision = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})
+    feats = vision["video_features"]
     embeds = embeds.copy()
     embeds[0, start:end] = feats
     positions, delta = adapter.position_ids(config, case.input_ids, case.video_grid_thw)
+    deepstack = {k: vision[k] for k in (DEEPSTACK_INPUT,) if k in vision}  # Qwen3-VL: the levels go as they are
     outs = runner.run(out / prefill_file, {"inputs_embeds": embeds, "position_ids": positions,
-                                           "video_start": np.array(start, dtype=np.int64)})
+                                           "video_start": np.array(start, dtype=np.int64), **deepstack})
     logits = outs["logits"]
     layers = adapter.num_layers(config)
     past = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}

@@ -82,6 +82,17 @@ class ParityVideo:
     embeds: torch.Tensor  # [1, L, D]
     positions: torch.Tensor  # [3, L]
     start: torch.Tensor  # [] int64
+    deepstack: torch.Tensor | None = None  # [k, N, D] Qwen3-VL's DeepStack levels (None: none)
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The prefill graph's inputs."""
+        feeds = {"inputs_embeds": self.embeds.numpy(), "position_ids": self.positions.numpy(),
+                 "video_start": self.start.numpy()}
+        if self.deepstack is not None:
+            from ffexport.export.graphs import DEEPSTACK_INPUT
+
+            feeds[DEEPSTACK_INPUT] = self.deepstack.numpy()
+        return feeds
 
 
 class ScheduleContract:
@@ -183,7 +194,7 @@ class ScheduleContract:
     def _oracle_check(self, oracle, video: ParityVideo, prefill: Path, realized: Schedule) -> dict[str, Any]:
         with torch.no_grad():
             outcome = oracle(video.embeds[0].float(), video.positions, int(video.start), self.visual_tokens,
-                             self.patches_per_frame)
+                             self.patches_per_frame, deepstack=video.deepstack)
         if not outcome.ran:
             return {"ran": False, "compared": False, "passed": None, "work": outcome.work, "note": outcome.note}
         result = outcome.result
@@ -202,9 +213,7 @@ class ScheduleContract:
             record.update({"compared": True, "passed": False, "error": result.error,
                            "note": "the spec's budget fails where the dynamic reference ran on"})
             return record
-        feeds = {"inputs_embeds": video.embeds.numpy(), "position_ids": video.positions.numpy(),
-                 "video_start": video.start.numpy()}
-        got = self.runner.run(prefill, feeds)
+        got = self.runner.run(prefill, video.feeds())
         logits = compare("logits", got["logits"][0], result.logits.numpy(), self.tolerance)
         caches = []
         for i, (k, v) in enumerate(result.kv):

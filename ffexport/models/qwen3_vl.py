@@ -40,6 +40,7 @@ from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.models.vision_tower import VisionTower
 from ffexport.mrope import block_position_ids
+from ffexport.prompt import group_timestamps, timestamped_video_prompt_ids
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ class Qwen3VLAdapter:
         if len(layout.blocks) != grid_thw[0] or layout.frames != grid_thw[0]:
             raise ValueError(f"the prompt has {len(layout.blocks)} video blocks, the grid {grid_thw[0]} temporal groups")
         return start, layout
+
+    @staticmethod
+    def runtime_record(config: Qwen3VLConfig) -> dict:
+        """What the torch-free runtime needs to make a case as :meth:`case_from_video` does (the
+        manifest's ``model.video_input``): the processor's mean/std and the timestamped prompt's fps."""
+        from ffexport.video.fixed import HALF_MEAN_STD
+
+        return {"video_input": {"prompt": "timestamped_blocks", "fps": PROCESSOR_DEFAULT_FPS,
+                                "mean": list(HALF_MEAN_STD), "std": list(HALF_MEAN_STD)}}
 
     @staticmethod
     def positions_record(config: Qwen3VLConfig) -> dict:
@@ -182,26 +192,16 @@ PROCESSOR_MAX_PIXELS = 768 * 32 * 32
 PROCESSOR_DEFAULT_FPS = 24.0
 
 
-def group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size: int) -> list[float]:
-    """Seconds of each temporal group as ``Qwen3VLProcessor`` computes them: the indices padded with the
-    last to a multiple of the group size, each group the mean of its first and last frame's time."""
-    times = [int(i) / fps for i in indices]
-    times += [times[-1]] * (-len(times) % temporal_patch_size)
-    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
-
-
 def video_prompt_ids(tokenizer, *, grid_thw: tuple[int, int, int], merge_size: int, timestamps: list[float],
                      prompt: str) -> np.ndarray:
     """int64 [1, L]: a user turn with the video as Qwen3-VL's processor writes it (one
-    ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal group), then the assistant turn."""
+    ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal group), then the assistant turn
+    (:func:`ffexport.prompt.timestamped_video_prompt_ids`, which the torch-free runtime calls too)."""
     t, h, w = grid_thw
     if len(timestamps) != t:
         raise ValueError(f"{len(timestamps)} timestamps for {t} temporal groups")
-    per_block = (h // merge_size) * (w // merge_size)
-    video = "".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_block + "<|vision_end|>"
-                    for s in timestamps)
-    text = f"<|im_start|>user\n{video}{prompt}<|im_end|>\n<|im_start|>assistant\n"
-    return np.asarray([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=np.int64)
+    return timestamped_video_prompt_ids(tokenizer, tokens_per_block=(h // merge_size) * (w // merge_size),
+                                        timestamps=timestamps, prompt=prompt)
 
 
 ADAPTER = FAMILIES.register("qwen3_vl", Qwen3VLAdapter())

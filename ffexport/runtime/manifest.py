@@ -44,6 +44,8 @@ _HASH_CHUNK = 1 << 20
 #: every frame block a (1, h, w) grid (``mrope_blocks``: Qwen3-VL) and 1D (``arange(L)`` on all three rows:
 #: fixed-size towers, LLaVA-NeXT-Video)
 POSITION_RULES = ("mrope", "1d", "mrope_blocks")
+#: video prompts the runtime writes (``model.video_input.prompt``): Qwen3-VL's timestamp before each frame block
+VIDEO_PROMPTS = ("timestamped_blocks",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class ModelFacts:
     #: fixed-size towers (position rule "1d"): FixedFramePreprocess's settings and the chat template
     frame_preprocess: dict[str, Any] | None = None
     prompt_template: tuple[str, str] | None = None
+    #: Qwen3-VL (``model.video_input``): pixel mean/std and the timestamped frame-block prompt's fps
+    video_input: dict[str, Any] | None = None
 
     @property
     def patch_dim(self) -> int:
@@ -286,7 +290,28 @@ class _Reader:
             temporal_patch_size=1 if fixed else self.positive(m, "temporal_patch_size", "model"),
             **positions,
             **(self.fixed_tower(m) if fixed else {}),
+            **({"video_input": self.video_input(m["video_input"])} if m.get("video_input") is not None else {}),
         )
+
+    def video_input(self, record: Any) -> dict[str, Any]:
+        """``model.video_input``: how a Qwen3-VL case is made (its prompt kind, fps, mean and std)."""
+        where = "model.video_input"
+        if not isinstance(record, dict):
+            raise self.fail(where, f"must be an object, got {type(record).__name__}")
+        kind = self.get(record, "prompt", str, where)
+        if kind not in VIDEO_PROMPTS:
+            raise InputError(f"{self.path}: {where}.prompt is {kind!r}; this runtime writes {', '.join(VIDEO_PROMPTS)} "
+                             "prompts: update ffexport or rebuild with this version")
+        fps = self.get(record, "fps", (int, float), where)
+        if not 0 < fps < float("inf"):
+            raise self.fail(f"{where}.fps", f"must be positive and finite, got {fps}")
+        out: dict[str, Any] = {"prompt": kind, "fps": float(fps)}
+        for key in ("mean", "std"):
+            value = self.get(record, key, list, where)
+            if len(value) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+                raise self.fail(f"{where}.{key}", f"must be three numbers, got {value!r}")
+            out[key] = tuple(float(x) for x in value)
+        return out
 
     def fixed_tower(self, m: dict[str, Any]) -> dict[str, Any]:
         """A fixed-size tower's frame preprocessing and chat template (``model.frame_preprocess``, ``prompt_template``)."""

@@ -16,7 +16,7 @@
 
 Steps of :meth:`Runtime.generate` (graph names and shapes: ``docs/build-format.md``): ``embed`` on
 ``input_ids``, the bucket's ``vision`` graph on the pixels, the features written over the video
-span, the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
+span, the bucket's ``prefill`` (with the vision graph's DeepStack levels, Qwen3-VL) with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
 manifest records: 1 for Qwen2-VL, ``seconds_per_grid * tokens_per_second`` for Qwen2.5-VL), then greedy decoding
 with the bucket's static decode graph (caches preallocated and updated in place through IO binding,
 :mod:`ffexport.runtime.kv_cache`) or, in builds without one, ``decode`` (each step's ``present.*`` fed
@@ -68,6 +68,8 @@ _GRAPH_INPUTS = {
     "decode": ("input_ids", "position_ids"),
 }
 _PAST, _PRESENT = "past_key_values.", "present."
+#: the vision graph's second output and the prefill graph's fourth input in Qwen3-VL builds (DeepStack levels)
+_DEEPSTACK = "deepstack_features"
 
 
 def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray | None) -> tuple[np.ndarray, int]:
@@ -183,7 +185,7 @@ class Runtime:
         bucket's size and patchified like the Qwen2-VL processor; the prompt becomes the chat
         prompt around the video span.
         """
-        from ffexport.prompt import build_video_prompt_ids
+        from ffexport.prompt import build_video_prompt_ids, group_timestamps, timestamped_video_prompt_ids
         from ffexport.video import preprocess_video
 
         frames = np.asarray(frames)
@@ -199,13 +201,19 @@ class Runtime:
             case = self._fixed_tower_case(sampled, prompt, b)
             self._check_text_length(case, b.visual_tokens)
             return case
+        norm = {} if m.video_input is None else {"image_mean": m.video_input["mean"], "image_std": m.video_input["std"]}
         pixels, grid = preprocess_video(sampled, patch_size=m.patch_size, temporal_patch_size=m.temporal_patch_size,
-                                        merge_size=m.spatial_merge_size, size=b.resized)
+                                        merge_size=m.spatial_merge_size, size=b.resized, **norm)
         if tuple(int(x) for x in grid.reshape(-1)) != b.grid_thw:
             raise InputError(f"bucket {b.name}: frames resized to {b.resized} give the patch grid {grid.reshape(-1).tolist()}, "
                              f"the manifest says {list(b.grid_thw)}: {REBUILD}")
         try:
-            ids = build_video_prompt_ids(self.tokenizer, num_video_tokens=b.visual_tokens, prompt=prompt)
+            if m.video_input is not None:  # Qwen3-VL: one block per temporal group, its timestamp before it
+                stamps = group_timestamps(np.arange(len(sampled)), m.video_input["fps"], m.temporal_patch_size)
+                ids = timestamped_video_prompt_ids(self.tokenizer, tokens_per_block=b.visual_tokens // b.grid_thw[0],
+                                                   timestamps=stamps, prompt=prompt)
+            else:
+                ids = build_video_prompt_ids(self.tokenizer, num_video_tokens=b.visual_tokens, prompt=prompt)
         except ValueError as e:
             raise InputError(f"cannot build the prompt: {e}") from e
         case = Case(ids.astype(np.int64), pixels, grid.reshape(1, 3).astype(np.int64))
@@ -257,15 +265,18 @@ class Runtime:
 
         t0 = time.perf_counter()
         embeds = self._graph("embed", self.manifest.graphs["embed"]).run(input_ids=ids)["inputs_embeds"]
-        features = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)["video_features"]
+        vision = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)
+        features = vision["video_features"]
         if embeds.shape != (1, length, m.hidden_size) or features.shape != (end - start, m.hidden_size):
             raise RunError(f"the graphs of {self.manifest.root} returned embeddings {list(embeds.shape)} and video features "
                              f"{list(features.shape)} for {length} tokens ({end - start} video): {REBUILD}")
         embeds = np.array(embeds, copy=True)
         embeds[0, start:end] = features.astype(embeds.dtype, copy=False)
         positions, delta = position_ids(m, ids, case.video_grid_thw)
+        # Qwen3-VL: the vision graph's DeepStack levels go to the prefill graph as they are
+        deepstack = {k: vision[k] for k in (_DEEPSTACK,) if k in vision}
         out = self._graph("prefill", b.prefill, b.name).run(inputs_embeds=embeds, position_ids=positions,
-                                                     video_start=np.array(start, dtype=np.int64))
+                                                     video_start=np.array(start, dtype=np.int64), **deepstack)
         logits = np.asarray(out["logits"], dtype=np.float32).reshape(1, -1)
         t1 = time.perf_counter()
         log.info("bucket %s: prefill of %d tokens (%d video) in %.0f ms", b.name, length, end - start, 1000 * (t1 - t0))
