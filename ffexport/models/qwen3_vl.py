@@ -22,8 +22,9 @@ Preprocessing is numpy (:func:`ffexport.video.preprocess.video_smart_resize`, pa
 the video processor's class defaults: a pixel budget over the whole clip), equal to transformers'
 ``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
 what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
-temporal group). ``ffexport case`` and ``ffexport reference`` work for this family (with DeepStack);
-the build and the later stages refuse with one line (docs/families.md).
+temporal group). ``ffexport case``, ``reference``, ``build`` (the vision graph with its DeepStack
+levels, the prefill graph taking them as an input) and ``run`` (torch-free) work for this family;
+``calibrate``, ``explain`` and ``bench`` refuse with one line (docs/families.md).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ class Qwen3VLAdapter:
     family: str = "qwen3_vl"
     model_class: type = Qwen3VLForConditionalGeneration
     logits_atol_fp32: float = 1e-5
-    #: the CLI stages done for this family; the others refuse with one line (the build has no DeepStack input yet)
-    stages: frozenset = frozenset({"case", "reference", "build"})
-    missing = {"build": "the build does not export Qwen3-VL's vision tower, DeepStack levels and frame blocks yet "
-                        "(the static prefill graph takes them from Python: tests/models/test_qwen_families.py)"}
+    #: the CLI stages done for this family; the others refuse with one line
+    stages: frozenset = frozenset({"case", "reference", "build", "run"})
+    missing = {stage: "calibration, explain and bench build Qwen2-VL-style cases (one contiguous video span)"
+               for stage in ("calibrate", "explain", "bench")}
 
     #: the vision graph takes the tower's learned positions and DeepStack blocks as data (ffexport/export/vision.py)
     vision_tower = staticmethod(VisionTower.qwen3_vl)
