@@ -41,6 +41,7 @@ from ffexport.export.vision import FixedTowerEncoder, VisionEncoder
 from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.schedule import Schedule
 from ffexport.io import save_json
 from ffexport.models.loading import LoadedModel
@@ -230,12 +231,15 @@ class Build:
         parts = self.loaded.adapter.decoder_parts(self.loaded.model)
         with Steps(len(self.buckets) * 2 + 2, "capturing graphs", quiet=self.config.quiet) as steps:
             for b in self.buckets:
+                layout = self._nominal_layout(b)
+                self._check_text_between_blocks(layout, b)
                 if self.config.schedule is not None:
                     schedule, source = self.config.schedule, self.config.schedule_source or "given"
+                    self._check_schedule_blocks(schedule, layout, b)
                 else:
                     from ffexport.export.policy import nominal_schedule
 
-                    nominal = nominal_schedule(b, self.config.fusion, layers)
+                    nominal = nominal_schedule(b, self.config.fusion, layers, layout)
                     schedule, source = nominal.schedule, nominal.source
                 steps.start(f"{b.name}: vision graph")
                 vision = self._vision_module(b).to("meta")  # the model is on the meta device; the encoder's tables too
@@ -245,7 +249,8 @@ class Build:
                                                _vision_outputs(vision)), vision_file)
                 steps.advance()
                 steps.start(f"{b.name}: prefill graph")
-                length = b.visual_tokens + min(64, self.config.max_text)
+                # the text between frame blocks is part of the prompt's text (at least one token after them)
+                length = max(b.visual_tokens + min(64, self.config.max_text), layout.region_length + 1)
                 example = TorchInputs(torch.zeros(1, length, hidden, dtype=dtype, **meta),
                                       torch.zeros(3, length, dtype=torch.int64, **meta),
                                       torch.zeros((), dtype=torch.int64, **meta), 0,
@@ -257,7 +262,8 @@ class Build:
                 manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [{
                     "name": b.name, "frames": b.frames, "height": b.height, "width": b.width,
                     "resized": list(b.resized), "grid_thw": list(b.grid_thw), "visual_tokens": b.visual_tokens,
-                    "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
+                    "patches_per_frame": b.patches_per_frame, **_blocks_record(layout),
+                    "schedule": schedule.to_json(), "schedule_source": source,
                     "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                                "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
                                    **plugin_record(self.out / prefill_file)}},
@@ -343,11 +349,11 @@ class Build:
             "name": loaded.name, "family": loaded.adapter.family, "source": loaded.source,
             "num_layers": loaded.num_layers, "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
             "num_kv_heads": parts.num_kv_heads, "head_dim": parts.head_dim,
-            "video_token_id": cfg.video_token_id,
+            "video_token_id": loaded.adapter.video_token_id(cfg),
             # Qwen families; None for fixed-size towers (LLaVA-style: no vision markers, no merge / temporal patch)
             "vision_start_token_id": getattr(cfg, "vision_start_token_id", None),
             "vision_end_token_id": getattr(cfg, "vision_end_token_id", None), "eos_token_id": eos,
-            "spatial_merge_size": getattr(vision, "spatial_merge_size", None), "patch_size": vision.patch_size,
+            "spatial_merge_size": getattr(vision, "spatial_merge_size", None), "patch_size": _side(vision.patch_size),
             "temporal_patch_size": getattr(vision, "temporal_patch_size", None),
             "video_pixels": list(loaded.video_pixels) if loaded.video_pixels else None,
             "video_processor": (loaded.processor.to_json() if getattr(loaded, "processor", None) is not None
@@ -379,6 +385,44 @@ class Build:
         if self._fixed_tower():
             return FixedTowerEncoder(self.loaded.model, self.loaded.adapter, bucket.frames).eval()
         return VisionEncoder(self.loaded.model.model.visual, bucket.grid_thw, self._vision_tower()).eval()
+
+    def _nominal_layout(self, bucket: Bucket) -> FrameLayout:
+        """The bucket's frame blocks without running the model (graph-only builds): the adapter's
+        ``bucket_layout`` (from its tokenizer when there is one), else one contiguous block."""
+        adapter, cfg = self.loaded.adapter, self.loaded.config
+        if hasattr(adapter, "bucket_layout"):
+            return adapter.bucket_layout(cfg, bucket.frames, self.loaded.tokenizer)
+        return FrameLayout.contiguous(bucket.visual_tokens, bucket.patches_per_frame)
+
+    @staticmethod
+    def _bucket_layout(bucket: Bucket, torch_inputs: list["TorchInputs"]) -> FrameLayout:
+        """The frame blocks of a bucket, as the adapter lays out the parity prompts (``adapter.layout``
+        through the reference's prepared inputs); every parity prompt must have the same."""
+        layouts = {ti.layout or FrameLayout.contiguous(bucket.visual_tokens, bucket.patches_per_frame)
+                   for ti in torch_inputs}
+        if len(layouts) != 1:
+            raise InputError(f"bucket {bucket.name}: the parity prompts place their frame blocks differently "
+                             f"({'; '.join(str(x.to_json()) for x in layouts)}); a bucket's graphs take one layout")
+        (layout,) = layouts
+        if (layout.visual_tokens, layout.patches_per_frame) != (bucket.visual_tokens, bucket.patches_per_frame):
+            raise InputError(f"bucket {bucket.name}: the prompt's frame blocks hold {layout.visual_tokens} tokens of "
+                             f"{layout.patches_per_frame} per frame, the bucket {bucket.visual_tokens} of "
+                             f"{bucket.patches_per_frame}")
+        return layout
+
+    def _check_text_between_blocks(self, layout: FrameLayout, bucket: Bucket) -> None:
+        """The text between frame blocks is prompt text: ``--max-text`` must leave room for it and more."""
+        if layout.text_tokens >= self.config.max_text:
+            raise InputError(f"bucket {bucket.name}: the text between its {len(layout.blocks)} frame blocks is "
+                             f"{layout.text_tokens} tokens, --max-text {self.config.max_text} leaves no room for the "
+                             f"prompt; pass a larger --max-text (e.g. {layout.text_tokens + 256})")
+
+    @staticmethod
+    def _check_schedule_blocks(schedule: Schedule, layout: FrameLayout, bucket: Bucket) -> None:
+        if schedule.frame_layout != layout:
+            raise InputError(f"the schedule's frame blocks {schedule.frame_layout.to_json()} are not bucket "
+                             f"{bucket.name}'s {layout.to_json()} (the prompt's text between frames); make the "
+                             "schedule for this model and bucket")
 
     def _new_manifest(self) -> dict[str, Any]:
         import onnx
@@ -478,7 +522,8 @@ class Build:
 
     def _prefill_spec(self, module: PrefillGraph, bucket: Bucket, example: "TorchInputs") -> GraphSpec:
         n = bucket.visual_tokens
-        length = torch.export.Dim("L", min=n + 1, max=n + self.config.max_text)
+        region = module.prefill.schedule.frame_layout.region_length  # n for one block; text between blocks beyond
+        length = torch.export.Dim("L", min=region + 1, max=n + self.config.max_text)
         dynamic = ({1: length}, {1: length}, None) + ((None,) if example.deepstack is not None else ())
         return GraphSpec(
             "prefill", module, example.args(), list(example.feeds()), ["logits", *present_names(self.loaded.num_layers)],
@@ -533,6 +578,9 @@ class Build:
             text = c.input_ids.shape[1] - bucket.visual_tokens
             if text > self.config.max_text:
                 raise InputError(f"the parity prompt has {text} text tokens; --max-text must be at least that")
+        layout = self._bucket_layout(bucket, torch_inputs)
+        self._check_text_between_blocks(layout, bucket)
+        self._check_schedule_blocks(schedule, layout, bucket)
         steps.advance()
 
         steps.start(f"{name}: export vision graph")
@@ -559,7 +607,8 @@ class Build:
         bucket_dir.mkdir(exist_ok=True)
         reports, e2e = self._bucket_parity(bucket, schedule, cases, torch_inputs, vision, prefill,
                                            vision_file, prefill_file, bucket_dir)
-        contract = self._contract(bucket, schedule, chosen.origin, cases, torch_inputs, vision_file, prefill_file)
+        contract = self._contract(bucket, schedule, chosen.origin, cases, torch_inputs, vision_file, prefill_file,
+                                  layout)
         steps.advance()
         shared = all(manifest["graphs"][g]["parity"]["passed"] for g in ("embed", "decode"))
         passed = shared and all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
@@ -593,7 +642,7 @@ class Build:
         return {
             "name": name, "frames": bucket.frames, "height": bucket.height, "width": bucket.width,
             "resized": list(bucket.resized), "grid_thw": list(grid), "visual_tokens": bucket.visual_tokens,
-            "patches_per_frame": bucket.patches_per_frame, "schedule": schedule.to_json(),
+            "patches_per_frame": bucket.patches_per_frame, **_blocks_record(layout), "schedule": schedule.to_json(),
             "schedule_source": source, "schedule_origin": chosen.origin, "schedule_kind": contract["schedule_kind"],
             "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
                        "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
@@ -709,7 +758,7 @@ class Build:
     def _torch_inputs(self, case: Case) -> "TorchInputs":
         ref = Reference(self.loaded)
         p = ref.prepare(case)
-        return TorchInputs(p.inputs_embeds, p.position_ids, p.video_start, p.rope_delta, p.deepstack)
+        return TorchInputs(p.inputs_embeds, p.position_ids, p.video_start, p.rope_delta, p.layout, p.deepstack)
 
     def _bucket_parity(self, bucket, schedule, cases, torch_inputs, vision, prefill, vision_file, prefill_file,
                        bucket_dir) -> tuple[list[GraphReport], list[dict[str, Any]]]:
@@ -732,7 +781,8 @@ class Build:
             e2e.append(self._end_to_end(names[i][0], bucket, schedule, case, vision_file, prefill_file))
         return list(reports.values()), e2e
 
-    def _contract(self, bucket, schedule, origin, cases, torch_inputs, vision_file, prefill_file) -> dict[str, Any]:
+    def _contract(self, bucket, schedule, origin, cases, torch_inputs, vision_file, prefill_file,
+                  layout: FrameLayout) -> dict[str, Any]:
         """The parity contract and the oracle on every parity video (:mod:`ffexport.export.contract`)."""
         from ffexport.export.contract import ParityVideo, ScheduleContract, schedule_kind
 
@@ -748,7 +798,7 @@ class Build:
             self.loaded, fusion=self.config.fusion, runner=self.runner, out=self.out, vision_file=vision_file,
             prefill_file=prefill_file, export_prefill=export_prefill, tolerance=self.tolerance,
             precision=self.config.precision, tokens=self.config.check_tokens, visual_tokens=bucket.visual_tokens,
-            patches_per_frame=bucket.patches_per_frame)(schedule, schedule_kind(origin), videos)
+            patches_per_frame=bucket.patches_per_frame, layout=layout)(schedule, schedule_kind(origin), videos)
         log.info("bucket %s: contract %s on %d video(s) (static graph on the realized schedule vs dynamic: max |diff| "
                  "%s), oracle %s (%d compared, %d ambiguous, %d not run), %.1f s, %d graph(s) exported",
                  bucket.name, "passed" if contract["contract_passed"] else "FAILED", contract["compared"],
@@ -808,6 +858,8 @@ class TorchInputs:
     positions: torch.Tensor
     start: torch.Tensor
     delta: int
+    #: the video's frame blocks (None: one contiguous block)
+    layout: FrameLayout | None = None
     #: Qwen3-VL's DeepStack levels [k, N, D] (None: the family has none)
     deepstack: torch.Tensor | None = None
 
@@ -832,6 +884,18 @@ def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
+
+def _blocks_record(layout: FrameLayout) -> dict[str, Any]:
+    """The manifest's ``frame_blocks`` of a bucket whose video has text between frame blocks (what the
+    runtime's prompt must reproduce; docs/build-format.md); nothing for one contiguous block."""
+    return {} if layout.is_contiguous else {"frame_blocks": layout.to_json()}
+
+
+def _side(value) -> int:
+    """A square size given as ``n`` or ``[n, n]`` (InternViT's configs use the pair)."""
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
 def _worst(a: GraphReport | None, b: GraphReport) -> GraphReport:
     """Per output, the larger error of two runs of the same graph (and pass only if both passed)."""
     if a is None:
@@ -847,13 +911,14 @@ def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefi
                max_new_tokens: int, *, static_decode: dict[str, Any] | None = None) -> tuple[np.ndarray, list[int]]:
     """Run a case through the saved graphs with ONNX Runtime (embed -> vision -> prefill -> decode);
     ``static_decode`` (a bucket's manifest record): decode with that graph, caches updated in place."""
-    video_id = adapter.video_token_id(config)
-    start, end = case.video_span(video_id)
+    # the video tokens: one run, or frame blocks with text between them; features go to them in order
+    video_rows = np.flatnonzero(case.input_ids[0] == adapter.video_token_id(config))
+    start = int(video_rows[0])
     embeds = runner.run(out / "embed.onnx", {"input_ids": case.input_ids})["inputs_embeds"]
     vision = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})
     feats = vision["video_features"]
     embeds = embeds.copy()
-    embeds[0, start:end] = feats
+    embeds[0, video_rows] = feats
     positions, delta = adapter.position_ids(config, case.input_ids, case.video_grid_thw)
     deepstack = {k: vision[k] for k in (DEEPSTACK_INPUT,) if k in vision}  # Qwen3-VL: the levels go as they are
     outs = runner.run(out / prefill_file, {"inputs_embeds": embeds, "position_ids": positions,

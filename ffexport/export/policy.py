@@ -23,6 +23,7 @@ import numpy as np
 from ffexport.case import Case
 from ffexport.export.buckets import Bucket
 from ffexport.fusion.config import FusionConfig
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.schedule import Schedule
 from ffexport.models.loading import LoadedModel
 from ffexport.reference import Reference
@@ -93,11 +94,13 @@ class DefaultPolicy:
         return PolicyResult(result.schedule, source)
 
 
-def nominal_schedule(bucket: Bucket, fusion: FusionConfig, num_layers: int) -> PolicyResult:
+def nominal_schedule(bucket: Bucket, fusion: FusionConfig, num_layers: int,
+                     layout: FrameLayout | None = None) -> PolicyResult:
     """A schedule for graph-only builds (no weights, so no reference to run): the shape of a typical
     FrameFusion run, with both kinds of step. Merge at layer 0 before attention as the authors'
     top-k branch would (``int(budget * N)`` tokens, at most N - P), then prune half of the rest after
-    layer 1's attention. Only the graph's structure depends on it."""
+    layer 1's attention. Only the graph's structure depends on it. ``layout``: the bucket's frame
+    blocks (None: one contiguous block)."""
     from ffexport.fusion.budget import budget
     from ffexport.fusion.schedule import Stage
 
@@ -108,5 +111,5 @@ def nominal_schedule(bucket: Bucket, fusion: FusionConfig, num_layers: int) -> P
     stages = [Stage(0, "before_attention", "merge", merge)]
     if num_layers > 1 and prune > 0:
         stages.append(Stage(1, "after_attention", "prune", prune))
-    schedule = Schedule(n, p, tuple(stages)).validate(num_layers)
+    schedule = Schedule(n, p, tuple(stages), layout).validate(num_layers)
     return PolicyResult(schedule, f"nominal (graph only): merge {merge} at layer 0, prune {prune} at layer 1")

@@ -280,12 +280,14 @@ class _Windows:
 
 
 class FixedTowerEncoder(nn.Module):
-    """``FixedTowerEncoder(model, adapter, frames)(pixel_values_videos [1, T, C, S, S]) -> [T * tokens_per_frame, D]``.
+    """``FixedTowerEncoder(model, adapter, frames)(pixel_values_videos) -> [T * tokens_per_frame, D]``.
 
-    A fixed-size tower (LLaVA-style: every frame at one size through CLIP/SigLIP, the feature layer,
-    the projector and the pooling the adapter's ``video_features`` names): nothing depends on the
-    video beyond its frame count, so the model's own forward is captured as it is, for ``frames``
-    frames. The model's modules are shared (no copies).
+    A fixed-size tower (LLaVA-style: every frame at one size through CLIP/SigLIP/InternViT, the
+    feature layer, the projector and the pooling or pixel shuffle the adapter's ``video_features``
+    names): nothing depends on the video beyond its frame count, so the model's own forward is
+    captured as it is, for ``frames`` frames. The input is the family's case pixels
+    (``adapter.pixel_shape``: ``[1, T, C, S, S]`` for LLaVA, ``[T, C, S, S]`` for InternVL). The
+    model's modules are shared (no copies).
     """
 
     def __init__(self, model: nn.Module, adapter, frames: int) -> None:
@@ -294,13 +296,12 @@ class FixedTowerEncoder(nn.Module):
         self.adapter = adapter
         config = model.config
         self.frames = int(frames)
-        self.size = int(adapter.frame_size(config))
-        self.channels = int(config.vision_config.num_channels)
+        self._input_shape = tuple(int(x) for x in adapter.pixel_shape(config, self.frames))
         self.num_tokens = self.frames * adapter.tokens_per_frame(config) + adapter.trailing_video_tokens
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int, int]:
-        return (1, self.frames, self.channels, self.size, self.size)
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
 
     def forward(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         if tuple(pixel_values_videos.shape) != self.input_shape:

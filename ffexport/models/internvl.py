@@ -23,10 +23,11 @@ import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
 
 from ffexport.errors import InputError, ScheduleError
-from ffexport.fusion.layout import FrameLayout
-from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
+from ffexport.fusion.layout import FrameBlock, FrameLayout
+from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.video.fixed import IMAGENET_MEAN, IMAGENET_STD
+from ffexport.video_text import VideoText
 
 #: what transformers' InternVL processor returns for a video prompt (frames go into pixel_values)
 INTERNVL_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values")
@@ -35,11 +36,6 @@ INTERNVL_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values")
 @dataclass(frozen=True)
 class InternVLAdapter(LlavaStyleAdapter):
     """How ffexport drives an InternVL model: one frame block per frame, text between blocks."""
-
-    #: text the processor writes around frame ``i`` (1-based) and between frames
-    frame_prefix: str = "Frame{index}: <img>"
-    frame_suffix: str = "</img>"
-    frame_separator: str = "\n"
 
     @staticmethod
     def video_token_id(config) -> int:
@@ -55,6 +51,26 @@ class InternVLAdapter(LlavaStyleAdapter):
         side = int(self.frame_size(config) // int(patch[0] if isinstance(patch, (list, tuple)) else patch)
                    * config.downsample_ratio)
         return side * side
+
+    def pixel_shape(self, config, frames: int) -> tuple[int, ...]:
+        """The processor's ``pixel_values`` ``[T, C, S, S]`` (frames through the image path)."""
+        size = self.frame_size(config)
+        return (int(frames), int(config.vision_config.num_channels), size, size)
+
+    def bucket_layout(self, config, frames: int, tokenizer=None) -> FrameLayout:
+        """The frame blocks of a ``frames``-frame prompt: from the tokenized video text with ``tokenizer``;
+        without one (graph-only builds of a preset whose tokenizer is not here) the gaps Qwen2's tokenizer
+        gives (``</img>``, ``\\n``, ``Frame``, one token per digit, ``:``, `` ``, ``<img>``): structure only."""
+        per_frame = self.tokens_per_frame(config)
+        if tokenizer is not None:
+            return self.layout(config, self.video_prompt_ids(config, tokenizer, frames, ""))[1]
+        blocks, start = [], 0
+        for index in range(1, frames + 1):
+            if index > 1:
+                start += 6 + len(str(index))
+            blocks.append(FrameBlock(start, per_frame, per_frame))
+            start += per_frame
+        return FrameLayout(tuple(blocks))
 
     @staticmethod
     def video_features(model, pixel_values: torch.Tensor, video_grid_thw=None) -> torch.Tensor:
@@ -118,9 +134,7 @@ class InternVLAdapter(LlavaStyleAdapter):
 
         per_frame, token_id = self.tokens_per_frame(config), self.video_token_id(config)
         token = tokenizer.convert_ids_to_tokens(token_id)
-        video = self.frame_separator.join(
-            self.frame_prefix.format(index=i + 1) + token * per_frame + self.frame_suffix for i in range(frames)
-        )
+        video = self.video_text.text(token, [per_frame] * frames)
         ids = tokenize_like_the_processor(tokenizer, self.prompt.text(video, prompt))
         if int(np.count_nonzero(ids == token_id)) != frames * per_frame:
             raise InputError(f"the tokenizer does not keep {token!r} (id {token_id}) as one token; "
@@ -144,6 +158,13 @@ ADAPTER = FAMILIES.register("internvl", InternVLAdapter(
     image_mean=IMAGENET_MEAN,
     image_std=IMAGENET_STD,
     case_keys=INTERNVL_CASE_KEYS,
+    # what the processor writes around frame i (1-based) and between frames
+    video_text=VideoText(prefix="Frame{index}: <img>", suffix="</img>", separator="\n"),
+    # build: frame blocks through the build (the schedule's blocks in the prefill graph, the oracle), the
+    # tower + pixel shuffle + projector captured per frame count; run: the manifest's video text between
+    # frames (tests/export/test_build_families.py)
+    stages=("case", "reference", "build", "run"),
+    missing={k: v for k, v in MISSING_STAGES.items() if k != "build"},
 ))
 
 

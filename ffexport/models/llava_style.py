@@ -24,6 +24,7 @@ import torch
 from ffexport.errors import InputError, ModelError
 from ffexport.fusion.decoder import DecoderParts
 from ffexport.fusion.layout import FrameLayout
+from ffexport.video_text import VideoText
 
 #: the names a LLaVA-style transformers processor returns for a video prompt (case.npz holds these)
 LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
@@ -97,6 +98,8 @@ class LlavaStyleAdapter:
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     #: video tokens the model places after the last frame (OneVision's newline: 1)
     trailing_video_tokens: int = 0
+    #: text the processor writes around and between frames (None: the frames' tokens are one run)
+    video_text: VideoText | None = None
     #: max |logits - reference| for fp32 parity checks (static vs dynamic, graph vs PyTorch)
     logits_atol_fp32: float = 1e-5
     case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
@@ -127,6 +130,16 @@ class LlavaStyleAdapter:
     def frame_size(config) -> int:
         return config.vision_config.image_size
 
+    def pixel_shape(self, config, frames: int) -> tuple[int, ...]:
+        """The shape of a case's pixels (the vision graph's input) for ``frames`` frames: the processor's
+        ``pixel_values_videos`` ``[1, T, C, S, S]``."""
+        size = self.frame_size(config)
+        return (1, int(frames), int(config.vision_config.num_channels), size, size)
+
+    def bucket_layout(self, config, frames: int, tokenizer=None) -> FrameLayout:
+        """The frame blocks of a ``frames``-frame video (no prompt needed): one contiguous block."""
+        return FrameLayout.contiguous(frames * self.tokens_per_frame(config), self.tokens_per_frame(config))
+
     def preprocessor(self, config):
         """The torch-free frame preprocessing for this model (numpy + Pillow)."""
         from ffexport.video.fixed import FixedFramePreprocess
@@ -138,10 +151,13 @@ class LlavaStyleAdapter:
         """What the torch-free runtime needs to prepare a video and a prompt (the manifest's ``model``):
         the frame preprocessing (:class:`ffexport.video.fixed.FixedFramePreprocess`) and the chat template."""
         pre = self.preprocessor(config)
-        return {"frame_preprocess": {"size": pre.size, "mode": pre.mode, "mean": list(pre.mean), "std": list(pre.std),
-                                     "resample": pre.resample},
-                "prompt_template": {"before": self.prompt.before, "after": self.prompt.after},
-                "trailing_video_tokens": self.trailing_video_tokens}
+        record = {"frame_preprocess": {"size": pre.size, "mode": pre.mode, "mean": list(pre.mean), "std": list(pre.std),
+                                       "resample": pre.resample},
+                  "prompt_template": {"before": self.prompt.before, "after": self.prompt.after},
+                  "trailing_video_tokens": self.trailing_video_tokens}
+        if self.video_text is not None:  # text between frames: the runtime writes it (ffexport/video_text.py)
+            record["video_text"] = self.video_text.to_json()
+        return record
 
     @staticmethod
     def positions_record(config) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ffexport.errors import InputError
+from ffexport.video_text import VideoText
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class ModelFacts:
     #: fixed-size towers (position rule "1d"): FixedFramePreprocess's settings and the chat template
     frame_preprocess: dict[str, Any] | None = None
     prompt_template: tuple[str, str] | None = None
+    #: the text a processor writes around and between frame blocks (``model.video_text``; None: the
+    #: video is one run of video tokens)
+    video_text: VideoText | None = None
     #: Qwen3-VL (``model.video_input``): pixel mean/std and the timestamped frame-block prompt's fps
     video_input: dict[str, Any] | None = None
 
@@ -98,6 +102,11 @@ class Bucket:
     parity_passed: bool | None
     #: FrameFusion plugin ops the prefill graph holds (``ffexport build --ops plugin``), by name
     prefill_plugins: tuple[str, ...] = ()
+    #: the video's frame blocks ``(offset from the first video token, tokens)`` when text sits between them
+    #: (``frame_blocks``: the prefill graph's fixed layout); None: one contiguous run
+    frame_blocks: tuple[tuple[int, int], ...] | None = None
+    #: the vision graph's input shape (the case's pixels), from the graph's recorded inputs
+    pixel_shape: tuple[int, ...] | None = None
     #: the static decode graph (caches preallocated per layer, updated in place) and each layer's rows
     decode_static: str | None = None
     cache_capacities: tuple[int, ...] = ()
@@ -321,7 +330,13 @@ class _Reader:
         template = self.get(m, "prompt_template", dict, "model")
         before = self.get(template, "before", str, "model.prompt_template")
         after = self.get(template, "after", str, "model.prompt_template")
-        return {"frame_preprocess": pre, "prompt_template": (before, after)}
+        facts = {"frame_preprocess": pre, "prompt_template": (before, after)}
+        if m.get("video_text") is not None:
+            try:
+                facts["video_text"] = VideoText.from_json(m["video_text"])
+            except ValueError as e:
+                raise self.fail("model.video_text", str(e)) from e
+        return facts
 
     def positions(self, record: Any) -> dict[str, Any]:
         """``model.positions``: the position rule and its numbers (absent in older builds: M-RoPE, step 1)."""
@@ -369,8 +384,34 @@ class _Reader:
             usable=usable,
             parity_passed=passed if isinstance(passed, bool) else None,
             prefill_plugins=self.plugins(self.get(graphs, "prefill", dict, f"{where}.graphs"), f"{where}.graphs.prefill"),
+            frame_blocks=self.frame_blocks(b.get("frame_blocks"), f"{where}.frame_blocks"),
+            pixel_shape=self.input_shape(graphs["vision"]),
             **self.static_decode(graphs.get("decode_static"), f"{where}.graphs.decode_static"),
         )
+
+    def frame_blocks(self, record: Any, where: str) -> tuple[tuple[int, int], ...] | None:
+        """A bucket's ``frame_blocks`` (``[[offset, tokens], ...]``, first at 0, in order, not overlapping)."""
+        if record is None:
+            return None
+        if not isinstance(record, list) or not record or not all(
+                isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x)
+                for x in record):
+            raise self.fail(where, "is not a list of [offset, tokens] pairs")
+        end = 0
+        for i, (offset, tokens) in enumerate(record):
+            if tokens < 1 or offset < end or (i == 0 and offset != 0):
+                raise self.fail(where, f"has a block {[offset, tokens]} out of order or overlapping")
+            end = offset + tokens
+        return tuple((offset, tokens) for offset, tokens in record)
+
+    @staticmethod
+    def input_shape(graph: Any) -> tuple[int, ...] | None:
+        """The first input's static shape as the build recorded it (None when not recorded or not static)."""
+        inputs = graph.get("inputs") if isinstance(graph, dict) else None
+        shape = inputs[0].get("shape") if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else None
+        if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in shape):
+            return None
+        return tuple(shape)
 
     def static_decode(self, graph: Any, where: str) -> dict[str, Any]:
         """A bucket's optional static decode graph: its file and per-layer cache rows (older builds have none)."""

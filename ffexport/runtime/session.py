@@ -42,7 +42,7 @@ import numpy as np
 
 from ffexport.case import Case
 from ffexport.errors import InputError, RunError
-from ffexport.mrope import block_position_ids, mrope_position_ids
+from ffexport.mrope import block_position_ids, mrope_position_ids, video_spans
 from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
 from ffexport.runtime.manifest import REBUILD, Bucket, Manifest, ModelFacts, check_bytes, load_manifest
 from ffexport.runtime.tokenizer import BuildTokenizer
@@ -231,14 +231,25 @@ class Runtime:
         pre = m.frame_preprocess
         pixels = FixedFramePreprocess(int(pre["size"]), mode=pre["mode"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
                                       resample=pre["resample"])(frames)
+        if bucket.pixel_shape is not None:  # the family's case layout (InternVL: [T, C, S, S], the image path)
+            pixels = pixels.reshape(bucket.pixel_shape)
         before, after = m.prompt_template
         token = self.tokenizer.convert_ids_to_tokens(m.video_token_id)
-        text = before + token * bucket.visual_tokens + after.format(prompt=prompt)
+        if m.video_text is not None and bucket.frame_blocks is not None:  # text between frame blocks
+            video = m.video_text.text(token, [tokens for _, tokens in bucket.frame_blocks])
+        else:
+            video = token * bucket.visual_tokens
+        text = before + video + after.format(prompt=prompt)
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=True), dtype=np.int64).reshape(1, -1)
         if int(np.count_nonzero(ids == m.video_token_id)) != bucket.visual_tokens:
             raise InputError(f"cannot build the prompt: the build's tokenizer does not keep {token!r} as one token: "
                              f"{REBUILD}")
-        return Case(ids, pixels, None, attention_mask=np.ones_like(ids))
+        case = Case(ids, pixels, None, attention_mask=np.ones_like(ids))
+        if bucket.frame_blocks is not None and _blocks(case, m.video_token_id) != bucket.frame_blocks:
+            raise InputError(f"cannot build the prompt: the build's tokenizer writes the text between frames in other "
+                             f"lengths than the graphs take ({_blocks(case, m.video_token_id)} vs "
+                             f"{list(bucket.frame_blocks)}): {REBUILD}")
+        return case
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -261,17 +272,19 @@ class Runtime:
         m = self.manifest.model
         ids = case.input_ids
         length = ids.shape[1]
-        start, end = case.video_span(m.video_token_id)
+        # the video tokens (one run, or frame blocks with text between: checked against the bucket's)
+        rows = np.flatnonzero(ids[0] == m.video_token_id)
+        start, video = int(rows[0]), int(rows.size)
 
         t0 = time.perf_counter()
         embeds = self._graph("embed", self.manifest.graphs["embed"]).run(input_ids=ids)["inputs_embeds"]
         vision = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)
         features = vision["video_features"]
-        if embeds.shape != (1, length, m.hidden_size) or features.shape != (end - start, m.hidden_size):
+        if embeds.shape != (1, length, m.hidden_size) or features.shape != (video, m.hidden_size):
             raise RunError(f"the graphs of {self.manifest.root} returned embeddings {list(embeds.shape)} and video features "
-                             f"{list(features.shape)} for {length} tokens ({end - start} video): {REBUILD}")
+                             f"{list(features.shape)} for {length} tokens ({video} video): {REBUILD}")
         embeds = np.array(embeds, copy=True)
-        embeds[0, start:end] = features.astype(embeds.dtype, copy=False)
+        embeds[0, rows] = features.astype(embeds.dtype, copy=False)
         positions, delta = position_ids(m, ids, case.video_grid_thw)
         # Qwen3-VL: the vision graph's DeepStack levels go to the prefill graph as they are
         deepstack = {k: vision[k] for k in (_DEEPSTACK,) if k in vision}
@@ -279,7 +292,7 @@ class Runtime:
                                                      video_start=np.array(start, dtype=np.int64), **deepstack)
         logits = np.asarray(out["logits"], dtype=np.float32).reshape(1, -1)
         t1 = time.perf_counter()
-        log.info("bucket %s: prefill of %d tokens (%d video) in %.0f ms", b.name, length, end - start, 1000 * (t1 - t0))
+        log.info("bucket %s: prefill of %d tokens (%d video) in %.0f ms", b.name, length, video, 1000 * (t1 - t0))
 
         tokens = self._decode(logits, _presents(out), max_new_tokens, first_position=length + delta, bucket=b)
         if tokens:
@@ -375,18 +388,29 @@ class Runtime:
         return b
 
     def _fixed_tower_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:
-        """The bucket of a fixed-size-tower case: its frame count (pixels ``[1, T, C, S, S]``) and video span."""
+        """The bucket of a fixed-size-tower case: its frame count (pixels as the vision graph takes them:
+        ``[1, T, C, S, S]``, InternVL's ``[T, C, S, S]``) and its video tokens (one span, or the bucket's
+        frame blocks)."""
         m = self.manifest.model
         pixels, size = case.pixel_values_videos, int(m.frame_preprocess["size"])
-        if pixels.ndim != 5 or pixels.shape[0] != 1 or tuple(pixels.shape[2:]) != (3, size, size):
-            raise InputError(f"pixel_values_videos must have shape [1, frames, 3, {size}, {size}] for this build, "
-                             f"got {list(pixels.shape)}")
-        frames = pixels.shape[1]
+        # the vision graphs' input rank: 5 ([1, T, C, S, S]) unless the build records InternVL's 4 ([T, C, S, S])
+        ndim = min((len(b.pixel_shape) for b in self.manifest.all_buckets if b.pixel_shape is not None), default=5)
+        if pixels.ndim != ndim or pixels.shape[:-4] != (1,) * (ndim - 4) or tuple(pixels.shape[-3:]) != (3, size, size):
+            wanted = ", ".join(["1"] * (ndim - 4) + ["frames", "3", str(size), str(size)])
+            raise InputError(f"{_pixels_name(ndim)} must have shape [{wanted}] for this build, got {list(pixels.shape)}")
+        frames = pixels.shape[-4]
         candidates = [self.bucket(bucket)] if bucket is not None else self.manifest.buckets
         b = next((c for c in candidates if c.frames == frames), None)
         if b is None:
             raise InputError(f"the case has {frames} frames; no usable bucket of {self.manifest.root} takes that many: "
                              f"{self.manifest.describe_buckets()}")
+        if b.frame_blocks is not None:
+            blocks = _blocks(case, m.video_token_id)
+            if blocks != b.frame_blocks:
+                raise InputError(f"the case's video tokens sit in the frame blocks {list(blocks)} ([offset, tokens]); "
+                                 f"bucket {b.name}'s graphs take {list(b.frame_blocks)} (the family's text between "
+                                 "frames, tokenized by the build's tokenizer)")
+            return b
         start, end = case.video_span(m.video_token_id)
         if end - start != b.visual_tokens:
             raise InputError(f"the video span in input_ids has {end - start} tokens; {frames} frames give {b.visual_tokens}")
@@ -479,6 +503,20 @@ class _Graph:
             raise RunError(f"ONNX Runtime failed running {self.path} on {shapes} ({_one_line(e)}); "
                              f"if the build was modified, {REBUILD}") from e
         return dict(zip(self.outputs, values))
+
+
+def _blocks(case: Case, video_token_id: int) -> tuple[tuple[int, int], ...]:
+    """The runs of video tokens in ``case.input_ids`` as ``(offset from the first, tokens)``."""
+    spans = video_spans(case.input_ids, video_token_id)
+    if not spans:
+        raise InputError(f"input_ids hold no video token (id {video_token_id})")
+    first = spans[0][0]
+    return tuple((start - first, end - start) for start, end in spans)
+
+
+def _pixels_name(ndim: int) -> str:
+    """The processor's name for a case's frames: InternVL's image path returns ``pixel_values``."""
+    return "pixel_values_videos" if ndim == 5 else "pixel_values"
 
 
 def _presents(outputs: dict[str, Any]) -> dict[str, np.ndarray]:

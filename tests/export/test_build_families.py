@@ -225,7 +225,7 @@ def test_qwen25_prefill_bench_runs_the_static_schedule(tmp_path):
     (["calibrate", "--model", "qwen3vl-tiny", "--bucket", "8x128x128", "--synthetic", "1", "--out", "{tmp}/s.json"],
      "qwen3_vl", "case, reference, build, run"),
     (["calibrate", "--model", "internvl-tiny", "--bucket", BUCKET, "--synthetic", "1", "--out", "{tmp}/s.json"],
-     "internvl", "case, reference"),
+     "internvl", "case, reference, build, run"),
 ])
 def test_stages_not_done_are_still_refused_in_one_line(tmp_path, error_line, argv, family, done):
     from ffexport.cli import main
@@ -322,3 +322,155 @@ def test_run_refuses_a_case_of_another_frame_count_in_one_line(llava_build, llav
     llava.case_from_video(synthetic_video("pan", frames=4, seed=1), PROMPT).save(tmp_path / "c.npz")
     assert main(["run", str(llava_build), "--inputs", str(tmp_path / "c.npz")]) == 2
     assert error_line().startswith("error: input: the case has 4 frames; no usable bucket of ")
+
+
+# ------------------------------------------------------------------ InternVL: frame blocks through build and run
+@pytest.fixture(scope="module")
+def internvl_build(tmp_path_factory) -> Path:
+    """``ffexport build --model internvl-tiny --bucket 8x112x112`` once for the module. Do not modify."""
+    out = tmp_path_factory.mktemp("internvl") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "internvl-tiny",
+                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def internvl():
+    from ffexport.models import LoadModel
+
+    return LoadModel("internvl-tiny")()
+
+
+def test_internvl_build_passes_its_gate_on_frame_blocks(internvl_build, internvl):
+    """One frame block per frame with ``</img>\\nFrameN: <img>`` between: the schedule (format 2) and the
+    manifest carry the prompt's blocks, and the gate (graphs, pipeline, contract, oracle) passes on them."""
+    manifest = json.loads((internvl_build / "manifest.json").read_text())
+    model = manifest["model"]
+    assert model["family"] == "internvl" and model["positions"] == {"rule": "1d"} and model["patch_size"] == 14
+    assert model["video_token_id"] == internvl.config.image_token_id
+    assert model["video_text"] == {"prefix": "Frame{index}: <img>", "suffix": "</img>", "separator": "\n"}
+    (bucket,) = manifest["buckets"]
+    case = internvl.case_from_video(synthetic_video("pan", frames=8, seed=1), PROMPT)
+    _, layout = internvl.adapter.layout(internvl.config, case.input_ids)
+    assert len(layout.blocks) == 8 and layout.text_tokens > 0
+    assert bucket["frame_blocks"] == layout.to_json()
+    schedule = load_schedule(internvl_build / BUCKET / "schedule.json")
+    assert schedule.frame_layout == layout and schedule.to_json()["format"] == "ffexport.schedule/2"
+    assert bucket["schedule"] == schedule.to_json() and 0 < schedule.final_visual_tokens < 128
+    assert (bucket["visual_tokens"], bucket["patches_per_frame"]) == (128, 16)
+    assert bucket["usable"] and bucket["parity"]["passed"]
+    vision = bucket["graphs"]["vision"]["inputs"][0]
+    assert vision["name"] == "pixel_values_videos" and vision["shape"] == [8, 3, 112, 112]  # the processor's layout
+    parity = json.loads((internvl_build / BUCKET / "parity.json").read_text())
+    assert {g["graph"] for g in parity["graphs"]} == {"vision", "prefill"}
+    for graph in parity["graphs"]:
+        assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] and e["logits"]["passed"]
+                                                  for e in parity["end_to_end"])
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] >= 2
+    # the oracle reads the blocks too (without them it would count the text between frames as visual)
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1 and contract["oracle"]["not_run"] == 0
+
+
+def test_internvl_prefill_graph_keeps_the_text_between_blocks(internvl_build, internvl):
+    """The deployed prefill graph on the PyTorch inputs == the static reference, and every layer's cache
+    holds the text between frames (the schedule removes visual tokens only)."""
+    from ffexport.export.parity import OrtRunner
+
+    case = internvl.case_from_video(synthetic_video("moving_object", frames=8, seed=4), PROMPT)
+    schedule = load_schedule(internvl_build / BUCKET / "schedule.json")
+    inputs = Reference(internvl).prepare(case)
+    got = OrtRunner().run(internvl_build / f"{BUCKET}.prefill.onnx",
+                          {"inputs_embeds": inputs.inputs_embeds.numpy(), "position_ids": inputs.position_ids.numpy(),
+                           "video_start": inputs.video_start.numpy()})
+    expected = Reference(internvl, schedule=schedule)(case)
+    assert np.abs(got["logits"] - expected.logits).max() <= FP32_ATOL
+    length = case.input_ids.shape[1]
+    assert got["present.3.key"].shape[2] == expected.kv_lengths[3] == length - 128 + schedule.final_visual_tokens
+
+
+def test_internvl_vision_graph_equals_transformers(internvl_build, internvl):
+    """InternViT + pixel shuffle + projector for 8 frames against transformers' own get_image_features."""
+    from ffexport.export.parity import OrtRunner
+
+    case = internvl.case_from_video(synthetic_video("zoom", frames=8, height=90, width=160, seed=3), "hi")
+    got = OrtRunner().run(internvl_build / f"{BUCKET}.vision.onnx",
+                          {"pixel_values_videos": case.pixel_values})["video_features"]
+    config = internvl.model.config
+    with torch.no_grad():
+        expected = internvl.model.model.get_image_features(
+            torch.from_numpy(case.pixel_values), vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+    expected = expected.reshape(-1, expected.shape[-1]).numpy()
+    assert got.shape == expected.shape == (128, 64)
+    assert np.abs(got - expected).max() <= FP32_ATOL
+
+
+def test_internvl_runtime_prepares_the_adapters_case(internvl_build, internvl):
+    """The torch-free runtime writes the text between frames from the manifest (video_text) and the
+    frames in the processor's [T, 3, S, S]: the adapter's case, array for array."""
+    from ffexport.runtime import Runtime
+
+    frames = synthetic_video("pan", frames=8, height=90, width=160, seed=6)
+    got = Runtime(internvl_build).prepare_video(frames, PROMPT, BUCKET)
+    want = internvl.case_from_video(frames, PROMPT)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.pixel_values_videos, want.pixel_values)
+    assert got.keys == ("input_ids", "attention_mask", "pixel_values")
+
+
+def test_internvl_run_on_a_real_clip_gives_pytorchs_tokens(internvl_build, internvl, tmp_path):
+    _run_clip_gives_pytorchs_tokens(internvl_build, internvl, tmp_path, BUCKET)
+
+
+def test_internvl_run_inputs_gives_pytorchs_tokens(internvl_build, internvl, tmp_path):
+    _run_inputs_gives_pytorchs_tokens(internvl_build, internvl, tmp_path, "internvl-tiny", "synthetic:zoom", 2)
+
+
+def test_run_refuses_a_case_whose_frame_blocks_are_not_the_buckets(internvl_build, internvl, tmp_path, error_line):
+    """A prompt with other text between frames (here one token more before frame 2) would put the
+    graph's fixed block offsets on the wrong rows: one line, exit 2."""
+    from ffexport.case import Case
+    from ffexport.cli import main
+
+    case = internvl.case_from_video(synthetic_video("pan", frames=8, seed=1), PROMPT)
+    ids = case.input_ids[0]
+    second = np.flatnonzero(ids == internvl.config.image_token_id)[16]  # first token of frame 2's block
+    ids = np.insert(ids, second, ids[second - 1]).reshape(1, -1)
+    Case(ids, case.pixel_values, None, attention_mask=np.ones_like(ids)).save(tmp_path / "c.npz")
+    assert main(["run", str(internvl_build), "--inputs", str(tmp_path / "c.npz")]) == 2
+    line = error_line()
+    assert line.startswith("error: input: the case's video tokens sit in the frame blocks ") and "[16, 16]" not in line
+
+
+def test_internvl_build_parses_and_builds_for_sm89(internvl_build, tensorrt_rtx, capsys):
+    from ffexport.cli import main
+
+    assert main(["check", str(internvl_build), "--build-for", "SM89"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
+
+
+def test_a_schedule_without_the_buckets_frame_blocks_is_refused_in_one_line(tmp_path, error_line):
+    """A one-block schedule for InternVL's 128 tokens would put the graph's visual rows on the text
+    between frames: the build refuses it, naming both layouts."""
+    from ffexport.cli import main
+    from ffexport.fusion.schedule import Schedule, Stage
+
+    Schedule(128, 16, (Stage(0, "before_attention", "merge", 40),)).save(tmp_path / "s.json")
+    assert main(["-q", "build", "--model", "internvl-tiny", "--bucket", BUCKET, "--schedule", str(tmp_path / "s.json"),
+                 "--out", str(tmp_path / "b")]) == 2
+    line = error_line()
+    assert line.startswith("error: input: the schedule's frame blocks [[0, 128]] are not bucket 8x112x112's [[0, 16], ")
+
+
+def test_text_between_frame_blocks_must_fit_max_text_in_one_line(tmp_path, error_line):
+    """--graph-only --bucket 12x..: 11 gaps of 7-8 tokens (Qwen2's, no tokenizer here) = 80 text tokens."""
+    from ffexport.cli import main
+
+    assert main(["-q", "build", "--model", "internvl-tiny", "--graph-only", "--bucket", "12x112x112", "--max-text", "80",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert error_line() == ("error: input: bucket 12x112x112: the text between its 12 frame blocks is 80 tokens, "
+                            "--max-text 80 leaves no room for the prompt; pass a larger --max-text (e.g. 336)")

@@ -284,7 +284,7 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path
 
 @pytest.mark.parametrize("argv, stage", [
     (["build", "--model", "llava-onevision-tiny", "--graph-only"], "build"),
-    (["build", "--model", "internvl-tiny"], "build"),
+    (["bench", "--model", "internvl-tiny"], "bench"),
     (["bench", "--model", "llava-onevision-tiny"], "bench"),
     (["calibrate", "--model", "llava-onevision-tiny", "--bucket", "8x98x98", "--synthetic", "2"], "calibrate"),
 ])
@@ -376,3 +376,24 @@ def test_frame_blocks_describe_the_prompt_layout(name, text_between, loaded_mode
     if text_between:  # InternVL: "</img>\nFrame2: <img>" between blocks
         between = ids[blocks[0][0] + per_frame: blocks[1][0]]
         assert bytes(int(i) for i in between).decode() == "</img>\nFrame2: <img>"
+
+
+def test_internvl_bucket_layout_is_the_prompts_and_without_a_tokenizer_qwen2s_gaps():
+    """The frame blocks a build takes for a bucket without running the model (``--graph-only``): from the
+    tokenized video text with a tokenizer (== ``layout`` of a real prompt's ids); without one, the gaps
+    Qwen2's tokenizer gives (7 tokens before frames 2-9, 8 before frames 10-99)."""
+    from ffexport.export.policy import nominal_schedule
+    from ffexport.export.buckets import parse_fixed_bucket
+    from ffexport.fusion.config import FusionConfig
+    from ffexport.models.internvl import ADAPTER, internvl_tiny_config
+    from ffexport.models.tiny_tokenizer import build_tiny_tokenizer
+
+    config, tokenizer = internvl_tiny_config(), build_tiny_tokenizer()
+    ids = ADAPTER.video_prompt_ids(config, tokenizer, 3, "What is in this video?")
+    assert ADAPTER.bucket_layout(config, 3, tokenizer) == ADAPTER.layout(config, ids)[1]
+    nominal = ADAPTER.bucket_layout(config, 12)
+    gaps = [b.start - a.end for a, b in zip(nominal.blocks, nominal.blocks[1:])]
+    assert gaps == [7] * 8 + [8] * 3 and nominal.visual_tokens == 12 * 16
+    bucket = parse_fixed_bucket("12x448x448", size=112, tokens_per_frame=16)
+    schedule = nominal_schedule(bucket, FusionConfig(), 4, nominal).schedule
+    assert schedule.frame_layout == nominal and schedule.to_json()["format"] == "ffexport.schedule/2"

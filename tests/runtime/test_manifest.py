@@ -217,3 +217,46 @@ def test_a_temporal_step_that_would_give_garbage_positions_is_one_line(build, st
     with pytest.raises(InputError) as e:
         load_manifest(build)
     assert f"model.positions.temporal_step {words}" in _message(e)
+
+
+# ------------------------------------------------------------------ frame blocks (text between frames)
+_FIXED_TOWER = {"positions": {"rule": "1d"}, "frame_preprocess": {"size": 112, "mode": "square", "mean": [0.5] * 3,
+                                                                   "std": [0.5] * 3, "resample": "bicubic"},
+                "prompt_template": {"before": "", "after": "{prompt}"}}
+
+
+def _blocks_build(build: Path, blocks, video_text) -> None:
+    def edit(m):
+        m["model"].update(_FIXED_TOWER, video_text=video_text)
+        m["buckets"][0]["frame_blocks"] = blocks
+        m["buckets"][0]["graphs"]["vision"]["inputs"] = [{"name": "pixel_values_videos", "dtype": "float32",
+                                                          "shape": [8, 3, 112, 112]}]
+    _edit(build, edit)
+
+
+def test_frame_blocks_and_video_text_are_read(build):
+    from ffexport.video_text import VideoText
+
+    _blocks_build(build, [[0, 4], [7, 4]], {"prefix": "F{index}:", "suffix": "/", "separator": "\n"})
+    manifest = load_manifest(build)
+    bucket = manifest.bucket("8x112x112")
+    assert bucket.frame_blocks == ((0, 4), (7, 4)) and bucket.pixel_shape == (8, 3, 112, 112)
+    assert manifest.model.video_text == VideoText("F{index}:", "/", "\n")
+    assert manifest.model.video_text.text("v", [2, 1]) == "F1:vv/\nF2:v/"
+    # a build without them: one contiguous run, the shape unknown (older builds record no graph inputs)
+    assert manifest.all_buckets[1].frame_blocks is None and manifest.all_buckets[1].pixel_shape is None
+
+
+@pytest.mark.parametrize(("blocks", "video_text", "words"), [
+    ([[0, 4], [2, 4]], None, "frame_blocks has a block [2, 4] out of order or overlapping"),
+    ([[1, 4]], None, "frame_blocks has a block [1, 4] out of order"),
+    ([[0, 4], [7]], None, "frame_blocks is not a list of [offset, tokens] pairs"),
+    ([], None, "frame_blocks is not a list"),
+    ([[0, 4], [7, 4]], {"prefix": "F{index}", "suffix": "/"}, "model.video_text has no text field 'separator'"),
+    ([[0, 4], [7, 4]], {"prefix": "F{seconds}", "suffix": "", "separator": ""}, "model.video_text has a prefix"),
+])
+def test_malformed_frame_blocks_are_a_corrupt_build(build, blocks, video_text, words):
+    _blocks_build(build, blocks, video_text)
+    with pytest.raises(InputError) as e:
+        load_manifest(build)
+    assert words in _message(e) and "rebuild" in _message(e)
