@@ -418,7 +418,10 @@ class Runtime:
 
     def _grid_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:
         m = self.manifest.model
-        case.check(video_token_id=m.video_token_id, spatial_merge_size=m.spatial_merge_size, patch_dim=m.patch_dim)
+        if m.position_rule == "mrope_blocks":  # Qwen3-VL: one run of video tokens per temporal group
+            self._check_block_case(case)
+        else:
+            case.check(video_token_id=m.video_token_id, spatial_merge_size=m.spatial_merge_size, patch_dim=m.patch_dim)
         grid = case.grid
         if bucket is not None:
             b = self.bucket(bucket)
@@ -431,7 +434,27 @@ class Runtime:
                 raise InputError(f"the case's video grid {_grid(grid)} matches no usable bucket of {self.manifest.root}; "
                                  f"buckets: {listing}")
             b = matches[0]
+        if b.frame_blocks is not None and _blocks(case, m.video_token_id) != b.frame_blocks:
+            raise InputError(f"the case's video tokens sit in the frame blocks {list(_blocks(case, m.video_token_id))} "
+                             f"([offset, tokens]); bucket {b.name}'s graphs take {list(b.frame_blocks)} (the text "
+                             "between blocks, tokenized by the build's tokenizer)")
         return b
+
+    def _check_block_case(self, case: Case) -> None:
+        """A grid case whose video is one frame block per temporal group: a valid grid, pixels of its size,
+        and ``t`` runs of ``h*w/merge**2`` video tokens."""
+        m = self.manifest.model
+        t, h, w = case.grid
+        merge = m.spatial_merge_size
+        if min(t, h, w) <= 0 or h % merge or w % merge:
+            raise InputError(f"video_grid_thw {t}x{h}x{w} is not a valid grid for {merge}x{merge} patch merging")
+        if case.pixel_values_videos.shape != (t * h * w, m.patch_dim):
+            raise InputError(f"pixel_values_videos has shape {list(case.pixel_values_videos.shape)}; video_grid_thw "
+                             f"{t}x{h}x{w} needs [{t * h * w}, {m.patch_dim}]")
+        runs = [tokens for _, tokens in _blocks(case, m.video_token_id)]
+        if runs != [h * w // merge**2] * t:
+            raise InputError(f"input_ids hold video token runs of {runs}; video_grid_thw {t}x{h}x{w} gives {t} blocks "
+                             f"of {h * w // merge**2}")
 
     def _check_text_length(self, case: Case, visual_tokens: int) -> None:
         text = case.input_ids.shape[1] - visual_tokens

@@ -151,5 +151,5 @@ def test_qwen3_run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
 def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
     from ffexport.cli import main
 
-    assert main(["build", "--model", "qwen3vl-tiny", "--streamed", "--out", str(tmp_path / "b")]) == 3
+    assert main(["-q", "build", "--model", "qwen3vl-tiny", "--streamed", "--out", str(tmp_path / "b")]) == 3
     assert "does not carry DeepStack levels yet" in error_line()
