@@ -254,7 +254,7 @@ class Build:
                 example = TorchInputs(torch.zeros(1, length, hidden, dtype=dtype, **meta),
                                       torch.zeros(3, length, dtype=torch.int64, **meta),
                                       torch.zeros((), dtype=torch.int64, **meta), 0,
-                                      self._example_deepstack(b, dtype, device="meta"))
+                                      deepstack=self._example_deepstack(b, dtype, device="meta"))
                 prefill_file = f"{b.name}.prefill.onnx"
                 prefill = self._prefill_module(schedule)
                 self._save_structure(self._prefill_spec(prefill, b, example), prefill_file)
@@ -391,7 +391,9 @@ class Build:
         ``bucket_layout`` (from its tokenizer when there is one), else one contiguous block."""
         adapter, cfg = self.loaded.adapter, self.loaded.config
         if hasattr(adapter, "bucket_layout"):
-            return adapter.bucket_layout(cfg, bucket.frames, self.loaded.tokenizer)
+            # grid families (Qwen3-VL: one block per temporal group) also need the block's token count
+            grid = {} if self._fixed_tower() else {"patches_per_frame": bucket.patches_per_frame}
+            return adapter.bucket_layout(cfg, bucket.frames, self.loaded.tokenizer, **grid)
         return FrameLayout.contiguous(bucket.visual_tokens, bucket.patches_per_frame)
 
     @staticmethod

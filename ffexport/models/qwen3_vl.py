@@ -36,7 +36,7 @@ import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from ffexport.fusion.decoder import DecoderParts
-from ffexport.fusion.layout import FrameLayout
+from ffexport.fusion.layout import FrameBlock, FrameLayout
 from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.models.vision_tower import VisionTower
@@ -97,6 +97,22 @@ class Qwen3VLAdapter:
         """How the runtime builds position ids (the manifest's ``model.positions``): M-RoPE with every
         frame block a ``(1, h, w)`` grid (:func:`ffexport.mrope.block_position_ids`)."""
         return {"rule": "mrope_blocks"}
+
+    def bucket_layout(self, config: Qwen3VLConfig, frames: int, tokenizer=None, *,
+                      patches_per_frame: int) -> FrameLayout:
+        """The frame blocks of a bucket's prompt without running the model (graph-only builds): from the
+        timestamped prompt with ``tokenizer``; without one, the gap Qwen's tokenizer gives a timestamp
+        under 10 s (``<|vision_end|>``, ``<``, two digits and ``.``, `` seconds``, ``>``,
+        ``<|vision_start|>``: 8 tokens): structure only."""
+        temporal = config.vision_config.temporal_patch_size
+        stamps = group_timestamps(np.arange(frames), PROCESSOR_DEFAULT_FPS, temporal)
+        if tokenizer is not None:
+            ids = timestamped_video_prompt_ids(tokenizer, tokens_per_block=patches_per_frame, timestamps=stamps,
+                                               prompt="")
+            return FrameLayout.from_token_ids(ids, self.video_token_id(config), patches_per_frame)[1]
+        gap = 8
+        return FrameLayout(tuple(FrameBlock(i * (patches_per_frame + gap), patches_per_frame, patches_per_frame)
+                                 for i in range(len(stamps))))
 
     def position_ids(self, config: Qwen3VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
         """M-RoPE positions [3, L]: every block is a (1, h, w) grid (see the module docstring)."""

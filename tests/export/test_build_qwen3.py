@@ -153,3 +153,16 @@ def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
 
     assert main(["-q", "build", "--model", "qwen3vl-tiny", "--streamed", "--out", str(tmp_path / "b")]) == 3
     assert "does not carry DeepStack levels yet" in error_line()
+
+
+def test_qwen3_bucket_layout_is_the_prompts(qwen3):
+    """Graph-only builds lay out the bucket's blocks from the tokenizer as the case's prompt has them
+    (without a tokenizer: a nominal gap, structure only)."""
+    from ffexport.fusion.layout import FrameLayout
+
+    case = qwen3.case_from_video(synthetic_video("pan", frames=8, height=128, width=128, seed=1), PROMPT)
+    _, want = FrameLayout.from_token_ids(case.input_ids, qwen3.config.video_token_id, 16)
+    got = qwen3.adapter.bucket_layout(qwen3.config, 8, qwen3.tokenizer, patches_per_frame=16)
+    assert got == want and len(got.blocks) == 4
+    nominal = qwen3.adapter.bucket_layout(qwen3.config, 8, None, patches_per_frame=16)
+    assert [b.length for b in nominal.blocks] == [16] * 4
