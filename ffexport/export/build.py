@@ -343,7 +343,10 @@ class Build:
         cfg, loaded = self.loaded.config, self.loaded
         text, vision = cfg.text_config, cfg.vision_config
         tok = loaded.tokenizer
-        eos = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else text.eos_token_id
+        # Qwen3-VL's text config has no eos_token_id field (the released one sits in generation_config.json)
+        eos = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else \
+            getattr(text, "eos_token_id", None) if getattr(text, "eos_token_id", None) is not None else \
+            getattr(cfg, "eos_token_id", None)
         parts = loaded.adapter.decoder_parts(loaded.model)
         return {
             "name": loaded.name, "family": loaded.adapter.family, "source": loaded.source,
