@@ -11,6 +11,11 @@ Qwen2.5-VL counts a video's temporal axis in time: grid step ``t`` takes the tem
 ``int(t * temporal_step)`` with ``temporal_step = seconds_per_grid * tokens_per_second``
 (truncated like the released code's ``.long()``); Qwen2-VL's step is 1. A build records its step
 in the manifest (``model.positions``, docs/build-format.md) so the runtime computes the same ids.
+
+Qwen3-VL writes a video as one frame block per temporal group with timestamp text between blocks;
+its positions (:func:`block_position_ids`, the manifest's rule ``mrope_blocks``) treat every block
+as a ``(1, h, w)`` grid, so the text after a block continues at ``max(h, w) // merge`` past the
+block's start (the rule above and transformers 5.3+ agree when t = 1).
 """
 
 from __future__ import annotations
@@ -71,3 +76,15 @@ def mrope_position_ids(
     positions = np.concatenate(parts, axis=1).astype(np.int64)
     delta = int(positions.max()) + 1 - ids.size if ids.size else 0
     return positions, delta
+
+
+def block_position_ids(
+    input_ids: np.ndarray, video_grid_thw: np.ndarray, *, video_token_id: int, spatial_merge_size: int,
+) -> tuple[np.ndarray, int]:
+    """Qwen3-VL's position ids [3, L] and delta: each of a video's ``t`` temporal groups is its own run of
+    video tokens (a frame block) with the grid ``(1, h, w)``, as transformers' ``get_rope_index`` splits
+    ``video_grid_thw``."""
+    grid = np.asarray(video_grid_thw, dtype=np.int64).reshape(-1, 3)
+    blocks = np.repeat(grid, grid[:, 0], axis=0)
+    blocks[:, 0] = 1
+    return mrope_position_ids(input_ids, blocks, video_token_id=video_token_id, spatial_merge_size=spatial_merge_size)

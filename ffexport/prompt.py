@@ -68,6 +68,31 @@ def build_video_prompt_ids(
     return ids[None, :]
 
 
+def group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size: int) -> list[float]:
+    """Seconds of each temporal group as ``Qwen3VLProcessor`` computes them: the indices padded with the
+    last to a multiple of the group size, each group the mean of its first and last frame's time."""
+    times = [int(i) / fps for i in indices]
+    times += [times[-1]] * (-len(times) % temporal_patch_size)
+    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
+
+
+def timestamped_video_prompt_ids(tokenizer: Any, *, tokens_per_block: int, timestamps: list[float],
+                                 prompt: str) -> np.ndarray:
+    """int64 [1, L]: a Qwen3-VL user turn with the video as its processor writes it (one
+    ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal group), then the assistant turn;
+    tokenized in one piece without extra special tokens (the processor's way)."""
+    if tokens_per_block < 1 or not timestamps:
+        raise ValueError(f"a video needs blocks of at least one token, got {len(timestamps)} of {tokens_per_block}")
+    video = "".join(f"<{s:.1f} seconds><|vision_start|>" + VIDEO_PAD_TOKEN * tokens_per_block + "<|vision_end|>"
+                    for s in timestamps)
+    text = f"<|im_start|>user\n{video}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    ids = np.asarray([_encode(tokenizer, text)], dtype=np.int64)
+    video_token_id = _special_token_id(tokenizer, VIDEO_PAD_TOKEN)
+    if int(np.count_nonzero(ids == video_token_id)) != tokens_per_block * len(timestamps):
+        raise ValueError(f"the prompt text contains {VIDEO_PAD_TOKEN} tokens of its own; remove them")
+    return ids
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` with no BOS/EOS added."""
     return list(tokenizer.encode(text, add_special_tokens=False))

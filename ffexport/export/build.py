@@ -28,7 +28,8 @@ from ffexport.export.attention_rewrite import choose_attention
 from ffexport.export.builddir import BuildDirectory, committed_weights, fault_point
 from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.graphs import (
-    DecodeStep, EmbedTokens, PrefillGraph, StaticDecodeStep, cache_capacities, present_names,
+    DEEPSTACK_INPUT, DecodeStep, DeepStackPrefillGraph, EmbedTokens, PrefillGraph, StaticDecodeStep, cache_capacities,
+    present_names,
 )
 from ffexport.export.manifest import (
     MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
@@ -123,6 +124,8 @@ class Build:
         self.loaded = loaded
         self.config = config
         self.out = Path(config.out)
+        #: DeepStack levels the vision graph returns and the prefill graph takes (Qwen3-VL; 0: none)
+        self.deepstack_levels = 0 if self._fixed_tower() else len(self._vision_tower().deepstack)
         self.buckets = [self._parse_bucket(b) for b in dict.fromkeys(config.buckets)]
         if not self.buckets:
             raise InputError("give at least one --bucket FRAMESxHEIGHTxWIDTH")
@@ -242,17 +245,18 @@ class Build:
                 vision = self._vision_module(b).to("meta")  # the model is on the meta device; the encoder's tables too
                 pixels = torch.zeros(vision.input_shape, dtype=torch.float32, **meta)
                 vision_file = f"{b.name}.vision.onnx"
-                self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"], ["video_features"]),
-                                     vision_file)
+                self._save_structure(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"],
+                                               _vision_outputs(vision)), vision_file)
                 steps.advance()
                 steps.start(f"{b.name}: prefill graph")
                 # the text between frame blocks is part of the prompt's text (at least one token after them)
                 length = max(b.visual_tokens + min(64, self.config.max_text), layout.region_length + 1)
                 example = TorchInputs(torch.zeros(1, length, hidden, dtype=dtype, **meta),
                                       torch.zeros(3, length, dtype=torch.int64, **meta),
-                                      torch.zeros((), dtype=torch.int64, **meta), 0)
+                                      torch.zeros((), dtype=torch.int64, **meta), 0,
+                                      deepstack=self._example_deepstack(b, dtype, device="meta"))
                 prefill_file = f"{b.name}.prefill.onnx"
-                prefill = PrefillGraph(self.decoder, schedule, steps=self.steps).eval()
+                prefill = self._prefill_module(schedule)
                 self._save_structure(self._prefill_spec(prefill, b, example), prefill_file)
                 steps.advance()
                 manifest["buckets"] = [e for e in manifest["buckets"] if e["name"] != b.name] + [{
@@ -339,7 +343,10 @@ class Build:
         cfg, loaded = self.loaded.config, self.loaded
         text, vision = cfg.text_config, cfg.vision_config
         tok = loaded.tokenizer
-        eos = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else text.eos_token_id
+        # Qwen3-VL's text config has no eos_token_id field (the released one sits in generation_config.json)
+        eos = tok.eos_token_id if tok is not None and tok.eos_token_id is not None else \
+            getattr(text, "eos_token_id", None) if getattr(text, "eos_token_id", None) is not None else \
+            getattr(cfg, "eos_token_id", None)
         parts = loaded.adapter.decoder_parts(loaded.model)
         return {
             "name": loaded.name, "family": loaded.adapter.family, "source": loaded.source,
@@ -387,7 +394,9 @@ class Build:
         ``bucket_layout`` (from its tokenizer when there is one), else one contiguous block."""
         adapter, cfg = self.loaded.adapter, self.loaded.config
         if hasattr(adapter, "bucket_layout"):
-            return adapter.bucket_layout(cfg, bucket.frames, self.loaded.tokenizer)
+            # grid families (Qwen3-VL: one block per temporal group) also need the block's token count
+            grid = {} if self._fixed_tower() else {"patches_per_frame": bucket.patches_per_frame}
+            return adapter.bucket_layout(cfg, bucket.frames, self.loaded.tokenizer, **grid)
         return FrameLayout.contiguous(bucket.visual_tokens, bucket.patches_per_frame)
 
     @staticmethod
@@ -520,11 +529,23 @@ class Build:
         n = bucket.visual_tokens
         region = module.prefill.schedule.frame_layout.region_length  # n for one block; text between blocks beyond
         length = torch.export.Dim("L", min=region + 1, max=n + self.config.max_text)
+        dynamic = ({1: length}, {1: length}, None) + ((None,) if example.deepstack is not None else ())
         return GraphSpec(
-            "prefill", module, (example.embeds, example.positions, example.start),
-            ["inputs_embeds", "position_ids", "video_start"], ["logits", *present_names(self.loaded.num_layers)],
-            ({1: length}, {1: length}, None), translations=self.translations,
+            "prefill", module, example.args(), list(example.feeds()), ["logits", *present_names(self.loaded.num_layers)],
+            dynamic, translations=self.translations,
         )
+
+    def _prefill_module(self, schedule: Schedule) -> PrefillGraph:
+        """The bucket's prefill graph module (with the DeepStack input where the tower has levels)."""
+        kind = DeepStackPrefillGraph if self.deepstack_levels else PrefillGraph
+        return kind(self.decoder, schedule, steps=self.steps).eval()
+
+    def _example_deepstack(self, bucket: Bucket, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor | None:
+        """Zeros of the prefill graph's DeepStack input for ``bucket`` (None without DeepStack)."""
+        if not self.deepstack_levels:
+            return None
+        hidden = self.loaded.config.text_config.hidden_size
+        return torch.zeros(self.deepstack_levels, bucket.visual_tokens, hidden, dtype=dtype, device=device)
 
     def _save_static_decode(self, bucket: Bucket, schedule: Schedule, store: SharedWeights) -> dict[str, Any]:
         """The bucket's static decode graph: caches preallocated per layer (docs/build-format.md)."""
@@ -572,11 +593,11 @@ class Build:
         vision = self._vision_module(bucket)
         vision_file = f"{name}.vision.onnx"
         self._save_graph(GraphSpec("vision", vision, (torch.from_numpy(cases[0].pixel_values_videos),),
-                                   ["pixel_values_videos"], ["video_features"]), vision_file, store)
+                                   ["pixel_values_videos"], _vision_outputs(vision)), vision_file, store)
         steps.advance()
 
         steps.start(f"{name}: export prefill graph")
-        prefill = PrefillGraph(self.decoder, schedule, steps=self.steps).eval()
+        prefill = self._prefill_module(schedule)
         prefill_file = f"{name}.prefill.onnx"
         self._save_graph(self._prefill_spec(prefill, bucket, torch_inputs[0]), prefill_file, store)
         steps.advance()
@@ -664,11 +685,12 @@ class Build:
                 with torch.no_grad():
                     if graph == "vision":
                         feeds = {"pixel_values_videos": pixels}
-                        expected = {"video_features": vision(torch.from_numpy(pixels))}  # torch: bf16 has no numpy
+                        # torch: bf16 has no numpy
+                        expected = dict(zip(_vision_outputs(vision), _as_tuple(vision(torch.from_numpy(pixels)))))
                     else:
                         # torch tensors (Polygraphy's TrtRunner takes them): bf16 has no numpy dtype
-                        feeds = {"inputs_embeds": ti.embeds, "position_ids": ti.positions, "video_start": ti.start}
-                        expected = dict(zip(["logits", *present_names(layers)], prefill(ti.embeds, ti.positions, ti.start)))
+                        feeds = ti.feeds()
+                        expected = dict(zip(["logits", *present_names(layers)], prefill(*ti.args())))
                 got = run_engine(engine_file, feeds)
                 outputs = [compare(k, got[k], v, self.tolerance).__dict__ for k, v in expected.items()]
                 record["parity"] = {"passed": all(o["passed"] for o in outputs), "outputs": outputs}
@@ -698,7 +720,7 @@ class Build:
         steps.start("export decode graph")
         layers = self.loaded.num_layers
         with torch.no_grad():
-            logits, *presents = prefill(inputs.embeds, inputs.positions, inputs.start)
+            logits, *presents = prefill(*inputs.args())
         token = torch.tensor([[int(logits.argmax())]])
         position = torch.full((3, 1), case.input_ids.shape[1] + inputs.delta, dtype=torch.int64)
         decode = DecodeStep(self.decoder, self.embed).eval()
@@ -741,7 +763,7 @@ class Build:
     def _torch_inputs(self, case: Case) -> "TorchInputs":
         ref = Reference(self.loaded)
         p = ref.prepare(case)
-        return TorchInputs(p.inputs_embeds, p.position_ids, p.video_start, p.rope_delta, p.layout)
+        return TorchInputs(p.inputs_embeds, p.position_ids, p.video_start, p.rope_delta, p.layout, p.deepstack)
 
     def _bucket_parity(self, bucket, schedule, cases, torch_inputs, vision, prefill, vision_file, prefill_file,
                        bucket_dir) -> tuple[list[GraphReport], list[dict[str, Any]]]:
@@ -752,14 +774,12 @@ class Build:
             save = bucket_dir / "parity" if i == 0 else None
             pixels = case.pixel_values_videos
             with torch.no_grad():
-                feats = vision(torch.from_numpy(pixels)).numpy()
-            vis_report, _ = self.gate("vision", self.out / vision_file, {"pixel_values_videos": pixels},
-                                      {"video_features": feats}, save)
+                feats = {k: v.numpy() for k, v in zip(_vision_outputs(vision), _as_tuple(vision(torch.from_numpy(pixels))))}
+            vis_report, _ = self.gate("vision", self.out / vision_file, {"pixel_values_videos": pixels}, feats, save)
             with torch.no_grad():
-                outs = prefill(ti.embeds, ti.positions, ti.start)
+                outs = prefill(*ti.args())
             expected = dict(zip(["logits", *present_names(self.loaded.num_layers)], (t.numpy() for t in outs)))
-            feeds = {"inputs_embeds": ti.embeds.numpy(), "position_ids": ti.positions.numpy(),
-                     "video_start": ti.start.numpy()}
+            feeds = {k: v.numpy() for k, v in ti.feeds().items()}
             pre_report, _ = self.gate("prefill", self.out / prefill_file, feeds, expected, save)
             for r in (vis_report, pre_report):
                 reports[r.graph] = _worst(reports.get(r.graph), r)
@@ -771,11 +791,11 @@ class Build:
         """The parity contract and the oracle on every parity video (:mod:`ffexport.export.contract`)."""
         from ffexport.export.contract import ParityVideo, ScheduleContract, schedule_kind
 
-        videos = [ParityVideo(n, c, ti.embeds, ti.positions, ti.start)
+        videos = [ParityVideo(n, c, ti.embeds, ti.positions, ti.start, ti.deepstack)
                   for (n, _), c, ti in zip(self._case_names(), cases, torch_inputs)]
 
         def export_prefill(other: Schedule, directory: Path) -> Path:
-            module = PrefillGraph(self.decoder, other, steps=self.steps).eval()
+            module = self._prefill_module(other)
             return self._save_contract_graph(self._prefill_spec(module, bucket, torch_inputs[0]), directory,
                                              f"{bucket.name}.prefill.onnx")
 
@@ -845,6 +865,29 @@ class TorchInputs:
     delta: int
     #: the video's frame blocks (None: one contiguous block)
     layout: FrameLayout | None = None
+    #: Qwen3-VL's DeepStack levels [k, N, D] (None: the family has none)
+    deepstack: torch.Tensor | None = None
+
+    def args(self) -> tuple[torch.Tensor, ...]:
+        """The prefill graph's inputs, in order."""
+        return tuple(self.feeds().values())
+
+    def feeds(self) -> dict[str, torch.Tensor]:
+        """The prefill graph's inputs by name."""
+        feeds = {"inputs_embeds": self.embeds, "position_ids": self.positions, "video_start": self.start}
+        if self.deepstack is not None:
+            feeds[DEEPSTACK_INPUT] = self.deepstack
+        return feeds
+
+
+def _vision_outputs(vision: torch.nn.Module) -> list[str]:
+    """The vision graph's output names (the DeepStack levels second where the tower has them)."""
+    return list(getattr(vision, "output_names", ["video_features"]))
+
+
+def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
 
 
 def _blocks_record(layout: FrameLayout) -> dict[str, Any]:
@@ -877,12 +920,14 @@ def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefi
     video_rows = np.flatnonzero(case.input_ids[0] == adapter.video_token_id(config))
     start = int(video_rows[0])
     embeds = runner.run(out / "embed.onnx", {"input_ids": case.input_ids})["inputs_embeds"]
-    feats = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})["video_features"]
+    vision = runner.run(out / vision_file, {"pixel_values_videos": case.pixel_values_videos})
+    feats = vision["video_features"]
     embeds = embeds.copy()
     embeds[0, video_rows] = feats
     positions, delta = adapter.position_ids(config, case.input_ids, case.video_grid_thw)
+    deepstack = {k: vision[k] for k in (DEEPSTACK_INPUT,) if k in vision}  # Qwen3-VL: the levels go as they are
     outs = runner.run(out / prefill_file, {"inputs_embeds": embeds, "position_ids": positions,
-                                           "video_start": np.array(start, dtype=np.int64)})
+                                           "video_start": np.array(start, dtype=np.int64), **deepstack})
     logits = outs["logits"]
     layers = adapter.num_layers(config)
     past = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}

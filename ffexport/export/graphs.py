@@ -42,6 +42,21 @@ class PrefillGraph(nn.Module):
         return (logits.float(), *presents)
 
 
+#: the DeepStack input of a Qwen3-VL prefill graph, named like the vision graph's second output
+DEEPSTACK_INPUT = "deepstack_features"
+
+
+class DeepStackPrefillGraph(PrefillGraph):
+    """:class:`PrefillGraph` with a fourth input, ``deepstack_features`` [k, N, D] (Qwen3-VL): the
+    DeepStack levels of the N visual tokens in order, as the vision graph returns them; the graph
+    reduces them with the hidden states' indices and adds level i after layer i."""
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor,
+                deepstack_features: torch.Tensor):
+        logits, *presents = self.prefill(inputs_embeds, position_ids, video_start, deepstack_features)
+        return (logits.float(), *presents)
+
+
 class DecodeStep(nn.Module):
     """One generated token: ``input_ids`` [1, 1], ``position_ids`` [3, 1], then each layer's past key
     and value (its own length) -> logits (float32) and the grown caches."""

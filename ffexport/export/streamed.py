@@ -767,6 +767,10 @@ def streamed_model(*, model: str, random_weights: bool, weights: str | None, dty
     stream, why = should_stream(loaded.model)
     if not (force or stream):
         return None
+    tower = getattr(loaded.adapter, "vision_tower", None)
+    if tower is not None and tower(loaded.config.vision_config).deepstack:
+        raise ModelError(f"{model}: the streamed build (meta capture, weights streamed, a truncated parity copy) "
+                         "does not carry DeepStack levels yet; build without --streamed (the model in memory), or use --graph-only")
     log.info("streamed build (%s): %s", "--streamed" if force else "too big to hold in memory", why)
     source = SafetensorsWeights(directory) if directory is not None else RandomWeights(loaded.model, seed)
     loaded.source = source.description + (loaded.source.partition(")")[2] if directory is None else "")

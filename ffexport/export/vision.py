@@ -26,6 +26,14 @@ block mask per frame otherwise), and the merged tokens are put back in the proce
 one constant gather at the end, which is what transformers computes with ``window_index`` and
 ``cu_window_seqlens``. Full-attention blocks attend per frame in either order (attention does not
 depend on the order of its keys). Without a window (Qwen2-VL) none of this is in the graph.
+
+Qwen3-VL's tower (:meth:`VisionTower.qwen3_vl`) adds two things, both fixed by the grid: a learned
+position embedding (a square table, ``visual.pos_embed``) resampled bilinearly with corners aligned
+to the frame's ``h x w`` patches, which for a fixed grid is a constant gather of 4 table rows per
+patch with constant weights (float32, as transformers multiplies them), and DeepStack: the output
+of the blocks ``tower.deepstack`` names goes through ``visual.deepstack_merger_list`` (merge, then
+LayerNorm over the merged ``merge**2`` patches), giving the graph's second output
+``deepstack_features`` [k, N, D].
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from ffexport.models.vision_tower import VisionTower
 #: graph input / output names (docs/build-format.md)
 INPUT_NAME = "pixel_values_videos"
 OUTPUT_NAME = "video_features"
+#: the second output of a tower with DeepStack levels (Qwen3-VL): [k, N, D]
+DEEPSTACK_NAME = "deepstack_features"
 
 
 class VisionEncoder(nn.Module):
@@ -75,10 +85,23 @@ class VisionEncoder(nn.Module):
         self.out_dim = tower.out_dim
         self.windows = None if tower.window is None else _Windows(h // merge, w // merge, merge, tower.window)
         self.full_blocks = frozenset(tower.full_blocks)
+        self.deepstack = tuple(tower.deepstack)
+        if self.deepstack and (self.windows is not None or max(self.deepstack) >= len(visual.blocks)):
+            raise ValueError(f"DeepStack blocks {list(self.deepstack)} need a tower without windows and with "
+                             f"more than {max(self.deepstack)} blocks")
 
         self.patch_embed = visual.patch_embed
         self.blocks = visual.blocks
         self.merger = visual.merger
+        if self.deepstack:
+            self.deepstack_mergers = visual.deepstack_merger_list
+        self.pos_embed = None
+        if tower.position_grid is not None:  # learned positions: constant taps and weights for this grid
+            self.pos_embed = visual.pos_embed
+            index, weight = position_taps(h, w, merge, tower.position_grid)
+            self._pos_weight_cpu = weight
+            self.register_buffer("position_index", index, persistent=False)
+            self.register_buffer("position_weight", weight.clone(), persistent=False)
 
         # rotary tables: float32 always (re-made on .to()/.half(), see _apply), one frame's worth,
         # since every frame repeats the same (h, w) positions
@@ -116,6 +139,11 @@ class VisionEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embed.proj.weight.dtype
 
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's outputs: the visual tokens, then the DeepStack levels where the tower has them."""
+        return [OUTPUT_NAME, DEEPSTACK_NAME] if self.deepstack else [OUTPUT_NAME]
+
     def example_input(self, seed: int = 0) -> torch.Tensor:
         """Random float32 pixels of the right shape (for capture; values do not matter)."""
         gen = torch.Generator().manual_seed(seed)
@@ -130,11 +158,17 @@ class VisionEncoder(nn.Module):
                 f"grid {t}x{h}x{w} and needs [{self.num_patches}, {self.patch_dim}] (t*h*w rows)"
             )
         x = self.patch_embed(pixel_values_videos)  # [t*h*w, E] in the module's dtype
+        if self.pos_embed is not None:
+            x = self._add_positions(x)
         if self.windows is None:
-            for block in self.blocks:
+            levels = []
+            for i, block in enumerate(self.blocks):
                 x = x + self._attention(block.attn, block.norm1(x))
                 x = x + block.mlp(block.norm2(x))
-            return self.merger(x)  # [N, D]
+                if i in self.deepstack:
+                    levels.append(self.deepstack_mergers[self.deepstack.index(i)](x))
+            tokens = self.merger(x)  # [N, D]
+            return (tokens, torch.stack(levels)) if levels else tokens
         x = self._reorder(x, self.window_patch_order, t, h * w)  # every frame's patches in window order
         for i, block in enumerate(self.blocks):
             batch = None if i in self.full_blocks else self.windows
@@ -142,6 +176,14 @@ class VisionEncoder(nn.Module):
             x = x + block.mlp(block.norm2(x))
         tokens = self.merger(x)  # [N, D], window order
         return self._reorder(tokens, self.window_token_restore, t, self.windows.tokens)
+
+    def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned positions for this grid (4 weighted table rows per patch, the same every frame);
+        the product in float32 as transformers computes it, then cast to x's dtype."""
+        t, h, w = self.grid_thw
+        rows = self.pos_embed(self.position_index)  # [hw, 4, E]
+        positions = (rows * self.position_weight[:, :, None]).sum(1).to(x.dtype)  # [hw, E]
+        return (x.view(t, h * w, -1) + positions).reshape(t * h * w, -1)
 
     @staticmethod
     def _reorder(x: torch.Tensor, order: torch.Tensor, frames: int, per_frame: int) -> torch.Tensor:
@@ -190,6 +232,8 @@ class VisionEncoder(nn.Module):
         device = self.rotary_cos.device
         self.rotary_cos = self._cos_cpu.to(device)
         self.rotary_sin = self._sin_cpu.to(device)
+        if self.pos_embed is not None:
+            self.position_weight = self._pos_weight_cpu.to(device)
         return self
 
     def extra_repr(self) -> str:
@@ -197,6 +241,10 @@ class VisionEncoder(nn.Module):
         text = f"grid_thw=({t}, {h}, {w}), merge={self.merge_size}, tokens={self.num_tokens}"
         if self.windows is not None:
             text += f", windows={self.windows.count} per frame, full attention in blocks {sorted(self.full_blocks)}"
+        if self.pos_embed is not None:
+            text += ", learned positions"
+        if self.deepstack:
+            text += f", DeepStack after blocks {list(self.deepstack)}"
         return text
 
 
@@ -286,3 +334,23 @@ def _rotary_tables(
         return torch.cat([hw, hw], dim=-1)
 
     return layout(cos), layout(sin)
+
+
+def position_taps(h: int, w: int, merge: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear resampling (corners aligned) of a ``side x side`` position table to one frame of ``h x w``
+    patches in the processor's order: table rows [h*w, 4] int64 and their weights [h*w, 4] float32
+    (the taps (r0, c0), (r0, c1), (r1, c0), (r1, c1); a tap past the table's edge is clamped and weighs 0)."""
+    pos = vision_position_ids(h, w, merge)
+
+    def axis(index: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        src = index.float() * (side - 1) / max(size - 1, 1)  # float32, as F.interpolate(align_corners=True)
+        low = torch.floor(src)
+        taps = torch.stack([low, low + 1], dim=-1)
+        weights = (1 - (src[:, None] - taps).abs()).clamp(min=0)
+        return taps.long().clamp(0, side - 1), weights
+
+    row_taps, row_weights = axis(pos[:, 0], h)
+    col_taps, col_weights = axis(pos[:, 1], w)
+    index = (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4)
+    weight = (row_weights[:, :, None] * col_weights[:, None, :]).reshape(-1, 4)
+    return index, weight

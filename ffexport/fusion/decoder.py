@@ -315,7 +315,8 @@ class ReducedDecoder(nn.Module):
 class StaticPrefill(nn.Module):
     """The export-ready prefill: a schedule baked in, tensors in, tensors out.
 
-    Inputs: ``inputs_embeds`` [1, L, D], ``position_ids`` [3, L] int64, ``video_start`` [] int64.
+    Inputs: ``inputs_embeds`` [1, L, D], ``position_ids`` [3, L] int64, ``video_start`` [] int64, and
+    for Qwen3-VL ``deepstack`` [k, N, D] (the DeepStack levels, reduced with the hidden states' indices).
     Outputs: ``logits`` [1, vocab] then ``present.{i}.key`` / ``present.{i}.value`` per layer.
     """
 
@@ -325,7 +326,8 @@ class StaticPrefill(nn.Module):
         self.schedule = schedule.validate(decoder.num_layers)
         self.steps = steps  # None: standard ops; see StaticReducer
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor):
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, video_start: torch.Tensor,
+                deepstack: torch.Tensor | None = None):
         result = self.decoder.prefill(
             inputs_embeds,
             position_ids,
@@ -334,6 +336,7 @@ class StaticPrefill(nn.Module):
             self.schedule.patches_per_frame,
             StaticReducer(self.schedule, steps=self.steps),
             self.schedule.layout,
+            deepstack,
         )
         flat = [t for kv in result.presents for t in kv]
         return (result.logits, *flat)

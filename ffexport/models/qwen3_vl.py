@@ -22,8 +22,9 @@ Preprocessing is numpy (:func:`ffexport.video.preprocess.video_smart_resize`, pa
 the video processor's class defaults: a pixel budget over the whole clip), equal to transformers'
 ``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
 what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
-temporal group). ``ffexport case`` and ``ffexport reference`` work for this family (with DeepStack);
-the build and the later stages refuse with one line (docs/families.md).
+temporal group). ``ffexport case``, ``reference``, ``build`` (the vision graph with its DeepStack
+levels, the prefill graph taking them as an input) and ``run`` (torch-free) work for this family;
+``calibrate``, ``explain`` and ``bench`` refuse with one line (docs/families.md).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from ffexport.fusion.decoder import DecoderParts
-from ffexport.fusion.layout import FrameLayout
+from ffexport.fusion.layout import FrameBlock, FrameLayout
 from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
-from ffexport.mrope import mrope_position_ids
+from ffexport.models.vision_tower import VisionTower
+from ffexport.mrope import block_position_ids
+from ffexport.prompt import group_timestamps, timestamped_video_prompt_ids
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,13 @@ class Qwen3VLAdapter:
     family: str = "qwen3_vl"
     model_class: type = Qwen3VLForConditionalGeneration
     logits_atol_fp32: float = 1e-5
-    #: the CLI stages done for this family; the others refuse with one line (the build has no DeepStack input yet)
-    stages: frozenset = frozenset({"case", "reference"})
-    missing = {"build": "the build does not export Qwen3-VL's vision tower, DeepStack levels and frame blocks yet "
-                        "(the static prefill graph takes them from Python: tests/models/test_qwen_families.py)"}
+    #: the CLI stages done for this family; the others refuse with one line
+    stages: frozenset = frozenset({"case", "reference", "build", "run"})
+    missing = {stage: "calibration, explain and bench build Qwen2-VL-style cases (one contiguous video span)"
+               for stage in ("calibrate", "explain", "bench")}
+
+    #: the vision graph takes the tower's learned positions and DeepStack blocks as data (ffexport/export/vision.py)
+    vision_tower = staticmethod(VisionTower.qwen3_vl)
 
     @staticmethod
     def num_layers(config: Qwen3VLConfig) -> int:
@@ -77,12 +83,40 @@ class Qwen3VLAdapter:
             raise ValueError(f"the prompt has {len(layout.blocks)} video blocks, the grid {grid_thw[0]} temporal groups")
         return start, layout
 
+    @staticmethod
+    def runtime_record(config: Qwen3VLConfig) -> dict:
+        """What the torch-free runtime needs to make a case as :meth:`case_from_video` does (the
+        manifest's ``model.video_input``): the processor's mean/std and the timestamped prompt's fps."""
+        from ffexport.video.fixed import HALF_MEAN_STD
+
+        return {"video_input": {"prompt": "timestamped_blocks", "fps": PROCESSOR_DEFAULT_FPS,
+                                "mean": list(HALF_MEAN_STD), "std": list(HALF_MEAN_STD)}}
+
+    @staticmethod
+    def positions_record(config: Qwen3VLConfig) -> dict:
+        """How the runtime builds position ids (the manifest's ``model.positions``): M-RoPE with every
+        frame block a ``(1, h, w)`` grid (:func:`ffexport.mrope.block_position_ids`)."""
+        return {"rule": "mrope_blocks"}
+
+    def bucket_layout(self, config: Qwen3VLConfig, frames: int, tokenizer=None, *,
+                      patches_per_frame: int) -> FrameLayout:
+        """The frame blocks of a bucket's prompt without running the model (graph-only builds): from the
+        timestamped prompt with ``tokenizer``; without one, the gap Qwen's tokenizer gives a timestamp
+        under 10 s (``<|vision_end|>``, ``<``, two digits and ``.``, `` seconds``, ``>``,
+        ``<|vision_start|>``: 8 tokens): structure only."""
+        temporal = config.vision_config.temporal_patch_size
+        stamps = group_timestamps(np.arange(frames), PROCESSOR_DEFAULT_FPS, temporal)
+        if tokenizer is not None:
+            ids = timestamped_video_prompt_ids(tokenizer, tokens_per_block=patches_per_frame, timestamps=stamps,
+                                               prompt="")
+            return FrameLayout.from_token_ids(ids, self.video_token_id(config), patches_per_frame)[1]
+        gap = 8
+        return FrameLayout(tuple(FrameBlock(i * (patches_per_frame + gap), patches_per_frame, patches_per_frame)
+                                 for i in range(len(stamps))))
+
     def position_ids(self, config: Qwen3VLConfig, input_ids: np.ndarray, video_grid_thw: np.ndarray):
         """M-RoPE positions [3, L]: every block is a (1, h, w) grid (see the module docstring)."""
-        grid = np.asarray(video_grid_thw, dtype=np.int64).reshape(-1, 3)
-        blocks = np.repeat(grid, grid[:, 0], axis=0)
-        blocks[:, 0] = 1
-        return mrope_position_ids(input_ids, blocks, video_token_id=self.video_token_id(config),
+        return block_position_ids(input_ids, video_grid_thw, video_token_id=self.video_token_id(config),
                                   spatial_merge_size=self.spatial_merge_size(config))
 
     @staticmethod
@@ -175,26 +209,16 @@ PROCESSOR_MAX_PIXELS = 768 * 32 * 32
 PROCESSOR_DEFAULT_FPS = 24.0
 
 
-def group_timestamps(indices: np.ndarray, fps: float, temporal_patch_size: int) -> list[float]:
-    """Seconds of each temporal group as ``Qwen3VLProcessor`` computes them: the indices padded with the
-    last to a multiple of the group size, each group the mean of its first and last frame's time."""
-    times = [int(i) / fps for i in indices]
-    times += [times[-1]] * (-len(times) % temporal_patch_size)
-    return [(times[i] + times[i + temporal_patch_size - 1]) / 2 for i in range(0, len(times), temporal_patch_size)]
-
-
 def video_prompt_ids(tokenizer, *, grid_thw: tuple[int, int, int], merge_size: int, timestamps: list[float],
                      prompt: str) -> np.ndarray:
     """int64 [1, L]: a user turn with the video as Qwen3-VL's processor writes it (one
-    ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal group), then the assistant turn."""
+    ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal group), then the assistant turn
+    (:func:`ffexport.prompt.timestamped_video_prompt_ids`, which the torch-free runtime calls too)."""
     t, h, w = grid_thw
     if len(timestamps) != t:
         raise ValueError(f"{len(timestamps)} timestamps for {t} temporal groups")
-    per_block = (h // merge_size) * (w // merge_size)
-    video = "".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_block + "<|vision_end|>"
-                    for s in timestamps)
-    text = f"<|im_start|>user\n{video}{prompt}<|im_end|>\n<|im_start|>assistant\n"
-    return np.asarray([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=np.int64)
+    return timestamped_video_prompt_ids(tokenizer, tokens_per_block=(h // merge_size) * (w // merge_size),
+                                        timestamps=timestamps, prompt=prompt)
 
 
 ADAPTER = FAMILIES.register("qwen3_vl", Qwen3VLAdapter())

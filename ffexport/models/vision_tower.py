@@ -13,6 +13,10 @@ class VisionTower:
 
     ``window``: merged tokens per side of an attention window (None: every block attends to the
     whole frame); ``full_blocks``: the blocks that attend to the whole frame anyway.
+    ``position_grid``: side of a learned square position-embedding table (``visual.pos_embed``)
+    resampled bilinearly (corners aligned) to each frame's patch grid and added after the patch
+    embedding (None: no learned positions); ``deepstack``: blocks whose output also goes through
+    ``visual.deepstack_merger_list[i]`` into a DeepStack level (a second output of the graph).
     """
 
     embed_dim: int
@@ -20,6 +24,8 @@ class VisionTower:
     num_heads: int
     window: int | None = None
     full_blocks: tuple[int, ...] = ()
+    position_grid: int | None = None
+    deepstack: tuple[int, ...] = ()
 
     @classmethod
     def qwen2_vl(cls, config) -> VisionTower:
@@ -36,3 +42,14 @@ class VisionTower:
         return cls(embed_dim=int(config.hidden_size), out_dim=int(config.out_hidden_size),
                    num_heads=int(config.num_heads), window=window,
                    full_blocks=tuple(int(i) for i in config.fullatt_block_indexes))
+
+    @classmethod
+    def qwen3_vl(cls, config) -> VisionTower:
+        """Qwen3-VL's tower: learned positions interpolated to the grid, DeepStack levels after
+        ``deepstack_visual_indexes``, every block attends to the whole frame."""
+        side = int(round(int(config.num_position_embeddings) ** 0.5))
+        if side * side != int(config.num_position_embeddings):
+            raise ValueError(f"num_position_embeddings {config.num_position_embeddings} is not a square grid")
+        return cls(embed_dim=int(config.hidden_size), out_dim=int(config.out_hidden_size),
+                   num_heads=int(config.num_heads), position_grid=side,
+                   deepstack=tuple(int(i) for i in config.deepstack_visual_indexes))

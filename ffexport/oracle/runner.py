@@ -125,14 +125,17 @@ class OracleRun:
         return len(self.oracle.layers)
 
     def __call__(self, embeds: torch.Tensor, position_ids: torch.Tensor, start: int, visual_tokens: int,
-                 patches_per_frame: int, *, blocks: list[list[int]] | None = None) -> OracleOutcome:
-        """``blocks``: the video's frame blocks ``[offset from start, tokens]`` (None: one contiguous span)."""
+                 patches_per_frame: int, *, blocks: list[list[int]] | None = None,
+                 deepstack: torch.Tensor | None = None) -> OracleOutcome:
+        """``blocks``: the video's frame blocks ``[offset from start, tokens]`` (None: one contiguous span);
+        ``deepstack`` [k, N, D]: Qwen3-VL's DeepStack levels, carried by the oracle per token."""
         work = oracle_work(self.layers, embeds.shape[0])
         if work > self.max_work:
             return OracleOutcome(False, work=work, note=(
                 f"not run: layers x L^2 = {work:.3g} is above the oracle's limit {self.max_work:.3g} "
                 f"(about {math.ceil(work * 1e-6 / 60)} min of pure Python per video)"))
         t0 = time.perf_counter()
+        extra = {} if deepstack is None else {"deepstack": deepstack.float()}
         result = self.oracle.prefill(embeds, position_ids, int(start), visual_tokens, patches_per_frame,
-                                     blocks=None if blocks is None else [tuple(b) for b in blocks])
+                                     blocks=None if blocks is None else [tuple(b) for b in blocks], **extra)
         return OracleOutcome(True, result, list(self.oracle.ties), time.perf_counter() - t0, work)

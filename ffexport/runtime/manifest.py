@@ -41,9 +41,12 @@ REBUILD = "the build is corrupt or incomplete; rebuild it with `ffexport build`"
 
 _HASH_CHUNK = 1 << 20
 
-#: position rules the runtime knows (``model.positions.rule``): M-RoPE (ffexport/mrope.py) and 1D
-#: (``arange(L)`` on all three rows: fixed-size towers, LLaVA-NeXT-Video)
-POSITION_RULES = ("mrope", "1d")
+#: position rules the runtime knows (``model.positions.rule``): M-RoPE (ffexport/mrope.py), M-RoPE with
+#: every frame block a (1, h, w) grid (``mrope_blocks``: Qwen3-VL) and 1D (``arange(L)`` on all three rows:
+#: fixed-size towers, LLaVA-NeXT-Video)
+POSITION_RULES = ("mrope", "1d", "mrope_blocks")
+#: video prompts the runtime writes (``model.video_input.prompt``): Qwen3-VL's timestamp before each frame block
+VIDEO_PROMPTS = ("timestamped_blocks",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class ModelFacts:
     video_text: VideoText | None = None
     #: video tokens after the last frame's (LLaVA-OneVision's learned newline: 1); text to FrameFusion
     trailing_video_tokens: int = 0
+    #: Qwen3-VL (``model.video_input``): pixel mean/std and the timestamped frame-block prompt's fps
+    video_input: dict[str, Any] | None = None
 
     @property
     def patch_dim(self) -> int:
@@ -296,7 +301,28 @@ class _Reader:
             temporal_patch_size=1 if fixed else self.positive(m, "temporal_patch_size", "model"),
             **positions,
             **(self.fixed_tower(m) if fixed else {}),
+            **({"video_input": self.video_input(m["video_input"])} if m.get("video_input") is not None else {}),
         )
+
+    def video_input(self, record: Any) -> dict[str, Any]:
+        """``model.video_input``: how a Qwen3-VL case is made (its prompt kind, fps, mean and std)."""
+        where = "model.video_input"
+        if not isinstance(record, dict):
+            raise self.fail(where, f"must be an object, got {type(record).__name__}")
+        kind = self.get(record, "prompt", str, where)
+        if kind not in VIDEO_PROMPTS:
+            raise InputError(f"{self.path}: {where}.prompt is {kind!r}; this runtime writes {', '.join(VIDEO_PROMPTS)} "
+                             "prompts: update ffexport or rebuild with this version")
+        fps = self.get(record, "fps", (int, float), where)
+        if not 0 < fps < float("inf"):
+            raise self.fail(f"{where}.fps", f"must be positive and finite, got {fps}")
+        out: dict[str, Any] = {"prompt": kind, "fps": float(fps)}
+        for key in ("mean", "std"):
+            value = self.get(record, key, list, where)
+            if len(value) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+                raise self.fail(f"{where}.{key}", f"must be three numbers, got {value!r}")
+            out[key] = tuple(float(x) for x in value)
+        return out
 
     def fixed_tower(self, m: dict[str, Any]) -> dict[str, Any]:
         """A fixed-size tower's frame preprocessing, chat template and video tokens after the frames
@@ -327,7 +353,7 @@ class _Reader:
         if rule not in POSITION_RULES:
             raise InputError(f"{self.path}: {where}.rule is {rule!r}; this runtime builds positions by "
                              f"{', '.join(POSITION_RULES)}: update ffexport or rebuild with this version")
-        if rule == "1d":
+        if rule in ("1d", "mrope_blocks"):  # no numbers: 1D, or M-RoPE with each frame block a (1, h, w) grid
             return {"position_rule": rule}
         step = self.get(record, "temporal_step", (int, float), where)
         if not step > 0:

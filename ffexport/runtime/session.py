@@ -17,7 +17,7 @@
 Steps of :meth:`Runtime.generate` (graph names and shapes: ``docs/build-format.md``): ``embed`` on
 ``input_ids``, the bucket's ``vision`` graph on the pixels, the features written over the video
 tokens in order (one span, or the bucket's frame blocks with text between them: ``frame_blocks``),
-the bucket's ``prefill`` with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
+the bucket's ``prefill`` (with the vision graph's DeepStack levels, Qwen3-VL) with M-RoPE positions (:mod:`ffexport.mrope`, with the temporal step the
 manifest records: 1 for Qwen2-VL, ``seconds_per_grid * tokens_per_second`` for Qwen2.5-VL), then greedy decoding
 with the bucket's static decode graph (caches preallocated and updated in place through IO binding,
 :mod:`ffexport.runtime.kv_cache`) or, in builds without one, ``decode`` (each step's ``present.*`` fed
@@ -43,7 +43,7 @@ import numpy as np
 
 from ffexport.case import Case
 from ffexport.errors import InputError, RunError
-from ffexport.mrope import mrope_position_ids, video_spans
+from ffexport.mrope import block_position_ids, mrope_position_ids, video_spans
 from ffexport.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
 from ffexport.runtime.manifest import REBUILD, Bucket, Manifest, ModelFacts, check_bytes, load_manifest
 from ffexport.runtime.tokenizer import BuildTokenizer
@@ -69,15 +69,21 @@ _GRAPH_INPUTS = {
     "decode": ("input_ids", "position_ids"),
 }
 _PAST, _PRESENT = "past_key_values.", "present."
+#: the vision graph's second output and the prefill graph's fourth input in Qwen3-VL builds (DeepStack levels)
+_DEEPSTACK = "deepstack_features"
 
 
 def position_ids(model: ModelFacts, input_ids: np.ndarray, video_grid_thw: np.ndarray | None) -> tuple[np.ndarray, int]:
     """The prefill's position ids [3, L] and the delta for generated tokens, by the rule the build
-    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`, or
-    1D: ``arange(L)`` on all three rows, delta 0)."""
+    recorded (``model.positions``: M-RoPE with the family's temporal step, :mod:`ffexport.mrope`;
+    ``mrope_blocks``: M-RoPE with every frame block a ``(1, h, w)`` grid, Qwen3-VL; or 1D: ``arange(L)``
+    on all three rows, delta 0)."""
     if model.position_rule == "1d":
         length = np.asarray(input_ids).shape[-1]
         return np.broadcast_to(np.arange(length, dtype=np.int64), (3, length)).copy(), 0
+    if model.position_rule == "mrope_blocks":  # Qwen3-VL: one (1, h, w) grid per frame block
+        return block_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
+                                  spatial_merge_size=model.spatial_merge_size)
     return mrope_position_ids(input_ids, video_grid_thw, video_token_id=model.video_token_id,
                               spatial_merge_size=model.spatial_merge_size, temporal_step=model.temporal_step)
 
@@ -180,7 +186,7 @@ class Runtime:
         bucket's size and patchified like the Qwen2-VL processor; the prompt becomes the chat
         prompt around the video span.
         """
-        from ffexport.prompt import build_video_prompt_ids
+        from ffexport.prompt import build_video_prompt_ids, group_timestamps, timestamped_video_prompt_ids
         from ffexport.video import preprocess_video
 
         frames = np.asarray(frames)
@@ -196,13 +202,19 @@ class Runtime:
             case = self._fixed_tower_case(sampled, prompt, b)
             self._check_text_length(case, b.visual_tokens)
             return case
+        norm = {} if m.video_input is None else {"image_mean": m.video_input["mean"], "image_std": m.video_input["std"]}
         pixels, grid = preprocess_video(sampled, patch_size=m.patch_size, temporal_patch_size=m.temporal_patch_size,
-                                        merge_size=m.spatial_merge_size, size=b.resized)
+                                        merge_size=m.spatial_merge_size, size=b.resized, **norm)
         if tuple(int(x) for x in grid.reshape(-1)) != b.grid_thw:
             raise InputError(f"bucket {b.name}: frames resized to {b.resized} give the patch grid {grid.reshape(-1).tolist()}, "
                              f"the manifest says {list(b.grid_thw)}: {REBUILD}")
         try:
-            ids = build_video_prompt_ids(self.tokenizer, num_video_tokens=b.visual_tokens, prompt=prompt)
+            if m.video_input is not None:  # Qwen3-VL: one block per temporal group, its timestamp before it
+                stamps = group_timestamps(np.arange(len(sampled)), m.video_input["fps"], m.temporal_patch_size)
+                ids = timestamped_video_prompt_ids(self.tokenizer, tokens_per_block=b.visual_tokens // b.grid_thw[0],
+                                                   timestamps=stamps, prompt=prompt)
+            else:
+                ids = build_video_prompt_ids(self.tokenizer, num_video_tokens=b.visual_tokens, prompt=prompt)
         except ValueError as e:
             raise InputError(f"cannot build the prompt: {e}") from e
         case = Case(ids.astype(np.int64), pixels, grid.reshape(1, 3).astype(np.int64))
@@ -268,15 +280,18 @@ class Runtime:
 
         t0 = time.perf_counter()
         embeds = self._graph("embed", self.manifest.graphs["embed"]).run(input_ids=ids)["inputs_embeds"]
-        features = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)["video_features"]
+        vision = self._graph("vision", b.vision, b.name).run(pixel_values_videos=case.pixel_values_videos)
+        features = vision["video_features"]
         if embeds.shape != (1, length, m.hidden_size) or features.shape != (video, m.hidden_size):
             raise RunError(f"the graphs of {self.manifest.root} returned embeddings {list(embeds.shape)} and video features "
                              f"{list(features.shape)} for {length} tokens ({video} video): {REBUILD}")
         embeds = np.array(embeds, copy=True)
         embeds[0, rows] = features.astype(embeds.dtype, copy=False)
         positions, delta = position_ids(m, ids, case.video_grid_thw)
+        # Qwen3-VL: the vision graph's DeepStack levels go to the prefill graph as they are
+        deepstack = {k: vision[k] for k in (_DEEPSTACK,) if k in vision}
         out = self._graph("prefill", b.prefill, b.name).run(inputs_embeds=embeds, position_ids=positions,
-                                                     video_start=np.array(start, dtype=np.int64))
+                                                     video_start=np.array(start, dtype=np.int64), **deepstack)
         logits = np.asarray(out["logits"], dtype=np.float32).reshape(1, -1)
         t1 = time.perf_counter()
         log.info("bucket %s: prefill of %d tokens (%d video) in %.0f ms", b.name, length, video, 1000 * (t1 - t0))
@@ -406,7 +421,10 @@ class Runtime:
 
     def _grid_bucket(self, case: Case, bucket: str | Bucket | None) -> Bucket:
         m = self.manifest.model
-        case.check(video_token_id=m.video_token_id, spatial_merge_size=m.spatial_merge_size, patch_dim=m.patch_dim)
+        if m.position_rule == "mrope_blocks":  # Qwen3-VL: one run of video tokens per temporal group
+            self._check_block_case(case)
+        else:
+            case.check(video_token_id=m.video_token_id, spatial_merge_size=m.spatial_merge_size, patch_dim=m.patch_dim)
         grid = case.grid
         if bucket is not None:
             b = self.bucket(bucket)
@@ -419,7 +437,27 @@ class Runtime:
                 raise InputError(f"the case's video grid {_grid(grid)} matches no usable bucket of {self.manifest.root}; "
                                  f"buckets: {listing}")
             b = matches[0]
+        if b.frame_blocks is not None and _blocks(case, m.video_token_id) != b.frame_blocks:
+            raise InputError(f"the case's video tokens sit in the frame blocks {list(_blocks(case, m.video_token_id))} "
+                             f"([offset, tokens]); bucket {b.name}'s graphs take {list(b.frame_blocks)} (the text "
+                             "between blocks, tokenized by the build's tokenizer)")
         return b
+
+    def _check_block_case(self, case: Case) -> None:
+        """A grid case whose video is one frame block per temporal group: a valid grid, pixels of its size,
+        and ``t`` runs of ``h*w/merge**2`` video tokens."""
+        m = self.manifest.model
+        t, h, w = case.grid
+        merge = m.spatial_merge_size
+        if min(t, h, w) <= 0 or h % merge or w % merge:
+            raise InputError(f"video_grid_thw {t}x{h}x{w} is not a valid grid for {merge}x{merge} patch merging")
+        if case.pixel_values_videos.shape != (t * h * w, m.patch_dim):
+            raise InputError(f"pixel_values_videos has shape {list(case.pixel_values_videos.shape)}; video_grid_thw "
+                             f"{t}x{h}x{w} needs [{t * h * w}, {m.patch_dim}]")
+        runs = [tokens for _, tokens in _blocks(case, m.video_token_id)]
+        if runs != [h * w // merge**2] * t:
+            raise InputError(f"input_ids hold video token runs of {runs}; video_grid_thw {t}x{h}x{w} gives {t} blocks "
+                             f"of {h * w // merge**2}")
 
     def _check_text_length(self, case: Case, visual_tokens: int) -> None:
         text = case.input_ids.shape[1] - visual_tokens

@@ -266,3 +266,113 @@ def test_windowed_half_precision_graph_stays_close(qwen25, tmp_path):
     with torch.no_grad():
         expected = qwen25.adapter.video_features(qwen25.model, pixels, torch.tensor([grid])).numpy()
     assert np.abs(got.astype(np.float32) - expected).max() <= 2e-2
+
+
+# ------------------------------------------------------------ Qwen3-VL's tower: learned positions, DeepStack
+QWEN3_PATCH_DIM = 3 * 2 * 16 * 16
+
+#: (t, h, w) in patches: square, wide, tall, a frame smaller than the 8x8 position table, one merged token
+QWEN3_GRIDS = [(2, 8, 8), (2, 16, 12), (3, 6, 10), (1, 4, 6), (1, 2, 2)]
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen3vl-tiny")()
+
+
+def _qwen3_encoder(qwen3, grid, **changes) -> VisionEncoder:
+    visual = qwen3.model.model.visual
+    return VisionEncoder(visual, grid, replace(qwen3.adapter.vision_tower(visual.config), **changes)).eval()
+
+
+def _qwen3_pixels(grid, seed: int = 0) -> torch.Tensor:
+    t, h, w = grid
+    return torch.randn(t * h * w, QWEN3_PATCH_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("grid", QWEN3_GRIDS, ids=lambda g: "x".join(map(str, g)))
+def test_qwen3_tower_matches_transformers_features_and_deepstack(qwen3, grid):
+    """Features and every DeepStack level == transformers' ``get_video_features``; the same tower without
+    its learned positions is far off (the interpolated table matters)."""
+    encoder = _qwen3_encoder(qwen3, grid)
+    pixels = _qwen3_pixels(grid)
+    with torch.no_grad():
+        features, deepstack = encoder(pixels)
+        expected, expected_deepstack = qwen3.adapter.video_features(qwen3.model, pixels, torch.tensor([grid]))
+        plain, _ = _qwen3_encoder(qwen3, grid, position_grid=None)(pixels)
+    assert encoder.output_names == ["video_features", "deepstack_features"]
+    assert features.shape == expected.shape and deepstack.shape == expected_deepstack.shape == (2, *expected.shape)
+    assert (features - expected).abs().max().item() <= 1e-5  # measured: 0.0
+    assert (deepstack - expected_deepstack).abs().max().item() <= 1e-5  # measured: 0.0
+    assert (plain - expected).abs().max().item() > 1e-2
+
+
+def test_qwen3_position_taps_are_transformers_interpolation(qwen3):
+    """The constant taps and weights equal transformers' bilinear indices for the grid (corners aligned)."""
+    from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+    from ffexport.export.vision import position_taps
+
+    for grid in QWEN3_GRIDS:
+        index, weight = position_taps(grid[1], grid[2], 2, 8)
+        theirs_index, theirs_weight = get_vision_interpolation_indices_and_weights(
+            torch.tensor([[1, grid[1], grid[2]]]), 8, mode="bilinear", align_corners=True, spatial_merge_size=2)
+        assert torch.equal(index, theirs_index) and torch.equal(weight, theirs_weight)
+
+
+def test_qwen3_half_precision_keeps_position_weights_float32(qwen3):
+    visual = copy.deepcopy(qwen3.model.model.visual)
+    encoder = VisionEncoder(visual, (2, 8, 8), qwen3.adapter.vision_tower(visual.config)).eval().to(torch.float16)
+    assert encoder.position_weight.dtype == torch.float32 and encoder.rotary_cos.dtype == torch.float32
+    pixels = _qwen3_pixels((2, 8, 8))
+    with torch.no_grad():
+        features, deepstack = encoder(pixels)
+        expected, expected_deepstack = qwen3.adapter.video_features(qwen3.model, pixels, torch.tensor([(2, 8, 8)]))
+    assert features.dtype == torch.float16
+    assert (features.float() - expected).abs().max().item() <= 2e-2
+    assert (deepstack.float() - expected_deepstack).abs().max().item() <= 2e-2
+
+
+@pytest.mark.parametrize("grid", [(2, 8, 8), (3, 6, 10)], ids=lambda g: "x".join(map(str, g)))
+def test_qwen3_graph_is_static_matches_pytorch_and_builds_for_sm89(qwen3, grid, tmp_path):
+    """The graph (two outputs: features [N, D], DeepStack [k, N, D]) in ONNX Runtime == PyTorch and ==
+    transformers, every dim static, per-frame attention; TensorRT-RTX parses and AOT-builds it for SM89."""
+    import onnxruntime as ort
+
+    from ffexport.export.capture import CaptureOnnx, GraphSpec
+    from ffexport.export.trt_toolkit import find_toolkit
+    from ffexport.export.vision import DEEPSTACK_NAME
+    from ffexport.lint.check import CheckGraph
+
+    encoder = _qwen3_encoder(qwen3, grid)
+    t, h, w = grid
+    pixels = _qwen3_pixels(grid, seed=4)
+    proto = CaptureOnnx()(GraphSpec("vision", encoder, (pixels,), [INPUT_NAME], encoder.output_names))
+    path = tmp_path / "vision.onnx"
+    path.write_bytes(proto.SerializeToString())
+    onnx.checker.check_model(str(path), full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True).graph
+    shapes = {v.name: _dims(v) for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    assert all(None not in s and all(isinstance(d, int) for d in s) for s in shapes.values()), "a dynamic dim"
+    assert not {"Loop", "If", "Scan", "NonZero"} & {n.op_type for n in inferred.node}
+    n = encoder.num_tokens
+    assert [(o.name, _dims(o)) for o in inferred.output] == [
+        (OUTPUT_NAME, [n, encoder.out_dim]), (DEEPSTACK_NAME, [2, n, encoder.out_dim])]
+    # one attention per block, one batch entry per frame (the build's default capture: the fused ONNX Attention)
+    queries = [shapes[node.input[0]] for node in inferred.node if node.op_type == "Attention"]
+    assert queries == [[t, encoder.num_heads, h * w, encoder.head_dim]] * len(encoder.blocks)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: pixels.numpy()})
+    with torch.no_grad():
+        expected = encoder(pixels)
+        theirs = qwen3.adapter.video_features(qwen3.model, pixels, torch.tensor([grid]))
+    for g, e, th in zip(got, expected, theirs, strict=True):
+        assert g.shape == tuple(e.shape)
+        assert np.abs(g - e.numpy()).max() <= 1e-4  # measured: ~1e-6
+        assert np.abs(g - th.numpy()).max() <= 1e-4
+    toolkit = find_toolkit(("tensorrt_rtx",))
+    if toolkit is None:
+        pytest.skip("TensorRT-RTX (tensorrt_rtx) is not installed: the SM89 build is not checked")
+    check = CheckGraph(toolkit=toolkit, build_for=("SM89",))(path, None)
+    assert check.status == "built", check

@@ -75,8 +75,11 @@ def test_static_equals_dynamic_with_deepstack_on_blocks(tmp_path, case_file):
     assert dynamic["kv_lengths"][-1] < full["kv_lengths"][-1]  # FrameFusion removed tokens
 
 
-def test_the_build_is_refused_in_one_line_naming_what_is_missing(tmp_path, error_line):
-    assert main(["-q", "build", *MODEL, "--out", str(tmp_path / "b")]) == ModelError.exit_code
+def test_calibrate_is_refused_in_one_line_naming_what_is_missing(tmp_path, error_line):
+    """build and run are done for Qwen3-VL (tests/export/test_build_qwen3.py); calibrate is not."""
+    out = tmp_path / "s.json"
+    assert main(["-q", "calibrate", *MODEL, "--bucket", "8x128x128", "--synthetic", "1", "--out", str(out)]) == \
+        ModelError.exit_code
     line = error_line()
-    assert "done: case, reference" in line and "DeepStack" in line
-    assert not (tmp_path / "b").exists()
+    assert "done: case, reference, build, run" in line and "contiguous video span" in line
+    assert not out.exists()

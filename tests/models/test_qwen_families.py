@@ -264,12 +264,15 @@ def test_a_stage_a_family_lacks_is_refused_in_one_line_before_loading(tmp_path, 
         raise AssertionError("the model was loaded before the refusal")
 
     monkeypatch.setattr(LoadModel, "__call__", no_loading)
-    assert cli.main(["build", "--model", "qwen3vl-tiny", "--out", str(tmp_path / "b")]) == 3
+    out = tmp_path / "s.json"
+    assert cli.main(["calibrate", "--model", "qwen3vl-tiny", "--bucket", "8x128x128", "--synthetic", "1",
+                     "--out", str(out)]) == 3
     line = error_line()
-    assert line.startswith("error: model: qwen3vl-tiny (qwen3_vl): ffexport build is not done for this "
-                           "family yet (done: case, reference); missing: the build does not export")
+    assert line.startswith("error: model: qwen3vl-tiny (qwen3_vl): ffexport calibrate is not done for this "
+                           "family yet (done: case, reference, build, run); missing: calibration, explain and bench "
+                           "build Qwen2-VL-style cases")
     assert line.endswith("; see docs/families.md")
-    assert not (tmp_path / "b").exists()
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------ Qwen3-VL
@@ -322,6 +325,31 @@ def test_qwen3_layout_is_one_block_per_group_with_timestamps_between(qwen3, qwen
     gaps = {b.start - a.end for a, b in zip(layout.blocks, layout.blocks[1:])}
     assert len(gaps) == 1 and gaps.pop() > 2  # <|vision_end|>, the timestamp's tokens, <|vision_start|>
     assert x["deepstack"].shape == (2, 64, 64)
+
+
+def test_qwen3_runtime_positions_equal_get_rope_index(qwen3, qwen3_inputs):
+    """The torch-free runtime's positions for the rule a Qwen3-VL build records (``mrope_blocks``) ==
+    transformers' ``get_rope_index`` (ids and delta); Qwen2-VL's rule on the same prompt differs."""
+    from dataclasses import replace
+
+    from ffexport.runtime.manifest import ModelFacts
+    from ffexport.runtime.session import position_ids
+
+    x = qwen3_inputs
+    ids = torch.from_numpy(x["ids"])
+    types = (ids == qwen3.config.video_token_id).long() * 2
+    theirs, delta = qwen3.model.model.get_rope_index(ids, mm_token_type_ids=types,
+                                                     video_grid_thw=torch.from_numpy(x["grid"]))
+    cfg = qwen3.config
+    facts = ModelFacts(name="t", family="qwen3_vl", num_layers=4, hidden_size=64, vocab_size=100, num_kv_heads=2,
+                       head_dim=16, video_token_id=cfg.video_token_id, eos_token_ids=(0,), spatial_merge_size=2,
+                       patch_size=16, temporal_patch_size=2,
+                       position_rule=qwen3.adapter.positions_record(cfg)["rule"])
+    ours, our_delta = position_ids(facts, x["ids"], x["grid"])
+    np.testing.assert_array_equal(ours, theirs[:, 0].numpy())
+    assert our_delta == int(delta[0, 0])
+    with pytest.raises(ValueError):  # Qwen2-VL's rule wants one span per video, not one per block
+        position_ids(replace(facts, position_rule="mrope"), x["ids"], x["grid"])
 
 
 def test_qwen3_plain_prefill_equals_transformers(qwen3, qwen3_inputs):
@@ -388,7 +416,7 @@ def test_qwen3_dynamic_equals_oracle_and_static_equals_dynamic(qwen3, qwen3_inpu
 
 @pytest.mark.parametrize("argv, supported", [
     (["calibrate", "--model", "qwen3vl-tiny", "--bucket", "8x128x128", "--synthetic", "2", "--out", "{tmp}/s.json"],
-     "case, reference"),
+     "case, reference, build, run"),
 ])
 def test_families_refuse_the_stages_they_lack(tmp_path, error_line, argv, supported):
     from ffexport import cli
@@ -397,8 +425,9 @@ def test_families_refuse_the_stages_they_lack(tmp_path, error_line, argv, suppor
     model = argv[argv.index("--model") + 1]
     family = "qwen3_vl" if model.startswith("qwen3") else "qwen2_5_vl"
     assert cli.main(argv) == 3
-    assert error_line() == (f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this "
-                            f"family yet (done: {supported}); see docs/families.md")
+    line = error_line()
+    assert line.startswith(f"error: model: {model} ({family}): ffexport {argv[0]} is not done for this "
+                           f"family yet (done: {supported}); missing: ") and line.endswith("; see docs/families.md")
     assert not list(tmp_path.iterdir())
 
 

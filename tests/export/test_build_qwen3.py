@@ -1,0 +1,168 @@
+"""``ffexport build`` and ``ffexport run`` for Qwen3-VL (docs/families.md, "Qwen3-VL: build and run").
+
+The vision graph returns the visual tokens and the DeepStack levels; the prefill graph takes the
+levels as an input and reduces them in-graph with the hidden states' indices; the video is one
+frame block per temporal group with the timestamp text between blocks; positions are recorded as
+``mrope_blocks`` and rebuilt by the torch-free runtime. The build's gate (graphs vs PyTorch, the
+pipeline vs the static reference, the contract and the oracle) must pass, and ``run`` must give
+PyTorch's greedy tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffexport.video import synthetic_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_build_families import (  # noqa: E402  (the families' shared run-vs-PyTorch checks)
+    FP32_ATOL, PROMPT, _run_clip_gives_pytorchs_tokens, _run_inputs_gives_pytorchs_tokens,
+)
+
+#: 8 frames of 128x128: 4 temporal groups (blocks) of 4x4 merged tokens (patch 16, merge 2)
+BUCKET = "8x128x128"
+
+
+@pytest.fixture(scope="module")
+def qwen3_build(tmp_path_factory) -> Path:
+    """``ffexport build --model qwen3vl-tiny --bucket 8x128x128`` once for the module. Do not modify."""
+    out = tmp_path_factory.mktemp("q3") / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "qwen3vl-tiny",
+                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    from ffexport.models import LoadModel
+
+    return LoadModel("qwen3vl-tiny")()
+
+
+def _manifest(build: Path) -> dict:
+    return json.loads((build / "manifest.json").read_text())
+
+
+# ------------------------------------------------------------------ the build
+def test_qwen3_build_passes_its_gate(qwen3_build):
+    manifest = _manifest(qwen3_build)
+    model = manifest["model"]
+    assert model["family"] == "qwen3_vl" and model["positions"] == {"rule": "mrope_blocks"}
+    assert model["video_input"] == {"prompt": "timestamped_blocks", "fps": 24.0, "mean": [0.5] * 3, "std": [0.5] * 3}
+    (bucket,) = manifest["buckets"]
+    assert (bucket["visual_tokens"], bucket["patches_per_frame"], bucket["grid_thw"]) == (64, 16, [4, 8, 8])
+    assert bucket["usable"] and bucket["parity"]["passed"]
+    # one frame block per temporal group, the timestamp text between blocks
+    blocks = bucket["schedule"]["blocks"]
+    assert [length for _, length in blocks] == [16] * 4 and blocks[1][0] > blocks[0][0] + 16
+    vision, prefill = bucket["graphs"]["vision"], bucket["graphs"]["prefill"]
+    assert [(o["name"], o["shape"]) for o in vision["outputs"]] == [
+        ("video_features", [64, 64]), ("deepstack_features", [2, 64, 64])]
+    assert [(i["name"], i["shape"]) for i in prefill["inputs"]][3] == ("deepstack_features", [2, 64, 64])
+    parity = json.loads((qwen3_build / BUCKET / "parity.json").read_text())
+    assert parity["passed"] and parity["tolerance"]["atol"] == FP32_ATOL
+    assert {g["graph"] for g in parity["graphs"]} == {"vision", "prefill"}
+    for graph in parity["graphs"]:
+        assert all(o["passed"] and o["max_abs"] <= FP32_ATOL for o in graph["outputs"]), graph
+    vision_outputs = next(g for g in parity["graphs"] if g["graph"] == "vision")["outputs"]
+    assert {o["name"] for o in vision_outputs} == {"video_features", "deepstack_features"}
+    assert len(parity["end_to_end"]) == 3 and all(e["tokens_equal"] and e["logits"]["passed"]
+                                                  for e in parity["end_to_end"])
+    contract = parity["contract"]
+    assert contract["passed"] and contract["compared"] >= 2
+    # the oracle carries the DeepStack rows per token itself (ffexport/oracle), blocks from the schedule
+    assert contract["oracle"]["passed"] and contract["oracle"]["compared"] >= 1
+    for name in ("embed", "decode"):
+        assert manifest["graphs"][name]["parity"]["passed"]
+
+
+def test_qwen3_vision_graph_equals_transformers_tower(qwen3_build, qwen3):
+    """The exported tower (features and DeepStack levels) against transformers' own get_video_features."""
+    from ffexport.export.parity import OrtRunner
+
+    case = qwen3.case_from_video(synthetic_video("zoom", frames=8, height=128, width=128, seed=3), "hi")
+    assert tuple(case.grid) == (4, 8, 8)
+    graph = qwen3_build / _manifest(qwen3_build)["buckets"][0]["graphs"]["vision"]["file"]
+    got = OrtRunner().run(graph, {"pixel_values_videos": case.pixel_values_videos})
+    with torch.no_grad():
+        features, deepstack = qwen3.adapter.video_features(qwen3.model, torch.from_numpy(case.pixel_values_videos),
+                                                           torch.from_numpy(case.video_grid_thw))
+    assert np.abs(got["video_features"] - features.numpy()).max() <= FP32_ATOL
+    assert np.abs(got["deepstack_features"] - deepstack.numpy()).max() <= FP32_ATOL
+
+
+def test_qwen3_prefill_graph_uses_its_deepstack_input(qwen3_build, qwen3):
+    """The same prefill inputs with the DeepStack levels zeroed give other logits (so the gate's
+    comparison with PyTorch, which adds the levels, could fail without them)."""
+    from ffexport.export.parity import OrtRunner
+    from ffexport.reference import Reference
+
+    case = qwen3.case_from_video(synthetic_video("pan", frames=8, height=128, width=128, seed=4), PROMPT)
+    p = Reference(qwen3).prepare(case)
+    feeds = {"inputs_embeds": p.inputs_embeds.numpy(), "position_ids": p.position_ids.numpy(),
+             "video_start": p.video_start.numpy(), "deepstack_features": p.deepstack.numpy()}
+    runner = OrtRunner()
+    graph = qwen3_build / _manifest(qwen3_build)["buckets"][0]["graphs"]["prefill"]["file"]
+    right = runner.run(graph, feeds)["logits"]
+    wrong = runner.run(graph, {**feeds, "deepstack_features": np.zeros_like(feeds["deepstack_features"])})["logits"]
+    assert np.abs(right - wrong).max() > 1e-3
+
+
+def test_qwen3_build_parses_and_builds_for_sm89(qwen3_build, tensorrt_rtx, capsys):
+    """NVIDIA's parser and ahead-of-time builder (TensorRT-RTX) take every graph of the build."""
+    from ffexport.cli import main
+
+    assert main(["check", str(qwen3_build), "--build-for", "SM89"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if ": built for SM89 (" in line]) == 5
+    assert out[-1] == f"check (TensorRT-RTX {tensorrt_rtx.version}): 5 graphs: 5 built"
+
+
+# ------------------------------------------------------------------ run (torch-free)
+def test_qwen3_runtime_prepares_the_adapters_case(qwen3_build, qwen3):
+    """The torch-free runtime's pixels (mean/std from the manifest) and prompt (a timestamp before each
+    frame block, at the processor's fps) are the adapter's, array for array."""
+    from ffexport.runtime import Runtime
+
+    frames = synthetic_video("pan", frames=8, height=128, width=128, seed=6)
+    got = Runtime(qwen3_build).prepare_video(frames, PROMPT, BUCKET)
+    want = qwen3.case_from_video(frames, PROMPT)
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.pixel_values_videos, want.pixel_values_videos)
+    np.testing.assert_array_equal(got.video_grid_thw, want.video_grid_thw)
+
+
+def test_qwen3_run_on_a_real_clip_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
+    _run_clip_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path, BUCKET)
+
+
+def test_qwen3_run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
+    _run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path, "qwen3vl-tiny", "synthetic:pan", 5)
+
+
+def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
+    from ffexport.cli import main
+
+    assert main(["-q", "build", "--model", "qwen3vl-tiny", "--streamed", "--out", str(tmp_path / "b")]) == 3
+    assert "does not carry DeepStack levels yet" in error_line()
+
+
+def test_qwen3_bucket_layout_is_the_prompts(qwen3):
+    """Graph-only builds lay out the bucket's blocks from the tokenizer as the case's prompt has them
+    (without a tokenizer: a nominal gap, structure only)."""
+    from ffexport.fusion.layout import FrameLayout
+
+    case = qwen3.case_from_video(synthetic_video("pan", frames=8, height=128, width=128, seed=1), PROMPT)
+    _, want = FrameLayout.from_token_ids(case.input_ids, qwen3.config.video_token_id, 16)
+    got = qwen3.adapter.bucket_layout(qwen3.config, 8, qwen3.tokenizer, patches_per_frame=16)
+    assert got == want and len(got.blocks) == 4
+    nominal = qwen3.adapter.bucket_layout(qwen3.config, 8, None, patches_per_frame=16)
+    assert [b.length for b in nominal.blocks] == [16] * 4
