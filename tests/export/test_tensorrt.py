@@ -40,7 +40,7 @@ def test_tensorrt_engines_match_pytorch(tmp_path):
     assert main(["-q", "build", "--backend", "tensorrt", "--bucket", "8x112x112", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     bucket = manifest["buckets"][0]
-    for graph in ("vision", "prefill"):
+    for graph in ("vision", "prefill", "decode_static"):
         record = bucket["engines"][graph]
         assert record["tensorrt"] == trt_backend.tensorrt_version() and record["gpu"]["compute_capability"]
         assert record["parity"]["passed"]

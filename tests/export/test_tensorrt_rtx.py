@@ -59,6 +59,18 @@ def test_engines_are_built_ahead_of_time_and_recorded_as_not_run(rtx_build, tens
     assert {p.name for p in rtx_build.glob(".*")} <= {".ffexport.lock", ".ffexport-verified.json"}  # no hidden leftovers
 
 
+def test_engines_without_the_static_decode_engine_are_not_finished(rtx_build, tiny, tensorrt_rtx):
+    """A build whose engines predate the static decode engine is built again by a re-run (not skipped)."""
+    from ffexport.export.build import Build, BuildConfig
+
+    manifest = json.loads((rtx_build / "manifest.json").read_text())
+    build = Build(tiny, BuildConfig(buckets=(BUCKET,), out=rtx_build, max_text=manifest["max_text"],
+                                    backend="tensorrt-rtx", compute_capabilities=("SM89", "SM120")))
+    assert build._finished(manifest, build.buckets[0])
+    del manifest["buckets"][0]["engines"]["decode_static"]
+    assert not build._finished(manifest, build.buckets[0])
+
+
 def test_the_engines_are_real(rtx_build, tensorrt_rtx):
     """An engine file is what the builder serialized: the same graph rebuilt gives an engine of the same size."""
     from ffexport.lint.check import CheckGraph, graphs_to_check
