@@ -10,6 +10,16 @@ attention shrinks the MLP's input; a step before it shrinks both):
 plus the LM head on the last token only (``2 D V``). Norms, RoPE, softmax, residual adds and the
 FrameFusion steps themselves are left out: the ideal speed-up is what the token counts allow if
 the steps were free, so measured/ideal says how much of it a runtime realizes.
+
+End to end (``generation_flops``) adds what every variant computes around the prefill:
+
+- the vision encoder (Qwen2-VL's: a patch embedding, blocks of attention and a two-layer MLP, the
+  patch merger), its attention within each frame group (``4 E g^2`` per group of ``g`` patches, no
+  mask), the same for the full and the reduced model;
+- each decode step after the first token: per layer the projections and MLP of one token and its
+  attention over the layer's cache plus itself (``4 H hd (c + 1)``, ``c`` = the layer's cached rows:
+  its prefill tokens at the attention plus the tokens decoded so far), and the LM head (``2 D V``).
+  A reduced model's caches are shorter, so its decode steps are cheaper only in the attention term.
 """
 
 from __future__ import annotations
@@ -60,6 +70,67 @@ class PrefillFlops:
     @property
     def total(self) -> int:
         return sum(layer.total for layer in self.layers) + self.lm_head
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """The sizes of a Qwen2-VL vision encoder that the FLOP count needs."""
+
+    embed: int
+    mlp: int
+    out: int
+    patch_inputs: int
+    merge: int
+    blocks: int
+
+    @classmethod
+    def from_config(cls, vision_config) -> "VisionDims":
+        """Qwen2-VL's vision config (``embed_dim``, ``mlp_ratio``, ``hidden_size``, ``depth``, ...)."""
+        embed = vision_config.embed_dim
+        patch_inputs = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+        return cls(embed, int(embed * vision_config.mlp_ratio), vision_config.hidden_size, patch_inputs,
+                   vision_config.spatial_merge_size ** 2, vision_config.depth)
+
+
+def vision_flops(dims: VisionDims, groups: list[int]) -> int:
+    """FLOPs of the vision encoder over frame groups of ``groups[i]`` patches each (attention within a group)."""
+    n, e = sum(groups), dims.embed
+    embed = 2 * n * dims.patch_inputs * e
+    block = 2 * n * e * 3 * e + 2 * n * e * e + 4 * e * sum(g * g for g in groups) + 2 * 2 * n * e * dims.mlp
+    merged, wide = n // dims.merge, e * dims.merge
+    merger = 2 * merged * wide * wide + 2 * merged * wide * dims.out
+    return embed + dims.blocks * block + merger
+
+
+def decode_flops(dims: ModelDims, cache: list[int], *, steps: int) -> int:
+    """FLOPs of ``steps`` one-token decode steps after a prefill that left ``cache[i]`` rows in layer i."""
+    d, hd = dims.hidden, dims.head_dim
+    per_token = 2 * d * (dims.heads * hd) * 2 + 2 * d * (dims.kv_heads * hd) * 2 + 6 * d * dims.intermediate
+    total = 0
+    for k in range(steps):
+        total += dims.layers * per_token + sum(4 * dims.heads * hd * (c + k + 1) for c in cache) + 2 * d * dims.vocab
+    return total
+
+
+@dataclass(frozen=True)
+class GenerationFlops:
+    """Vision encoder + prefill + decode steps of one generation."""
+
+    vision: int
+    prefill: int
+    decode: int
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.prefill + self.decode
+
+
+def generation_flops(dims: ModelDims, schedule: Schedule | None, *, text_tokens: int, visual_tokens: int,
+                     vision: int, new_tokens: int) -> GenerationFlops:
+    """One generation of ``new_tokens`` greedy tokens: the first from the prefill, the rest decode steps."""
+    prefill = prefill_flops(dims, schedule, text_tokens=text_tokens, visual_tokens=visual_tokens)
+    cache = [layer.attention_tokens for layer in prefill.layers]
+    return GenerationFlops(vision, prefill.total, decode_flops(dims, cache, steps=max(new_tokens - 1, 0)))
 
 
 def layer_tokens(schedule: Schedule | None, text_tokens: int, visual_tokens: int, layers: int) -> list[tuple[int, int]]:

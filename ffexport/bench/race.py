@@ -17,6 +17,8 @@ once), decode tokens/s over the remaining ``new_tokens - 1`` steps, end to end (
 decode of ``new_tokens`` tokens) and the peak resident memory of a generation (in process; the
 weights of every variant stay resident, so "+MiB" is what the generation itself adds).
 The FLOP ideal counts what the graphs compute: causal pairs (fused attention skips the masked half).
+The end-to-end ideal adds the vision encoder (the same for every variant) and the decode steps over
+each variant's caches (``flops.generation_flops``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 import ffexport
-from ffexport.bench.flops import ModelDims, prefill_flops
+from ffexport.bench.flops import GenerationFlops, ModelDims, VisionDims, generation_flops, vision_flops
 from ffexport.bench.memory import PeakMemory
 from ffexport.bench.prefill import _load_average, bench_case, git_commit, machine_facts, prepare_inputs
 from ffexport.errors import InputError, ScheduleError
@@ -93,12 +95,25 @@ class RaceResult:
     schedule: Schedule
     vision_seconds: float
     variants: dict[str, Generation]
-    flops_full: int
-    flops_reduced: int
+    generation_full: GenerationFlops
+    generation_reduced: GenerationFlops
+
+    @property
+    def flops_full(self) -> int:
+        return self.generation_full.prefill
+
+    @property
+    def flops_reduced(self) -> int:
+        return self.generation_reduced.prefill
 
     @property
     def ideal(self) -> float:
         return self.flops_full / self.flops_reduced
+
+    @property
+    def ideal_end_to_end(self) -> float:
+        """FLOPs of the full model's generation (vision + prefill + decode) over the reduced one's."""
+        return self.generation_full.total / self.generation_reduced.total
 
     def ttft(self, name: str) -> float:
         return self.vision_seconds + self.variants[name].median("prefill")
@@ -134,8 +149,9 @@ class RaceResult:
         return {
             "format": "ffexport.bench.race/1", **self.meta, "schedule": self.schedule.to_json(),
             "vision_seconds": self.vision_seconds, "flops": {"full": self.flops_full, "reduced": self.flops_reduced},
+            "end_to_end_flops": {"full": vars(self.generation_full), "reduced": vars(self.generation_reduced)},
             "ideal_prefill_speedup": self.ideal, "prefill_speedup": self.prefill_speedup,
-            "end_to_end_speedup": self.end_to_end_speedup,
+            "ideal_end_to_end_speedup": self.ideal_end_to_end, "end_to_end_speedup": self.end_to_end_speedup,
             "variants": [{
                 "name": g.name, "visual_tokens_left": g.visual_tokens, "flops": g.flops,
                 "prefill_s": g.prefill, "decode_s": g.decode, "prefill_median_s": g.median("prefill"),
@@ -220,11 +236,13 @@ class Race:
         text_tokens = case.input_ids.shape[1] - bucket.visual_tokens
         dims = ModelDims.from_config(loaded.config.text_config)
         n = bucket.visual_tokens
-        flops_full = prefill_flops(dims, None, text_tokens=text_tokens, visual_tokens=n).total
-        flops_reduced = prefill_flops(dims, schedule, text_tokens=text_tokens, visual_tokens=n).total
-        flops_dynamic = prefill_flops(dims, dynamic, text_tokens=text_tokens, visual_tokens=n).total
+        groups = [int(h * w) for t, h, w in case.video_grid_thw for _ in range(int(t))]
+        vision = vision_flops(VisionDims.from_config(loaded.config.vision_config), groups)
+        flops = {key: generation_flops(dims, s, text_tokens=text_tokens, visual_tokens=n, vision=vision,
+                                       new_tokens=cfg.new_tokens)
+                 for key, s in ((ORT_FULL, None), (REDUCED, schedule), (DYNAMIC, dynamic))}
         for name, g in results.items():
-            g.flops = {REDUCED: flops_reduced, DYNAMIC: flops_dynamic}.get(name, flops_full)
+            g.flops = flops.get(name, flops[ORT_FULL]).prefill
             g.visual_tokens = {REDUCED: schedule.final_visual_tokens, DYNAMIC: dynamic.final_visual_tokens}.get(name, n)
         import onnxruntime
         import transformers
@@ -242,7 +260,7 @@ class Race:
             "tools": {"torch": torch.__version__, "transformers": transformers.__version__,
                       "onnxruntime": onnxruntime.__version__},
         }
-        return RaceResult(meta, schedule, vision_seconds, results, flops_full, flops_reduced)
+        return RaceResult(meta, schedule, vision_seconds, results, flops[ORT_FULL], flops[REDUCED])
 
     # ---------------------------------------------------------------- rounds
     def _rounds(self, variants: dict[str, _Variant], first_position: int, steps: Steps) -> dict[str, Generation]:
@@ -413,4 +431,5 @@ def render_race(result: RaceResult, stream=None) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=stream)
     print(f"prefill speedup vs transformers sdpa: {result.prefill_speedup:.2f}x (ideal {result.ideal:.2f}x)",
           file=stream)
-    print(f"end-to-end speedup vs transformers sdpa: {result.end_to_end_speedup:.2f}x", file=stream)
+    print(f"end-to-end speedup vs transformers sdpa: {result.end_to_end_speedup:.2f}x "
+          f"(ideal {result.ideal_end_to_end:.2f}x)", file=stream)

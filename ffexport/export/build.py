@@ -484,7 +484,8 @@ class Build:
         """Whether a bucket (and the shared graphs) already has intact engines of this build's backend
         (and compute capabilities): a re-run with ``--backend tensorrt[-rtx]`` on a finished ONNX build
         must build them."""
-        return self._engines_ok(manifest, entry.get("engines") or {}, ("vision", "prefill")) and \
+        bucket_graphs = ("vision", "prefill", *(("decode_static",) if entry["graphs"].get("decode_static") else ()))
+        return self._engines_ok(manifest, entry.get("engines") or {}, bucket_graphs) and \
             self._engines_ok(manifest, manifest.get("engines") or {}, ("embed", "decode"))
 
     def _engines_ok(self, manifest: dict[str, Any], records: dict[str, Any], graphs: tuple[str, ...]) -> bool:
@@ -661,7 +662,8 @@ class Build:
 
     # ================================================================ TensorRT
     def _build_engines(self, bucket, manifest, cases, torch_inputs, vision, prefill, vision_file, prefill_file):
-        """One engine per graph of the bucket (and the shared graphs once). Engines that run here
+        """One engine per graph of the bucket (vision, prefill and, where the bucket has one, the static
+        decode graph, whose shapes are all static: no optimization profile) and the shared graphs once. Engines that run here
         (``--backend tensorrt``) are run on the calibration clip and compared with PyTorch like the ONNX
         Runtime gate; ahead-of-time engines (``--backend tensorrt-rtx``) are recorded as built, not run.
         A failure removes the engine files this call wrote."""
@@ -673,8 +675,12 @@ class Build:
         layers = self.loaded.num_layers
         pixels = cases[0].pixel_values_videos
         engines, passed, written = {}, True, []
+        graphs = [("vision", vision_file), ("prefill", prefill_file)]
+        static = self._static_decode.get(bucket.name)
+        if static is not None:
+            graphs.append(("decode_static", static["file"]))
         try:
-            for graph, file in (("vision", vision_file), ("prefill", prefill_file)):
+            for graph, file in graphs:
                 engine_file = self.out / file.replace(".onnx", ".engine")
                 written.append(engine_file)
                 record = self.engines(self.out / file, engine_file, profiles.for_graph(graph, bucket.visual_tokens))
@@ -687,6 +693,8 @@ class Build:
                         feeds = {"pixel_values_videos": pixels}
                         # torch: bf16 has no numpy
                         expected = dict(zip(_vision_outputs(vision), _as_tuple(vision(torch.from_numpy(pixels)))))
+                    elif graph == "decode_static":
+                        feeds, expected = self._static_decode_step(prefill, ti, static["capacities"])
                     else:
                         # torch tensors (Polygraphy's TrtRunner takes them): bf16 has no numpy dtype
                         feeds = ti.feeds()
@@ -707,6 +715,24 @@ class Build:
                 path.unlink(missing_ok=True)
             raise
         return engines, passed
+
+    def _static_decode_step(self, prefill: PrefillGraph, ti, capacities: list[int]):
+        """Feeds and PyTorch's outputs for one step of the static decode graph after the prefill of ``ti``:
+        the prefill's caches copied into buffers of the graph's capacities, its greedy token next."""
+        layers = self.loaded.num_layers
+        logits, *presents = prefill(*ti.args())
+        caches, lengths = [], []
+        for i, present in enumerate(presents):
+            cache = present.new_zeros(*present.shape[:2], capacities[i // 2], present.shape[3])
+            cache[:, :, :present.shape[2]] = present
+            caches.append(cache)
+            lengths.append(present.shape[2])
+        inputs = (logits.reshape(-1, logits.shape[-1])[-1].argmax().reshape(1, 1),
+                  torch.full((3, 1), int(ti.positions.max()) + 1, dtype=torch.int64),
+                  torch.tensor(lengths[::2], dtype=torch.int64), *caches)
+        names = ["input_ids", "position_ids", "cache_lengths", *present_names(layers, "past_key_values")]
+        outputs = StaticDecodeStep(self.decoder, self.embed).eval()(*inputs)
+        return dict(zip(names, inputs)), dict(zip(["logits", *present_names(layers)], outputs))
 
     # ================================================================ shared graphs
     def _build_shared(self, manifest, store, steps, case: Case, inputs: "TorchInputs", prefill: PrefillGraph):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ffexport.bench.flops import ModelDims, ideal_speedup, layer_tokens, prefill_flops
+from ffexport.bench.flops import (ModelDims, VisionDims, decode_flops, generation_flops, ideal_speedup, layer_tokens,
+                                  prefill_flops, vision_flops)
 from ffexport.fusion.schedule import Schedule, Stage
 
 # a small decoder: D=8, I=16, 2 heads of 4 (one KV head), vocab 10, 3 layers
@@ -83,3 +84,121 @@ def test_prefill_flops_equal_what_torch_counts_on_the_tiny_model(tiny):
         causal = sum(2 * 2 * dims.heads * dims.head_dim * (t * (t + 1) // 2) for t in seen["attention"])
         assert sum(x.attention for x in flops.layers) == causal
     assert seen["attention"] == [length - 20, length - 20, length - 32, length - 32]  # the schedule was applied
+
+
+# ---------------------------------------------------------------- end to end: vision + prefill + decode
+class _Attention:
+    """Records the (heads, queries, keys, head_dim) of every CPU SDPA call: torch's FLOP counter does not
+    count them, so the attention terms are checked against what really ran."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int, int, int]] = []
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        calls = self.calls
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if "scaled_dot_product" in func.__name__:
+                    q, k = args[0], args[1]
+                    calls.append((q.shape[-3], q.shape[-2], k.shape[-2], q.shape[-1]))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+    @property
+    def flops(self) -> int:  # QK^T and PV, 2 FLOPs per multiply-add, every (query, key) pair computed
+        return sum(4 * h * q * k * d for h, q, k, d in self.calls)
+
+
+def test_vision_flops_equal_a_hand_count():
+    # E=4, MLP 8, output 6, 12 inputs per patch, 2x2 merge, 2 blocks; frame groups of 8 and 8 patches
+    dims = VisionDims(embed=4, mlp=8, out=6, patch_inputs=12, merge=4, blocks=2)
+    n = 16
+    embed = 2 * n * 12 * 4
+    block = 2 * n * 4 * 12 + 2 * n * 4 * 4 + 2 * (2 * 4 * 8 * 8) * 2 + 2 * n * 4 * 8 * 2  # qkv, proj, attention, MLP
+    merger = 2 * 4 * 16 * 16 + 2 * 4 * 16 * 6  # 4 merged rows of 16 -> 16 -> 6
+    assert vision_flops(dims, [8, 8]) == embed + 2 * block + merger
+    # one group of 16 attends over all pairs: only the attention term grows
+    assert vision_flops(dims, [16]) - vision_flops(dims, [8, 8]) == 2 * 4 * 4 * (16 * 16 - 2 * 8 * 8)
+
+
+def test_decode_flops_equal_a_hand_count():
+    one = 3 * (2 * 8 * 8 * 2 + 2 * 8 * 4 * 2 + 3 * 2 * 8 * 16)  # per token: projections and MLP of 3 layers
+    def step(cache):  # attention over the cache and the token itself, 2 heads of 4, then the LM head
+        return one + sum(2 * 2 * 2 * 4 * (c + 1) for c in cache) + 2 * 8 * 10
+    assert decode_flops(DIMS, [5, 5, 3], steps=3) == step([5, 5, 3]) + step([6, 6, 4]) + step([7, 7, 5])
+    assert decode_flops(DIMS, [5, 5, 3], steps=0) == 0
+
+
+def test_generation_flops_add_vision_prefill_and_the_decode_over_each_layers_cache():
+    schedule = Schedule(12, 4, (Stage(0, "before_attention", "merge", 6), Stage(1, "after_attention", "prune", 3)))
+    g = generation_flops(DIMS, schedule, text_tokens=5, visual_tokens=12, vision=1000, new_tokens=4)
+    # the caches hold each layer's tokens at its attention: 11, 11 (its prune comes after the attention), 8
+    assert (g.vision, g.prefill) == (1000, prefill_flops(DIMS, schedule, text_tokens=5, visual_tokens=12).total)
+    assert g.decode == decode_flops(DIMS, [11, 11, 8], steps=3)
+    assert g.total == g.vision + g.prefill + g.decode
+    assert generation_flops(DIMS, None, text_tokens=5, visual_tokens=12, vision=0, new_tokens=1).decode == 0
+
+
+def test_vision_flops_equal_what_torch_counts_on_the_tiny_encoder(tiny):
+    """transformers' own vision encoder of the tiny model on a 2-group video: torch's FLOP counter for the
+    convolution and the linear layers, the SDPA calls recorded for the attention (one per frame group)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vision = tiny.config.vision_config
+    t, h, w = 2, 4, 6
+    grid = torch.tensor([[t, h, w]])
+    pixels = torch.randn(t * h * w, VisionDims.from_config(vision).patch_inputs,
+                         generator=torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter, _Attention() as attention:
+        tiny.adapter.video_features(tiny.model, pixels, grid)
+    counted = counter.get_flop_counts()["Global"]
+    dense = sum(v for op, v in counted.items() if str(op) in ("aten.mm", "aten.addmm", "aten.convolution"))
+    dims = VisionDims.from_config(vision)
+    e = dims.embed
+    attention_by_formula = dims.blocks * 4 * e * t * (h * w) ** 2
+    assert attention.flops == attention_by_formula  # per frame group, no mask: 2 calls of 24 x 24 per block
+    assert len(attention.calls) == dims.blocks * t
+    assert dense + attention.flops == vision_flops(dims, [h * w] * t)
+
+
+def test_decode_flops_equal_what_torch_counts_on_the_tiny_decoder(tiny):
+    """The tiny model's reduced prefill, then decode steps over its per-layer caches (ffexport's reference):
+    the caches' lengths, torch's count of the linear layers and the recorded attention calls."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ffexport.fusion.decoder import ReducedDecoder
+    from ffexport.fusion.reducers import StaticReducer
+
+    n, p, text = 64, 16, 10
+    schedule = Schedule(n, p, (Stage(0, "before_attention", "merge", 20), Stage(1, "after_attention", "prune", 12)))
+    decoder = ReducedDecoder(tiny.adapter.decoder_parts(tiny.model))
+    dims = ModelDims.from_config(tiny.config.text_config)
+    embed = tiny.model.model.language_model.embed_tokens
+    length = n + text
+    embeds = torch.randn(1, length, dims.hidden, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(length).expand(3, length).contiguous()
+    steps = 3
+    with torch.no_grad():
+        past = decoder.prefill(embeds, positions, torch.tensor(5), n, p, StaticReducer(schedule)).presents
+        cache = [k.shape[2] for k, _ in past]
+        counter = FlopCounterMode(display=False)
+        with counter, _Attention() as attention:
+            for step in range(steps):
+                past = decoder.decode(embed(torch.tensor([[1]])), torch.full((3, 1), length + step), past).presents
+    g = generation_flops(dims, schedule, text_tokens=text, visual_tokens=n, vision=0, new_tokens=steps + 1)
+    assert cache == [x.attention_tokens for x in prefill_flops(dims, schedule, text_tokens=text,
+                                                               visual_tokens=n).layers] == [54, 54, 42, 42]
+    linear = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
+    assert linear + attention.flops == g.decode == decode_flops(dims, cache, steps=steps)

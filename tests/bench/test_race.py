@@ -12,7 +12,7 @@ import pytest
 from ffexport.cli import main
 
 PREFILL = re.compile(r"^prefill speedup vs transformers sdpa: \d+\.\d\dx \(ideal \d+\.\d\dx\)$")
-END_TO_END = re.compile(r"^end-to-end speedup vs transformers sdpa: \d+\.\d\dx$")
+END_TO_END = re.compile(r"^end-to-end speedup vs transformers sdpa: \d+\.\d\dx \(ideal \d+\.\d\dx\)$")
 
 
 @pytest.mark.slow
@@ -38,6 +38,15 @@ def test_race_runs_four_variants_and_ends_with_the_headlines(tmp_path, capsys):
     assert data["end_to_end_speedup"] == pytest.approx(a["end_to_end_s"] / c["end_to_end_s"])
     assert f"(ideal {data['ideal_prefill_speedup']:.2f}x)" in lines[-2]
     assert data["ideal_prefill_speedup"] == pytest.approx(data["flops"]["full"] / data["flops"]["reduced"])
+    # end to end: vision (the same for both) + prefill + 4 decode steps over each variant's caches
+    e2e = data["end_to_end_flops"]
+    assert e2e["full"]["vision"] == e2e["reduced"]["vision"] > 0
+    assert (e2e["full"]["prefill"], e2e["reduced"]["prefill"]) == (data["flops"]["full"], data["flops"]["reduced"])
+    assert e2e["full"]["decode"] > e2e["reduced"]["decode"] > 0  # shorter caches, cheaper attention
+    total = {k: sum(v.values()) for k, v in e2e.items()}
+    assert data["ideal_end_to_end_speedup"] == pytest.approx(total["full"] / total["reduced"])
+    assert 1 < data["ideal_end_to_end_speedup"] < data["ideal_prefill_speedup"]
+    assert f"(ideal {data['ideal_end_to_end_speedup']:.2f}x)" in lines[-1]
     for v in variants.values():  # time to first token = vision + prefill; end to end adds the decode
         assert v["ttft_s"] == pytest.approx(data["vision_seconds"] + v["prefill_median_s"])
         assert v["memory"]["peak_bytes"] > 0

@@ -16,7 +16,7 @@ from ffexport.export.trt_toolkit import DEFAULT_MAX_NEW_TOKENS, ParseOnnx, Rejec
 from ffexport.runtime.engines import Machine, engine_mismatch
 
 BUCKET = "8x112x112"
-KINDS = ("vision", "prefill", "embed", "decode")
+KINDS = ("vision", "prefill", "decode_static", "embed", "decode")
 
 
 def _records(manifest):
@@ -39,7 +39,7 @@ def test_engines_are_built_ahead_of_time_and_recorded_as_not_run(rtx_build, tens
     for kind, record in records.items():
         path = rtx_build / record["file"]
         assert record["file"] == ("embed.engine" if kind == "embed" else "decode.engine" if kind == "decode"
-                                  else f"{BUCKET}.{kind}.engine")
+                                  else f"{BUCKET}.{kind}.engine")  # 8x112x112.decode_static.engine beside its graph
         assert record["runtime"] == "tensorrt-rtx" and record["tensorrt_rtx"] == tensorrt_rtx.version
         assert record["compute_capabilities"] == ["8.9", "12.0"]
         assert record["run"] is False and "not run: numeric parity needs a GPU" in record["note"]
@@ -50,11 +50,25 @@ def test_engines_are_built_ahead_of_time_and_recorded_as_not_run(rtx_build, tens
     assert records["prefill"]["profile"]["inputs_embeds"] == {
         "min": [1, n + 1, hidden], "opt": [1, n + 64, hidden], "max": [1, n + max_text, hidden]}
     assert records["vision"]["profile"] == {}  # static
+    assert records["decode_static"]["profile"] == {}  # every shape static: the C++ runtime's engine needs no profile
+    assert manifest["buckets"][0]["graphs"]["decode_static"]["file"] == f"{BUCKET}.decode_static.onnx"
     past = records["decode"]["profile"]["past_key_values.0.key"]
     assert past["max"][2] == n + max_text + DEFAULT_MAX_NEW_TOKENS
     assert manifest["buckets"][0]["usable"] and manifest["buckets"][0]["parity"]["passed"]  # the ONNX gate ran
     assert not list(rtx_build.glob("*.partial"))
     assert {p.name for p in rtx_build.glob(".*")} <= {".ffexport.lock", ".ffexport-verified.json"}  # no hidden leftovers
+
+
+def test_engines_without_the_static_decode_engine_are_not_finished(rtx_build, tiny, tensorrt_rtx):
+    """A build whose engines predate the static decode engine is built again by a re-run (not skipped)."""
+    from ffexport.export.build import Build, BuildConfig
+
+    manifest = json.loads((rtx_build / "manifest.json").read_text())
+    build = Build(tiny, BuildConfig(buckets=(BUCKET,), out=rtx_build, max_text=manifest["max_text"],
+                                    backend="tensorrt-rtx", compute_capabilities=("SM89", "SM120")))
+    assert build._finished(manifest, build.buckets[0])
+    del manifest["buckets"][0]["engines"]["decode_static"]
+    assert not build._finished(manifest, build.buckets[0])
 
 
 def test_the_engines_are_real(rtx_build, tensorrt_rtx):
