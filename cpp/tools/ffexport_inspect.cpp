@@ -37,7 +37,7 @@ struct Args {
   std::string build, inputs, dump, tensorrt, compute_capability, gpu_name = "this GPU";
   std::vector<std::string> plugins;
   int64_t max_new_tokens = -1;
-  ffexport::StaticDecodeMode static_decode = ffexport::StaticDecodeMode::kInPlace;
+  ffexport::StaticDecodeMode static_decode = ffexport::StaticDecodeMode::kTwoSets;
 };
 
 Args parse(int argc, char** argv) {

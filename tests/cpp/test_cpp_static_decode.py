@@ -150,7 +150,7 @@ def test_manifest_reads_the_static_decode_graph(cpp_build, static_build):
 @pytest.mark.parametrize("new_tokens", [2, 5, 64])
 def test_static_decode_plan_equals_python(cpp_build, static_build, case_dir, new_tokens):
     case, length = case_dir
-    plan = inspect_static(cpp_build, static_build, case, new_tokens)
+    plan = inspect_static(cpp_build, static_build, case, new_tokens, "--static-decode", "in-place")
     s = plan["static_decode"]
     capacities = cache_capacities(SCHEDULE, LAYERS, max_text=MAX_TEXT, max_new_tokens=BUILD_NEW_TOKENS)
     lengths = cache_capacities(SCHEDULE, LAYERS, max_text=length - N, max_new_tokens=0)

@@ -38,7 +38,7 @@ struct RuntimeOptions {
   int device = 0;                    // CUDA device
   bool verbose = false;              // TensorRT's warnings and info on stderr (errors go into the exceptions)
   // How a bucket's static decode engine binds its caches (plan.h); kOff: always decode.engine.
-  StaticDecodeMode static_decode = StaticDecodeMode::kInPlace;
+  StaticDecodeMode static_decode = StaticDecodeMode::kTwoSets;  // in-place aliasing: unproven on TensorRT
 };
 
 struct Generation {
