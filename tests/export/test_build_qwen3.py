@@ -23,7 +23,7 @@ from ffexport.video import synthetic_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_build_families import (  # noqa: E402  (the families' shared run-vs-PyTorch checks)
-    FP32_ATOL, PROMPT, _run_clip_gives_pytorchs_tokens, _run_inputs_gives_pytorchs_tokens,
+    FP32_ATOL, PROMPT, _run_clip_gives_pytorchs_tokens, _run_inputs_gives_pytorchs_tokens, build_once,
 )
 
 #: 8 frames of 128x128: 4 temporal groups (blocks) of 4x4 merged tokens (patch 16, merge 2)
@@ -33,11 +33,7 @@ BUCKET = "8x128x128"
 @pytest.fixture(scope="module")
 def qwen3_build(tmp_path_factory) -> Path:
     """``ffexport build --model qwen3vl-tiny --bucket 8x128x128`` once for the module. Do not modify."""
-    out = tmp_path_factory.mktemp("q3") / "build"
-    done = subprocess.run([sys.executable, "-m", "ffexport", "-q", "build", "--model", "qwen3vl-tiny",
-                           "--bucket", BUCKET, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, f"ffexport build failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    return out
+    return build_once(tmp_path_factory, "qwen3vl-tiny", BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,33 @@ QWEN25_BUCKET = "8x112x112"
 
 
 @pytest.mark.slow
+def python_run(monkeypatch, build: Path, case: Path, tokens: int = 5):
+    """The Python runtime's generate on ``case`` with what the C++ plan is compared to recorded: the
+    position ids and delta, each layer's prompt cache length, and every decode step's lengths and position."""
+    from ffexport.runtime import Runtime, session
+    from ffexport.runtime.kv_cache import StaticCacheDecoder
+
+    seen: dict = {"steps": []}
+    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
+
+    def recording_positions(model, input_ids, video_grid_thw):
+        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
+        return seen["positions"], seen["delta"]
+
+    def recording_start(self, presents):
+        start(self, presents)
+        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
+
+    def recording_step(self, token, position):
+        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
+        return step(self, token, position)
+
+    monkeypatch.setattr(session, "position_ids", recording_positions)
+    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
+    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    return seen, Runtime(build).generate(load_case(case), max_new_tokens=tokens)
+
+
 def test_cpp_reads_a_real_build_and_case_folder(real_build_dir, real_bucket, tmp_path, tmp_path_factory):
     cpp = build_cpp(tmp_path_factory)
     case = tmp_path / "case"
@@ -106,8 +133,6 @@ def test_cpp_plan_of_a_real_qwen2_5_vl_build(qwen25_build_dir, tmp_path, tmp_pat
     per-layer cache lengths are those the Python runtime uses when ONNX Runtime runs the same case, and the
     positions are the model adapter's (the export side's) own."""
     from ffexport.models.qwen2_5_vl import Qwen2_5_VLAdapter, qwen2_5_vl_tiny_config
-    from ffexport.runtime import Runtime, session
-    from ffexport.runtime.kv_cache import StaticCacheDecoder
 
     cpp = build_cpp(tmp_path_factory)
     case = tmp_path / "case"
@@ -117,26 +142,8 @@ def test_cpp_plan_of_a_real_qwen2_5_vl_build(qwen25_build_dir, tmp_path, tmp_pat
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
 
-    seen: dict = {"steps": []}
-    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
-
-    def recording_positions(model, input_ids, video_grid_thw):
-        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
-        return seen["positions"], seen["delta"]
-
-    def recording_start(self, presents):
-        start(self, presents)
-        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
-
-    def recording_step(self, token, position):
-        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
-        return step(self, token, position)
-
-    monkeypatch.setattr(session, "position_ids", recording_positions)
-    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
-    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    seen, result = python_run(monkeypatch, qwen25_build_dir, case)
     c = load_case(case)
-    result = Runtime(qwen25_build_dir).generate(c, max_new_tokens=5)
 
     model = out["manifest"]["model"]
     config = qwen2_5_vl_tiny_config()
@@ -178,8 +185,6 @@ def test_cpp_plan_of_a_real_llava_next_video_build(next_video_build_dir, tmp_pat
     per-layer cache lengths are those the Python runtime uses when ONNX Runtime runs the same case, and the
     positions are the model adapter's own."""
     from ffexport.models.llava_next_video import ADAPTER, llava_next_video_tiny_config
-    from ffexport.runtime import Runtime, session
-    from ffexport.runtime.kv_cache import StaticCacheDecoder
 
     cpp = build_cpp(tmp_path_factory)
     case = tmp_path / "case"
@@ -190,26 +195,8 @@ def test_cpp_plan_of_a_real_llava_next_video_build(next_video_build_dir, tmp_pat
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
 
-    seen: dict = {"steps": []}
-    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
-
-    def recording_positions(model, input_ids, video_grid_thw):
-        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
-        return seen["positions"], seen["delta"]
-
-    def recording_start(self, presents):
-        start(self, presents)
-        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
-
-    def recording_step(self, token, position):
-        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
-        return step(self, token, position)
-
-    monkeypatch.setattr(session, "position_ids", recording_positions)
-    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
-    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
+    seen, result = python_run(monkeypatch, next_video_build_dir, case)
     c = load_case(case)
-    result = Runtime(next_video_build_dir).generate(c, max_new_tokens=5)
 
     model = out["manifest"]["model"]
     assert (model["family"], model["position_rule"], model["frame_size"]) == ("llava_next_video", "1d", 112)
