@@ -106,6 +106,10 @@ class QuantilePolicy:
         n, p = schedules[0].visual_tokens, schedules[0].patches_per_frame
         if any((s.visual_tokens, s.patches_per_frame) != (n, p) for s in schedules):
             raise InputError("the realized schedules are for different buckets")
+        layout = schedules[0].layout  # frame blocks (text between frames): the static schedule carries them
+        if any(s.layout != layout for s in schedules):
+            raise InputError("the calibration prompts lay their frame blocks out differently "
+                             f"({schedules[0].frame_layout.to_json()} vs another); calibrate one layout per bucket")
         budget_layers = self.fusion.layers_for(num_layers)
         realized = [Realized.of(s) for s in schedules]
         end = int(round(float(np.median([r.end for r in realized]))))
@@ -117,7 +121,7 @@ class QuantilePolicy:
         notes: list[str] = []
         while True:
             merges = _capped(merges[:end], n, p)
-            found = self._prune(merges, end, n, p, num_layers, budget_layers, notes)
+            found = self._prune(merges, end, n, p, num_layers, budget_layers, notes, layout)
             if found is not None:
                 schedule = found
                 break
@@ -132,9 +136,9 @@ class QuantilePolicy:
         return PolicyChoice(schedule, cost, self.fusion.cost, end, tuple(merges), tuple(notes))
 
     def _prune(self, merges: list[int], end: int, n: int, p: int, num_layers: int, budget_layers: int,
-               notes: list[str]) -> Schedule | None:
+               notes: list[str], layout=None) -> Schedule | None:
         """The schedule with merges at slots < end and the prune at slot ``end`` sized to the budget; None
-        when the merges leave no room for it."""
+        when the merges leave no room for it. ``layout``: the bucket's frame blocks (None: one block)."""
         target = budget_layers * self.fusion.cost * n
         while True:
             counts, left = [], n
@@ -161,7 +165,7 @@ class QuantilePolicy:
         stages = [stage_at(k, "merge", m) for k, m in enumerate(merges)]
         if left - keep > 0:
             stages.append(stage_at(end, "prune", left - keep))
-        return Schedule(n, p, tuple(stages)).validate(num_layers)
+        return Schedule(n, p, tuple(stages), layout).validate(num_layers)
 
 
 def _capped(merges: list[int], n: int, p: int) -> list[int]:

@@ -3,6 +3,8 @@
 :class:`Trace` wraps any reducer (dynamic or static) and follows the original tokens through its
 steps: a merge folds each removed token into the kept token before it in its patch chain (the run
 start, :func:`ffexport.fusion.ops.merge`), a prune drops a token with everything merged into it.
+With frame blocks the reducer sees the whole region, text between blocks included: text rows carry
+no original id (-1) and are never removed, so only the visual rows are followed.
 :class:`TracedReference` is :class:`~ffexport.reference.Reference` with a trace.
 """
 
@@ -64,13 +66,17 @@ class Trace:
         reduction = self.inner.step(layer, where, visual, span, importance)
         if reduction is None:
             return None
+        text = np.zeros(span.length, dtype=bool) if span.text is None else span.text.cpu().numpy()
+        if self.ids.shape[0] != span.length:  # the first step on a region with text between frame blocks
+            self.ids = np.full(span.length, -1)
+            self.ids[~text] = np.arange(self.visual_tokens)
         kept = reduction.kept.cpu().numpy()
         removed = np.setdiff1d(np.arange(span.length), kept)
         op = "prune" if reduction.values is None else "merge"
         if op == "merge":
             patch = span.patch_ids.cpu().numpy()
-            for i in removed:  # the run start: the last kept token before i in the same patch chain
-                before = kept[(kept < i) & (patch[kept] == patch[i])]
+            for i in removed:  # the run start: the last kept visual token before i in the same patch chain
+                before = kept[(kept < i) & (patch[kept] == patch[i]) & ~text[kept]]
                 target = int(self.ids[before[-1]])
                 self.members[target] += self.members.pop(int(self.ids[i]))
         else:
@@ -85,7 +91,7 @@ class Trace:
     @property
     def survivors(self) -> np.ndarray:
         """Original ids of the visual tokens left after the last step (each holds its merged tokens)."""
-        return np.sort(self.ids)
+        return np.sort(self.ids[self.ids >= 0])
 
     def fates(self) -> np.ndarray:
         """Per original token: KEPT (survives as itself), MERGED (folded into a survivor) or PRUNED."""

@@ -235,10 +235,6 @@ class ScheduleContract:
     def _fidelity(self, deployed: Schedule, video: ParityVideo) -> dict[str, Any]:
         from ffexport.calibrate.report import Fidelity
 
-        if not deployed.frame_layout.is_contiguous:  # a measure, not a gate: said, not hidden
-            return {"measured": False, "note": "not measured: the token trace (ffexport/calibrate/trace.py) "
-                                               "follows one contiguous video span, not frame blocks with text between"}
-
         record, _ = Fidelity(self.loaded, deployed, self.fusion, max_new_tokens=self.tokens)(video.name, video.case)
         keys = ("tokens_equal", "token_agreement", "kl_first_token", "kept_overlap", "visual_tokens_static",
                 "visual_tokens_dynamic", "dynamic_error")

@@ -163,8 +163,8 @@ ADAPTER = FAMILIES.register("internvl", InternVLAdapter(
     # build: frame blocks through the build (the schedule's blocks in the prefill graph, the oracle), the
     # tower + pixel shuffle + projector captured per frame count; run: the manifest's video text between
     # frames (tests/export/test_build_families.py)
-    stages=("case", "reference", "build", "run"),
-    missing={k: v for k, v in MISSING_STAGES.items() if k != "build"},
+    stages=("case", "reference", "build", "run", "calibrate", "explain"),
+    missing=dict(MISSING_STAGES),
 ))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
-from ffexport.models.llava_style import MISSING_STAGES, LlavaStyleAdapter, PromptTemplate
+from ffexport.models.llava_style import LlavaStyleAdapter, PromptTemplate
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.video.fixed import HALF_MEAN_STD
 

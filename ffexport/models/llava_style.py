@@ -30,14 +30,8 @@ from ffexport.video_text import VideoText
 LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
 
 
-#: what the build/run/calibrate/bench stages still lack for the fixed-size-tower families
+#: what the stages still lack for a fixed-size-tower family whose video is in frame blocks (InternVL)
 MISSING_STAGES = {
-    "build": "a vision graph for a fixed-size tower (frames [T, 3, S, S] -> tokens) and 1D positions in the "
-             "build, its parity gate and the torch-free runtime (today they take Qwen2-VL's grid and M-RoPE)",
-    "calibrate": "calibration follows one contiguous visual span (ffexport/calibrate/trace.py); frame blocks with "
-                 "text between them are not followed yet",
-    "explain": "explain follows one contiguous visual span (ffexport/calibrate/trace.py); frame blocks with text "
-               "between them are not followed yet",
     "bench": "the prefill benchmark times one contiguous visual span; frame blocks with text between them are not "
              "wired in",
 }

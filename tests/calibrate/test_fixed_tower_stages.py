@@ -147,11 +147,51 @@ def test_bench_race_refuses_1d_positions_in_one_line(error_line):
     assert "--race" in line and "'1d' positions" in line
 
 
-def test_internvl_frame_blocks_are_still_refused(tmp_path, error_line):
-    for argv in (["calibrate", "--bucket", BUCKET, "--synthetic", "1", "--out", str(tmp_path / "s.json")],
-                 ["bench"]):
-        assert main(["-q", argv[0], "--model", "internvl-tiny", *argv[1:]]) == 3
-        assert "frame blocks with text between them" in error_line()
+def test_internvl_bench_is_still_refused(error_line):
+    assert main(["-q", "bench", "--model", "internvl-tiny"]) == 3
+    assert "frame blocks with text between them" in error_line()
+
+
+# ------------------------------------------------------------------ frame blocks (InternVL: text between frames)
+@pytest.fixture(scope="module")
+def internvl():
+    from ffexport.models import LoadModel
+
+    return LoadModel("internvl-tiny")()
+
+
+@pytest.mark.slow
+def test_calibrate_internvl_writes_the_buckets_frame_blocks(internvl, tmp_path):
+    """The static schedule carries the prompts' frame blocks (format 2), so a build takes it; the held-out
+    report's token trace follows the visual rows only (the text between frames is never removed)."""
+    out = tmp_path / "s.json"
+    assert main(["-q", "calibrate", "--model", "internvl-tiny", "--bucket", BUCKET, "--synthetic", "3",
+                 "--out", str(out), "--report", str(tmp_path / "report"), "--report-synthetic", "1",
+                 "--max-new-tokens", "2"]) == 0
+    schedule = load_schedule(out).validate(internvl.num_layers)
+    assert json.loads(out.read_text())["format"] == "ffexport.schedule/2"
+    case = internvl.case_from_video(synthetic_video("pan", frames=8, height=96, width=128, seed=7), "What happens?")
+    _, layout = internvl.adapter.layout(internvl.config, case.input_ids)
+    assert len(layout.blocks) == 8 and schedule.frame_layout == layout
+    result = Reference(internvl, schedule=schedule)(case)
+    assert int(result.kv_lengths[-1]) == case.input_ids.shape[1] - 128 + schedule.final_visual_tokens
+    (held,) = json.loads((tmp_path / "report" / "fidelity.json").read_text())["held_out"]
+    assert 0.0 <= held["kept_overlap"] <= 1.0
+
+
+def test_the_trace_follows_visual_rows_across_frame_blocks(internvl):
+    """Explain on InternVL: every one of the 128 visual tokens gets a fate, the survivors are visual ids
+    (no text row), and a frame's tokens merge into the previous frame's block across the text between."""
+    from ffexport.calibrate.explain import Explain
+    from ffexport.calibrate.trace import KEPT, MERGED
+
+    bucket = model_bucket(internvl.adapter, internvl.config, BUCKET)
+    e = Explain(internvl, bucket)(synthetic_video("static", frames=8, height=112, width=112, seed=0), "clip")
+    fates = e.trace.fates()
+    assert fates.size == 128 and (fates == KEPT).sum() == e.schedule.final_visual_tokens < 128
+    survivors = e.trace.survivors
+    assert survivors.min() >= 0 and survivors.max() < 128 and survivors.size == e.schedule.final_visual_tokens
+    assert (fates[:16] != MERGED).all() and (fates[16:] == MERGED).any()
 
 
 # ------------------------------------------------------------------ a preset without its tokenizer
