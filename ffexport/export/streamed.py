@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 #: depth of the parity copy (decoder layers, vision blocks)
 PARITY_LAYERS = 2
 PARITY_VISION_LAYERS = 2
+#: DeepStack levels (Qwen3-VL) the parity copy keeps at least: its tower goes on to the level's block
+PARITY_DEEPSTACK_LEVELS = 1
 #: the parity copy runs the requested bucket only up to this many visual tokens; beyond it, the same
 #: frame size with fewer frames (PyTorch and ONNX Runtime on CPU, several passes per case)
 PARITY_MAX_VISUAL_TOKENS = 1024
@@ -342,20 +344,48 @@ def _weight_names(module: nn.Module, names: dict[int, str]) -> dict[str, str]:
 def truncated_copy(loaded: LoadedModel, source: WeightSource, *, layers: int = PARITY_LAYERS,
                    vision_layers: int = PARITY_VISION_LAYERS) -> LoadedModel:
     """The same model with its first ``layers`` decoder layers and ``vision_layers`` vision blocks,
-    materialized on the CPU, every parameter from ``source`` under the full model's names."""
+    materialized on the CPU, every parameter from ``source`` under the full model's names.
+
+    A tower with DeepStack levels (Qwen3-VL) keeps the levels whose block it keeps, and at least
+    ``PARITY_DEEPSTACK_LEVELS`` of them: the copy keeps blocks through the first level's block when
+    ``vision_layers`` stops before it (Qwen3-VL-8B: 9 blocks, level 0 at block 8). The kept levels are
+    the first ones, so their mergers (``deepstack_merger_list.i``) have the full model's names; the
+    copy's decoder adds level ``i`` after its layer ``i`` as the full model does."""
     config = copy.deepcopy(loaded.config)
     text, vision = config.text_config, config.vision_config
-    layers, vision_layers = min(layers, text.num_hidden_layers), min(vision_layers, vision.depth)
+    layers = min(layers, text.num_hidden_layers)
     text.num_hidden_layers = layers
     if getattr(text, "layer_types", None) is not None:
         text.layer_types = text.layer_types[:layers]
+    levels = list(getattr(vision, "deepstack_visual_indexes", None) or ())
+    vision_layers = copy_vision_depth(vision.depth, levels, vision_layers)
     vision.depth = vision_layers
+    note = f"{source.description}, first {layers} decoder layers, first {vision_layers} vision blocks"
+    if levels:
+        vision.deepstack_visual_indexes = [i for i in levels if i < vision_layers]
+        note += f", DeepStack levels {deepstack_note(levels, vision_layers)}"
     dtype = next(loaded.model.parameters()).dtype
     model = loaded.adapter.model_class._from_config(config, dtype=dtype).eval()
     fill_parameters(model, source)
-    return LoadedModel(loaded.name, loaded.adapter, model, loaded.tokenizer,
-                       f"{source.description}, first {layers} decoder layers, first {vision_layers} vision blocks",
-                       loaded.video_pixels, loaded.processor)
+    return LoadedModel(loaded.name, loaded.adapter, model, loaded.tokenizer, note, loaded.video_pixels,
+                       loaded.processor)
+
+
+def copy_vision_depth(depth: int, deepstack: list[int], vision_layers: int = PARITY_VISION_LAYERS) -> int:
+    """Vision blocks the parity copy keeps out of ``depth``: ``vision_layers``, or through the block of
+    the ``PARITY_DEEPSTACK_LEVELS``-th DeepStack level (``deepstack``: the levels' blocks, ascending)."""
+    kept = min(vision_layers, depth)
+    if deepstack:
+        wanted = sorted(deepstack)[:PARITY_DEEPSTACK_LEVELS]
+        kept = max(kept, min(wanted[-1] + 1, depth))
+    return kept
+
+
+def deepstack_note(deepstack: list[int], vision_layers: int) -> str:
+    """``"0-1 of 3 (blocks 8, 16)"``-style words for the DeepStack levels a copy of ``vision_layers`` blocks keeps."""
+    kept = [i for i in deepstack if i < vision_layers]
+    which = f"0-{len(kept) - 1}" if len(kept) > 1 else ("0" if kept else "none")
+    return f"{which} of {len(deepstack)} (blocks {', '.join(map(str, kept)) or '-'})"
 
 
 def parity_bucket(bucket: Bucket, loaded: LoadedModel) -> Bucket:
@@ -433,6 +463,9 @@ class StreamedBuild:
         manifest = self.build._open_directory()
         if manifest["buckets"] or manifest["graphs"]:
             raise InputError(f"{self.out} holds a build; a streamed build starts afresh: pass --overwrite")
+        if self.loaded.tokenizer is None and hasattr(self.loaded.adapter, "bucket_layout"):
+            raise ModelError(f"{self.loaded.name}: no tokenizer here, and the text between this family's frame blocks "
+                             "comes from it (the graphs' layout); put the checkpoint's tokenizer in the Hugging Face cache")
         report = BuildReport(self.out)
         meta = self.loaded.model
         t0 = time.perf_counter()
@@ -514,41 +547,49 @@ class StreamedBuild:
         return {"file": filename, **graph_io(self.out / filename)}
 
     def _bucket(self, b: Bucket, capture: CaptureOnnx, weights: WeightFile, steps) -> dict[str, Any]:
-        from ffexport.export.build import PRECISIONS, TorchInputs
-        from ffexport.export.graphs import PrefillGraph
+        """A bucket's vision and prefill graphs as a graph-only build captures them (the tower's outputs,
+        the frame blocks from the adapter, the DeepStack input where the tower has levels), weights streamed."""
+        from ffexport.export.build import PRECISIONS, TorchInputs, _blocks_record, _vision_outputs
         from ffexport.export.policy import nominal_schedule
         from ffexport.export.vision import VisionEncoder
 
+        layout = self.build._nominal_layout(b)
+        self.build._check_text_between_blocks(layout, b)
         if self.config.schedule is not None:
             schedule, source = self.config.schedule, self.config.schedule_source or "given"
+            self.build._check_schedule_blocks(schedule, layout, b)
         else:
-            nominal = nominal_schedule(b, self.config.fusion, self.loaded.num_layers)
+            nominal = nominal_schedule(b, self.config.fusion, self.loaded.num_layers, layout)
             schedule, source = nominal.schedule, nominal.source
         meta = {"device": "meta"}
         steps.start(f"{b.name}: vision graph")
         tower = self.loaded.adapter.vision_tower(self.loaded.config.vision_config)  # the family's tower, as data
         vision = VisionEncoder(self.loaded.model.model.visual, b.grid_thw, tower).eval().to("meta")
-        twin = VisionEncoder(self._pairs[0][1].model.visual, b.grid_thw, tower).eval()
+        copy_visual = self._pairs[0][1].model.visual  # its buffers (rotary and position tables) hold the values
+        twin = VisionEncoder(copy_visual, b.grid_thw, dataclasses.replace(
+            tower, deepstack=tuple(i for i in tower.deepstack if i < len(copy_visual.blocks)))).eval()
         self._pairs.append((vision, twin))
         pixels = torch.zeros(vision.num_patches, vision.patch_dim, dtype=torch.float32, **meta)
         graphs = {"vision": self._save(GraphSpec("vision", vision, (pixels,), ["pixel_values_videos"],
-                                                 ["video_features"]), f"{b.name}.vision.onnx", capture, weights)}
+                                                 _vision_outputs(vision)), f"{b.name}.vision.onnx", capture, weights)}
         self._pairs.pop()
         steps.advance()
         steps.start(f"{b.name}: prefill graph")
         dtype = PRECISIONS[self.config.precision]
         hidden = self.loaded.config.text_config.hidden_size
-        length = b.visual_tokens + min(64, self.config.max_text)
+        # the text between frame blocks is part of the prompt's text (at least one token after them)
+        length = max(b.visual_tokens + min(64, self.config.max_text), layout.region_length + 1)
         example = TorchInputs(torch.zeros(1, length, hidden, dtype=dtype, **meta),
                               torch.zeros(3, length, dtype=torch.int64, **meta),
-                              torch.zeros((), dtype=torch.int64, **meta), 0)
-        spec = self.build._prefill_spec(PrefillGraph(self.build.decoder, schedule).eval(), b, example)
+                              torch.zeros((), dtype=torch.int64, **meta), 0,
+                              deepstack=self.build._example_deepstack(b, dtype, device="meta"))
+        spec = self.build._prefill_spec(self.build._prefill_module(schedule), b, example)
         graphs["prefill"] = self._save(spec, f"{b.name}.prefill.onnx", capture, weights)
         steps.advance()
         return {"name": b.name, "frames": b.frames, "height": b.height, "width": b.width,
                 "resized": list(b.resized), "grid_thw": list(b.grid_thw), "visual_tokens": b.visual_tokens,
-                "patches_per_frame": b.patches_per_frame, "schedule": schedule.to_json(), "schedule_source": source,
-                "graphs": graphs}
+                "patches_per_frame": b.patches_per_frame, **_blocks_record(layout), "schedule": schedule.to_json(),
+                "schedule_source": source, "graphs": graphs}
 
     def _shared(self, manifest: dict[str, Any], capture: CaptureOnnx, weights: WeightFile, steps) -> None:
         from ffexport.export.build import PRECISIONS
@@ -590,13 +631,17 @@ class StreamedBuild:
         copy_layers = copy_model.num_layers
         vision_blocks = len(copy_model.model.model.visual.blocks)
         on = f"truncated copy: first {copy_layers} decoder layers, first {vision_blocks} vision blocks"
+        tower = getattr(self.loaded.adapter, "vision_tower", None)
+        deepstack = list(tower(self.loaded.config.vision_config).deepstack) if tower is not None else []
+        if deepstack:
+            on += f", DeepStack levels {deepstack_note(deepstack, vision_blocks)}"
         results = {}
         for entry, bucket in zip(entries, self.build.buckets):
             small = parity_bucket(bucket, copy_model)
             full = Schedule.from_json(entry["schedule"]) if small == bucket else nominal_schedule(
-                small, self.config.fusion, self.loaded.num_layers).schedule
+                small, self.config.fusion, self.loaded.num_layers, self.build._nominal_layout(small)).schedule
             stages = tuple(s for s in full.stages if s.layer < copy_layers)
-            schedule = Schedule(full.visual_tokens, full.patches_per_frame, stages)
+            schedule = Schedule(full.visual_tokens, full.patches_per_frame, stages, full.layout)
             scratch = Path(tempfile.mkdtemp(prefix=".parity-copy-", dir=self.out))
             record: dict[str, Any] = {
                 "on": on, "bucket": small.name, "schedule": schedule.to_json(),
@@ -767,10 +812,6 @@ def streamed_model(*, model: str, random_weights: bool, weights: str | None, dty
     stream, why = should_stream(loaded.model)
     if not (force or stream):
         return None
-    tower = getattr(loaded.adapter, "vision_tower", None)
-    if tower is not None and tower(loaded.config.vision_config).deepstack:
-        raise ModelError(f"{model}: the streamed build (meta capture, weights streamed, a truncated parity copy) "
-                         "does not carry DeepStack levels yet; build without --streamed (the model in memory), or use --graph-only")
     log.info("streamed build (%s): %s", "--streamed" if force else "too big to hold in memory", why)
     source = SafetensorsWeights(directory) if directory is not None else RandomWeights(loaded.model, seed)
     loaded.source = source.description + (loaded.source.partition(")")[2] if directory is None else "")

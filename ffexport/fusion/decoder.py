@@ -84,15 +84,16 @@ def interleaved_mrope_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3-VL's interleaved M-RoPE tables [L, head_dim]: frequency ``j`` uses the temporal positions,
     except ``j = 1, 4, 7, ... < 3 * mrope_section[1]`` (height) and ``j = 2, 5, 8, ... < 3 * mrope_section[2]``
-    (width). The axis of each frequency is a constant, so this is a gather of the three tables."""
+    (width). The axis of each frequency is a constant, so this is a gather of the three tables.
+
+    The axes are made with ops from Python ints (not a tensor literal), so a meta-device capture (graph-only
+    and streamed builds) keeps them in the graph instead of a constant with no value."""
     half = inv_freq.shape[0]
-    axis = [0] * half
-    for dim in (1, 2):
-        for j in range(dim, min(3 * mrope_section[dim], half), 3):
-            axis[j] = dim
     freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq.to(torch.float32)  # [3, L, d/2]
-    picks = torch.tensor(axis, dtype=torch.int64, device=freqs.device)
-    onehot = (picks.unsqueeze(0) == torch.arange(3, device=freqs.device).unsqueeze(1)).to(torch.float32)  # [3, d/2]
+    j = torch.arange(half, dtype=torch.int64, device=freqs.device)
+    height = ((j % 3) == 1) & (j < 3 * mrope_section[1])
+    width = ((j % 3) == 2) & (j < 3 * mrope_section[2])
+    onehot = torch.stack([~(height | width), height, width]).to(torch.float32)  # [3, d/2]
     freqs = (freqs * onehot.unsqueeze(1)).sum(dim=0)  # exact: one non-zero term per frequency
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)

@@ -134,13 +134,6 @@ def test_qwen3_run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
     _run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path, "qwen3vl-tiny", "synthetic:pan", 5)
 
 
-def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
-    from ffexport.cli import main
-
-    assert main(["-q", "build", "--model", "qwen3vl-tiny", "--streamed", "--out", str(tmp_path / "b")]) == 3
-    assert "does not carry DeepStack levels yet" in error_line()
-
-
 def test_qwen3_bucket_layout_is_the_prompts(qwen3):
     """Graph-only builds lay out the bucket's blocks from the tokenizer as the case's prompt has them
     (without a tokenizer: a nominal gap, structure only)."""
