@@ -177,6 +177,10 @@ class LoadModel:
                                  "vision blocks")
             setattr(vision, depth, self.vision_layers)
             notes.append(f"first {self.vision_layers} vision blocks")
+            levels = list(getattr(vision, "deepstack_visual_indexes", None) or ())
+            if levels:  # Qwen3-VL: the DeepStack levels of the blocks kept (the first ones, names unchanged)
+                vision.deepstack_visual_indexes = [i for i in levels if i < self.vision_layers]
+                notes.append(f"DeepStack levels {len(vision.deepstack_visual_indexes)} of {len(levels)}")
         return f", {', '.join(notes)}" if notes else ""
 
     def _find_weights(self, preset: Preset) -> Path:

@@ -72,6 +72,17 @@ def test_copy_keeps_the_deepstack_levels_of_its_blocks(meta):
     assert tuple(features.shape) == (32, 64) and tuple(levels.shape) == (1, 32, 64)
 
 
+def test_vision_layers_keep_the_levels_of_the_kept_blocks():
+    """``--vision-layers`` (benchmarks, ``--streamed --random-weights``) cuts Qwen3-VL's DeepStack levels with
+    the blocks: the vision graph can be made for the cut tower (before, it raised for a level past its blocks)."""
+    loaded = LoadModel("qwen3vl-tiny", structure_only=True, vision_layers=1)()
+    assert list(loaded.config.vision_config.deepstack_visual_indexes) == [0]
+    assert loaded.source.endswith("first 1 vision blocks, DeepStack levels 1 of 2")
+    tower = loaded.adapter.vision_tower(loaded.config.vision_config)
+    encoder = VisionEncoder(loaded.model.model.visual, (2, 8, 8), tower)
+    assert encoder.output_names == ["video_features", "deepstack_features"] and encoder.deepstack == (0,)
+
+
 @pytest.mark.slow
 def test_qwen3_streamed_gate_runs_deepstack_on_the_copy(streamed_dir):
     manifest = json.loads((streamed_dir / "manifest.json").read_text())
