@@ -20,7 +20,8 @@ materializes the model:
    Runtime vs PyTorch) with its graphs written by this same streamed path (:func:`_copy_build`), at
    the bucket itself or a smaller one of the same frame size (:func:`parity_bucket`). The
    full-depth graphs are never executed, so their buckets are recorded with ``usable: false`` and
-   the parity record says what ran.
+   the parity record says what ran. A tower with DeepStack levels (Qwen3-VL) keeps in the copy the
+   levels of the blocks it keeps, at least the first (:func:`copy_vision_depth`).
 
 Random weights follow transformers' ``_init_weights`` for Qwen2-VL: Linear/Conv weights and
 Embeddings ~ normal(0, initializer_range of the owning text/vision config), biases zero, norms one,

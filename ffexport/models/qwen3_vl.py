@@ -23,7 +23,8 @@ the video processor's class defaults: a pixel budget over the whole clip), equal
 ``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
 what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
 temporal group). ``ffexport case``, ``reference``, ``build`` (the vision graph with its DeepStack
-levels, the prefill graph taking them as an input) and ``run`` (torch-free) work for this family;
+levels, the prefill graph taking them as an input; also ``--streamed``, its parity copy keeping the levels of
+the vision blocks it keeps) and ``run`` (torch-free) work for this family;
 ``calibrate``, ``explain`` and ``bench`` refuse with one line (docs/families.md).
 """
 
