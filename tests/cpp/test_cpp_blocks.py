@@ -282,3 +282,17 @@ def test_a_version_1_schedule_is_one_block(cpp_build, tmp_path):
     length = case.input_ids.shape[1]
     assert out["layout"]["blocks"] == [[start, end]]
     assert out["layout"]["cache_lengths"] == cache_capacities(schedule, LAYERS, max_text=length - N, max_new_tokens=0)
+
+
+def test_schedule_blocks_without_frame_blocks_still_bind_the_case(cpp_build, block_build, tmp_path):
+    """A hand-written bucket whose layout is only in its schedule (no frame_blocks): the C++ runtime still
+    holds the case to it, in its own line (Python reads no layout there)."""
+    build = tmp_path / "build"
+    shutil.copytree(block_build, build)
+    edit(build, lambda m: m | {"buckets": [{k: v for k, v in b.items() if k != "frame_blocks"} for b in m["buckets"]]})
+    ok = cpp_build.run_inspect(build, write_case(tmp_path / "ok", qwen3_ids()))
+    assert ok.returncode == 0, ok.stderr
+    line = one_error_line(cpp_build.run_inspect(build, write_case(tmp_path / "c", qwen3_ids(timestamps=(0.5, 1.5, 12.5, 10.5)))),
+                          "input", 2)
+    assert "bucket 8x112x112 holds the video as 4 frame blocks [start, length] [[0, 16], [31, 16], [62, 16], [94, 16]]" \
+        in line and "the same text between blocks" in line
