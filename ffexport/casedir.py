@@ -89,7 +89,8 @@ def load_case_dir(path: str | os.PathLike[str]) -> Case:
     folder = Path(path)
     fixed = not (folder / "video_grid_thw.npy").is_file() and (folder / "attention_mask.npy").is_file()
     images = fixed and not (folder / "pixel_values_videos.npy").is_file() and (folder / "pixel_values.npy").is_file()
-    files = case_dir_files(path, FRAMES_AS_IMAGES_CASE_KEYS if images else FIXED_TOWER_CASE_KEYS if fixed else CASE_KEYS)
+    keys = FRAMES_AS_IMAGES_CASE_KEYS if images else FIXED_TOWER_CASE_KEYS if fixed else CASE_KEYS
+    files = case_dir_files(path, keys)
     missing = [f.name for f in files.values() if not f.is_file()]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)} (a case folder holds "

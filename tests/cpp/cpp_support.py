@@ -117,16 +117,20 @@ def onnxruntime_tokens(build: Path, out: dict, dump: Path, tokens: int) -> list[
     import onnxruntime as ort
 
     manifest = json.loads((build / "manifest.json").read_text())
-    plan, layout = out["plan"], out["layout"]
+    plan, layout, static = out["plan"], out["layout"], out.get("static_decode")
     bucket = next(b for b in manifest["buckets"] if b["name"] == plan["bucket"])
+    eos = set(np.atleast_1d(manifest["model"]["eos_token_id"]).tolist())
 
-    def run(graph: dict, feeds: dict) -> dict:
+    def runner(graph: dict):
         session = ort.InferenceSession(str(build / graph["file"]), providers=["CPUExecutionProvider"])
-        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        names = [o.name for o in session.get_outputs()]
+        return lambda feeds: dict(zip(names, session.run(None, feeds)))
 
-    ids = np.load(dump / "input_ids.npy")
-    embeds = run(manifest["graphs"]["embed"], {"input_ids": ids})["inputs_embeds"].copy()
-    vision = run(bucket["graphs"]["vision"], {"pixel_values_videos": np.load(dump / "pixel_values_videos.npy")})
+    def caches(outputs: dict) -> dict:
+        return {"past_key_values." + k[len("present."):]: v for k, v in outputs.items() if k.startswith("present.")}
+
+    embeds = runner(manifest["graphs"]["embed"])({"input_ids": np.load(dump / "input_ids.npy")})["inputs_embeds"].copy()
+    vision = runner(bucket["graphs"]["vision"])({"pixel_values_videos": np.load(dump / "pixel_values_videos.npy")})
     rows = np.concatenate([np.arange(a, b) for a, b in layout["blocks"]])
     assert vision["video_features"].shape[0] == layout["feature_rows"] == rows.size
     embeds[0, rows] = vision["video_features"]
@@ -135,48 +139,29 @@ def onnxruntime_tokens(build: Path, out: dict, dump: Path, tokens: int) -> list[
     if layout["deepstack"] is not None:
         assert list(vision["deepstack_features"].shape) == layout["deepstack"]
         feeds["deepstack_features"] = vision["deepstack_features"]
-    prefill = run(bucket["graphs"]["prefill"], feeds)
-    presents = {k[len("present."):]: v for k, v in prefill.items() if k.startswith("present.")}
-    static = out.get("static_decode")
-    result = [int(np.argmax(prefill["logits"][0]))]
-    if static is not None and static["use"]:
-        caches = {}
-        for name, value in presents.items():
-            layer = int(name.split(".")[0])
-            cache = np.zeros((*value.shape[:2], static["capacities"][layer], value.shape[3]), value.dtype)
+    prefill = runner(bucket["graphs"]["prefill"])(feeds)
+    past = caches(prefill)
+    if static is not None and static["use"]:  # the prefill's caches in the first rows of the static ones
+        decode = runner(bucket["graphs"]["decode_static"])
+        for name, value in past.items():
+            cache = np.zeros((*value.shape[:2], static["capacities"][int(name.split(".")[1])], value.shape[3]),
+                             value.dtype)
             cache[:, :, :value.shape[2]] = value
-            caches[name] = cache
-        session = ort.InferenceSession(str(build / bucket["graphs"]["decode_static"]["file"]),
-                                       providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        for step in static["steps"][:tokens - 1]:
-            if result[-1] in manifest_eos(manifest):
-                break
-            values = dict(zip(names, session.run(None, {
-                "input_ids": np.array([[result[-1]]], dtype=np.int64),
-                "position_ids": np.full((3, 1), step["position"], dtype=np.int64),
-                "cache_lengths": np.array(step["cache_lengths"], dtype=np.int64),
-                **{"past_key_values." + k: v for k, v in caches.items()}})))
-            caches = {k[len("present."):]: v for k, v in values.items() if k.startswith("present.")}
-            result.append(int(np.argmax(values["logits"][0])))
-        return result
-    session = ort.InferenceSession(str(build / manifest["graphs"]["decode"]["file"]), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    for position in plan["decode_positions"][:tokens - 1]:
-        if result[-1] in manifest_eos(manifest):
+            past[name] = cache
+        steps = [({"cache_lengths": np.array(s["cache_lengths"], dtype=np.int64)}, s["position"])
+                 for s in static["steps"]]
+    else:
+        decode = runner(manifest["graphs"]["decode"])
+        steps = [({}, position) for position in plan["decode_positions"]]
+    result = [int(np.argmax(prefill["logits"][0]))]
+    for extra, position in steps[:tokens - 1]:
+        if result[-1] in eos:
             break
-        values = dict(zip(names, session.run(None, {
-            "input_ids": np.array([[result[-1]]], dtype=np.int64),
-            "position_ids": np.full((3, 1), position, dtype=np.int64),
-            **{"past_key_values." + k: v for k, v in presents.items()}})))
-        presents = {k[len("present."):]: v for k, v in values.items() if k.startswith("present.")}
+        values = decode({"input_ids": np.array([[result[-1]]], dtype=np.int64),
+                         "position_ids": np.full((3, 1), position, dtype=np.int64), **extra, **past})
+        past = caches(values)
         result.append(int(np.argmax(values["logits"][0])))
     return result
-
-
-def manifest_eos(manifest: dict) -> set[int]:
-    eos = manifest["model"]["eos_token_id"]
-    return set(eos) if isinstance(eos, list) else {eos}
 
 
 def cpp_against_python(cpp: CppBuild, build: Path, case: Path, tmp_path: Path, monkeypatch, tokens: int = 5):
