@@ -12,6 +12,12 @@ A fixed-size tower's case (LLaVA-NeXT-Video, LLaVA-OneVision) holds its processo
     DIR/attention_mask.npy        int64   [1, L]
     DIR/pixel_values_videos.npy   float32 [1, frames, 3, S, S]
 
+and InternVL's (frames through the image path) its processor's ``pixel_values``::
+
+    DIR/input_ids.npy             int64   [1, L]: frame blocks of video tokens, text between them
+    DIR/attention_mask.npy        int64   [1, L]
+    DIR/pixel_values.npy          float32 [frames, 3, S, S]
+
 The same arrays, names, dtypes and checks as ``case.npz`` (:mod:`ffexport.case`); positions are not
 stored (every runtime computes them: M-RoPE from ``input_ids`` and ``video_grid_thw``, or 1D).
 ``ffexport case --format npy --out DIR`` writes one; :func:`ffexport.case.load_case` reads either form.
@@ -26,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ffexport.case import CASE_KEYS, FIXED_TOWER_CASE_KEYS, Case, case_from_arrays, fixed_tower_case_from_arrays
+from ffexport.case import (
+    CASE_KEYS,
+    FIXED_TOWER_CASE_KEYS,
+    FRAMES_AS_IMAGES_CASE_KEYS,
+    Case,
+    case_from_arrays,
+    fixed_tower_case_from_arrays,
+)
 from ffexport.errors import InputError
 from ffexport.io import check_writable, write_atomic
 
@@ -42,9 +55,9 @@ def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool =
     A new folder appears complete or not at all (written beside it, then renamed); in an existing
     folder each file is replaced atomically.
     """
-    if case.keys not in (CASE_KEYS, FIXED_TOWER_CASE_KEYS):
-        raise InputError("a case folder of .npy files holds Qwen-grid and LLaVA-style cases (for the C++ runtime); "
-                         "save this family's case as case.npz")
+    if case.keys not in (CASE_KEYS, FIXED_TOWER_CASE_KEYS, FRAMES_AS_IMAGES_CASE_KEYS):
+        raise InputError("a case folder of .npy files holds Qwen-grid, LLaVA-style and InternVL cases (for the C++ "
+                         "runtime); save this family's case as case.npz")
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} exists and is not a directory; a case folder needs a directory")
@@ -71,9 +84,13 @@ def save_case_dir(case: Case, path: str | os.PathLike[str], *, overwrite: bool =
 
 def load_case_dir(path: str | os.PathLike[str]) -> Case:
     """Read a case folder; a missing or malformed array is one :class:`InputError` line. A folder without
-    ``video_grid_thw.npy`` but with ``attention_mask.npy`` is a fixed-size tower's case."""
-    fixed = not (Path(path) / "video_grid_thw.npy").is_file() and (Path(path) / "attention_mask.npy").is_file()
-    files = case_dir_files(path, FIXED_TOWER_CASE_KEYS if fixed else CASE_KEYS)
+    ``video_grid_thw.npy`` but with ``attention_mask.npy`` is a fixed-size tower's case (InternVL's when it
+    holds ``pixel_values.npy`` and no ``pixel_values_videos.npy``)."""
+    folder = Path(path)
+    fixed = not (folder / "video_grid_thw.npy").is_file() and (folder / "attention_mask.npy").is_file()
+    images = fixed and not (folder / "pixel_values_videos.npy").is_file() and (folder / "pixel_values.npy").is_file()
+    keys = FRAMES_AS_IMAGES_CASE_KEYS if images else FIXED_TOWER_CASE_KEYS if fixed else CASE_KEYS
+    files = case_dir_files(path, keys)
     missing = [f.name for f in files.values() if not f.is_file()]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)} (a case folder holds "

@@ -19,14 +19,17 @@ Inputs load_inputs(const std::string& dir) {
   auto require = [&](const char* name) {
     if (!is_file(join_path(dir, name))) {
       throw InputError(dir + " lacks " + name + " (an inputs folder holds " + listing +
-                       ", or for a fixed-size tower input_ids.npy and 5-D pixel_values_videos.npy; write one with "
+                       ", or for a fixed-size tower input_ids.npy and 5-D pixel_values_videos.npy or 4-D "
+                       "pixel_values.npy; write one with "
                        "`ffexport case --format npy --out DIR`)");
     }
   };
   require("input_ids.npy");
-  require("pixel_values_videos.npy");
+  // InternVL's processor returns the frames as pixel_values [T, 3, S, S] (ffexport/case.py)
+  const bool images = !is_file(join_path(dir, "pixel_values_videos.npy")) && is_file(join_path(dir, "pixel_values.npy"));
+  if (!images) require("pixel_values_videos.npy");
   const std::string ids_path = join_path(dir, "input_ids.npy");
-  const std::string pixels_path = join_path(dir, "pixel_values_videos.npy");
+  const std::string pixels_path = join_path(dir, images ? "pixel_values.npy" : "pixel_values_videos.npy");
   const std::string grid_path = join_path(dir, "video_grid_thw.npy");
   const NpyArray ids = read_npy(ids_path);
   const NpyArray pixels = read_npy(pixels_path);
@@ -38,7 +41,10 @@ Inputs load_inputs(const std::string& dir) {
   if (ids.kind != 'i' && ids.kind != 'u') throw InputError(ids_path + ": input_ids must be integers, got " + ids.describe());
   in.input_ids = ids.to_int64(ids_path);
 
-  in.fixed_tower = pixels.shape.size() == 5;
+  if (images && (pixels.shape.size() != 4 || pixels.kind != 'f')) {
+    throw InputError(pixels_path + ": pixel_values must be a float array [frames, 3, S, S], got " + pixels.describe());
+  }
+  in.fixed_tower = images || pixels.shape.size() == 5;
   if ((pixels.shape.size() != 2 && !in.fixed_tower) || pixels.kind != 'f') {
     throw InputError(pixels_path + ": pixel_values_videos must be a 2-D float array (a Qwen grid's patches) or "
                      "[1, frames, 3, S, S] (a fixed-size tower's frames), got " + pixels.describe());

@@ -119,12 +119,54 @@ class Reader {
     f.spatial_merge_size = f.one_d() ? 1 : positive(m, "spatial_merge_size", w);
     f.patch_size = positive(m, "patch_size", w);
     f.temporal_patch_size = f.one_d() ? 1 : positive(m, "temporal_patch_size", w);
-    if (f.one_d()) f.frame_size = positive(object(m, "frame_preprocess", w), "size", "model.frame_preprocess");
+    if (f.one_d()) fixed_tower(m, f);
     return f;
   }
 
-  // `model.positions` (ffexport/runtime/manifest.py, positions): {"rule": "mrope", "temporal_step": s} or
-  // {"rule": "1d"}; absent in older builds (M-RoPE, step 1). A rule this runtime does not know is refused,
+  // A fixed-size tower's facts (ffexport/runtime/manifest.py, fixed_tower): the frame size, the video
+  // tokens after the frames (`trailing_video_tokens`, required) and the optional `video_text`.
+  void fixed_tower(const json& m, ModelFacts& f) const {
+    const std::string w = "model";
+    f.frame_size = positive(object(m, "frame_preprocess", w), "size", "model.frame_preprocess");
+    f.trailing_video_tokens = integer(m, "trailing_video_tokens", w);
+    if (f.trailing_video_tokens < 0) {
+      fail("model.trailing_video_tokens", "must be 0 or more, got " + std::to_string(f.trailing_video_tokens));
+    }
+    if (m.contains("video_text") && !m.at("video_text").is_null()) f.video_text = video_text(m.at("video_text"));
+  }
+
+  // `model.video_text` (ffexport/video_text.py, VideoText.from_json): three strings whose only
+  // placeholder is {index} ({{ and }} are literal braces).
+  VideoText video_text(const json& record) const {
+    const std::string w = "model.video_text";
+    if (!record.is_object()) fail(w, "is not an object");
+    VideoText t;
+    for (auto [key, field] : {std::pair<const char*, std::string*>{"prefix", &t.prefix}, {"suffix", &t.suffix},
+                              {"separator", &t.separator}}) {
+      if (!record.contains(key) || !record.at(key).is_string()) fail(w, std::string("has no text field '") + key + "'");
+      *field = record.at(key).get<std::string>();
+    }
+    for (const std::string* text : {&t.prefix, &t.suffix}) {
+      for (size_t i = 0; i < text->size(); ++i) {
+        const char c = (*text)[i];
+        if ((c == '{' || c == '}') && i + 1 < text->size() && (*text)[i + 1] == c) {
+          ++i;  // an escaped brace
+        } else if (c == '}') {
+          fail(w, "has a prefix or suffix that is not a format string of {index} ('" + *text + "')");
+        } else if (c == '{') {
+          const size_t close = text->find('}', i);
+          if (close == std::string::npos || text->substr(i + 1, close - i - 1) != "index") {
+            fail(w, "has a prefix or suffix that is not a format string of {index} ('" + *text + "')");
+          }
+          i = close;
+        }
+      }
+    }
+    return t;
+  }
+
+  // `model.positions` (ffexport/runtime/manifest.py, positions): {"rule": "mrope", "temporal_step": s},
+  // {"rule": "1d"} or {"rule": "mrope_blocks"}; absent in older builds (M-RoPE, step 1). A rule this runtime does not know is refused,
   // never run with other positions.
   void positions(const json& m, ModelFacts& f) const {
     if (!m.contains("positions") || m.at("positions").is_null()) return;
@@ -132,13 +174,14 @@ class Reader {
     const json& record = m.at("positions");
     if (!record.is_object()) fail(w, "has the wrong type (" + std::string(record.type_name()) + ")");
     const std::string rule = string(record, "rule", w);
-    if (rule == kPositionRule1d) {
+    if (rule == kPositionRule1d || rule == kPositionRuleMropeBlocks) {  // no numbers (Qwen3-VL: step 1 per block)
       f.position_rule = rule;
       return;
     }
     if (rule != kPositionRuleMrope) {
       throw InputError(source_ + ": " + w + ".rule is '" + rule + "'; this runtime builds positions by " +
-                       kPositionRuleMrope + ", " + kPositionRule1d + ": update ffexport or rebuild with this version");
+                       kPositionRuleMrope + ", " + kPositionRule1d + ", " + kPositionRuleMropeBlocks +
+                       ": update ffexport or rebuild with this version");
     }
     const json& step = get(record, "temporal_step", w);
     if (!step.is_number()) fail(w + ".temporal_step", "has the wrong type (" + std::string(step.type_name()) + ")");
@@ -185,6 +228,10 @@ class Reader {
   // FrameLayout checks them (whole frames, the first at 0, in order, not overlapping, N tokens in all).
   void schedule(const json& b, Bucket& out, int64_t num_layers, const std::string& where) const {
     out.blocks = {FrameBlock{0, out.visual_tokens}};
+    if (b.contains("frame_blocks") && !b.at("frame_blocks").is_null()) {
+      out.blocks = frame_blocks(b.at("frame_blocks"), out, where + ".frame_blocks");
+      out.has_frame_blocks = true;
+    }
     if (!b.contains("schedule") || b.at("schedule").is_null()) return;
     const std::string w = where + ".schedule";
     const json& s = b.at("schedule");
@@ -203,7 +250,11 @@ class Reader {
       if (value != want) fail(at(w, key), "is " + std::to_string(value) + ", the bucket says " + std::to_string(want));
     }
     if (out.schedule_format == kScheduleFormatV2 && s.contains("blocks") && !s.at("blocks").is_null()) {
-      out.blocks = blocks(s.at("blocks"), out, w + ".blocks");
+      const std::vector<FrameBlock> scheduled = blocks(s.at("blocks"), out, w + ".blocks");
+      if (out.has_frame_blocks && scheduled != out.blocks) {
+        fail(w + ".blocks", "differ from the bucket's frame_blocks (the prefill graph was built for one layout)");
+      }
+      out.blocks = scheduled;
     }
     if (s.contains("stages")) out.stages = stages(array(s, "stages", w), out, num_layers, w + ".stages");
   }
@@ -236,6 +287,66 @@ class Reader {
       fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
     }
     return out;
+  }
+
+  // A bucket's `frame_blocks` (ffexport/runtime/manifest.py, frame_blocks): [[offset, tokens], ...], the
+  // first at 0, in order, not overlapping, holding the bucket's visual tokens.
+  std::vector<FrameBlock> frame_blocks(const json& raw, const Bucket& b, const std::string& where) const {
+    bool ok = raw.is_array() && !raw.empty();
+    for (size_t i = 0; ok && i < raw.size(); ++i) {
+      ok = raw[i].is_array() && raw[i].size() == 2 && raw[i][0].is_number_integer() && raw[i][1].is_number_integer();
+    }
+    if (!ok) fail(where, "is not a list of [offset, tokens] pairs");
+    std::vector<FrameBlock> out;
+    int64_t end = 0, total = 0;
+    for (size_t i = 0; i < raw.size(); ++i) {
+      const FrameBlock block{raw[i][0].get<int64_t>(), raw[i][1].get<int64_t>()};
+      if (block.length < 1 || block.start < end || (i == 0 && block.start != 0)) {
+        fail(where, "has a block " + raw[i].dump() + " out of order or overlapping");
+      }
+      end = block.start + block.length;
+      total += block.length;
+      out.push_back(block);
+    }
+    if (total != b.visual_tokens) {
+      fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
+    }
+    return out;
+  }
+
+  // The static shape of a graph's input `name` as the build recorded it (`graphs.<g>.inputs`), or empty
+  // when not recorded or not static; `first` takes the first input whatever its name.
+  static std::vector<int64_t> input_shape(const json& graph, const std::string& name, bool first = false) {
+    if (!graph.contains("inputs") || !graph.at("inputs").is_array()) return {};
+    for (const json& input : graph.at("inputs")) {
+      if (!input.is_object()) return {};
+      if (!first && (!input.contains("name") || input.at("name") != name)) continue;
+      if (!input.contains("shape") || !input.at("shape").is_array()) return {};
+      std::vector<int64_t> shape;
+      for (const json& d : input.at("shape")) {
+        if (!d.is_number_integer()) return {};
+        shape.push_back(d.get<int64_t>());
+      }
+      return shape;
+    }
+    return {};
+  }
+
+  // The prefill's DeepStack input [k, N, D] when its graph takes one (Qwen3-VL). A prefill that lists it
+  // with another shape is a corrupt build.
+  std::vector<int64_t> deepstack(const json& prefill, const Bucket& b, const std::string& where) const {
+    bool listed = false;
+    if (prefill.contains("inputs") && prefill.at("inputs").is_array()) {
+      for (const json& input : prefill.at("inputs")) listed = listed || (input.is_object() && input.contains("name") &&
+                                                                          input.at("name") == kDeepstack);
+    }
+    if (!listed) return {};
+    const std::vector<int64_t> shape = input_shape(prefill, kDeepstack);
+    if (shape.size() != 3 || shape[0] < 1 || shape[1] != b.visual_tokens || shape[2] < 1) {
+      fail(where, std::string("takes ") + kDeepstack + " " + json(shape).dump() + "; expected [levels, " +
+                      std::to_string(b.visual_tokens) + ", hidden size]");
+    }
+    return shape;
   }
 
   std::vector<ScheduleStage> stages(const json& raw, const Bucket& b, int64_t num_layers, const std::string& where) const {
@@ -311,6 +422,8 @@ class Reader {
     out.patches_per_frame = positive(b, "patches_per_frame", where);
     out.engines = engines(b, where);
     out.decode_static = static_decode(graphs, num_layers, where + ".graphs");
+    out.pixel_shape = input_shape(graphs.at("vision"), "", /*first=*/true);
+    out.deepstack_shape = deepstack(graphs.at("prefill"), out, where + ".graphs.prefill");
     schedule(b, out, num_layers, where);
     return out;
   }

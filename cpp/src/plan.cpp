@@ -23,6 +23,74 @@ std::string runs_text(const std::vector<std::pair<int64_t, int64_t>>& runs) {
   return "[" + text + "]";
 }
 
+// Runs as Python prints a list of (offset, tokens) tuples: "[(0, 16), (31, 16)]".
+std::string tuples_text(const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  std::string text;
+  for (const auto& [a, b] : runs) text += (text.empty() ? "(" : ", (") + std::to_string(a) + ", " + std::to_string(b) + ")";
+  return "[" + text + "]";
+}
+
+// The runs of video tokens as (offset from the first, tokens) (ffexport/runtime/session.py, _blocks).
+std::vector<std::pair<int64_t, int64_t>> relative_runs(const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& [a, b] : runs) out.emplace_back(a - runs.front().first, b - a);
+  return out;
+}
+
+std::vector<std::pair<int64_t, int64_t>> block_pairs(const Bucket& bucket) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const FrameBlock& block : bucket.blocks) out.emplace_back(block.start, block.length);
+  return out;
+}
+
+// The case's runs of video tokens (at least one: Python's _blocks).
+std::vector<std::pair<int64_t, int64_t>> video_runs(const ModelFacts& m, const Inputs& in) {
+  auto runs = video_spans(in.input_ids, m.video_token_id);
+  if (runs.empty()) throw InputError("input_ids hold no video token (id " + std::to_string(m.video_token_id) + ")");
+  return runs;
+}
+
+// A bucket with recorded frame_blocks takes a case whose runs are those blocks (Python's _grid_bucket /
+// _fixed_tower_bucket line; `text` names what lies between the blocks).
+void check_frame_blocks(const Bucket& b, const std::vector<std::pair<int64_t, int64_t>>& runs, const std::string& text) {
+  const auto got = relative_runs(runs), wanted = block_pairs(b);
+  if (got != wanted) {
+    throw InputError("the case's video tokens sit in the frame blocks " + tuples_text(got) + " ([offset, tokens]); "
+                     "bucket " + b.name + "'s graphs take " + tuples_text(wanted) + " (" + text +
+                     ", tokenized by the build's tokenizer)");
+  }
+}
+
+// Python's Runtime._check_block_case (ffexport/runtime/session.py): a grid case whose video is one frame
+// block per temporal group (positions rule mrope_blocks, Qwen3-VL).
+std::vector<std::pair<int64_t, int64_t>> check_block_case(const ModelFacts& m, const Inputs& in) {
+  const auto [t, h, w] = in.video_grid_thw;
+  const int64_t merge = m.spatial_merge_size;
+  const std::string grid = std::to_string(t) + "x" + std::to_string(h) + "x" + std::to_string(w);
+  if (std::min({t, h, w}) <= 0 || h % merge || w % merge) {
+    throw InputError("video_grid_thw " + grid + " is not a valid grid for " + std::to_string(merge) + "x" +
+                     std::to_string(merge) + " patch merging");
+  }
+  if (in.pixel_rows != t * h * w || in.pixel_cols != m.patch_dim()) {
+    throw InputError("pixel_values_videos has shape [" + std::to_string(in.pixel_rows) + ", " +
+                     std::to_string(in.pixel_cols) + "]; video_grid_thw " + grid + " needs [" + std::to_string(t * h * w) +
+                     ", " + std::to_string(m.patch_dim()) + "]");
+  }
+  const auto runs = video_runs(m, in);
+  const int64_t per_block = h * w / (merge * merge);
+  std::string lengths;
+  bool ok = static_cast<int64_t>(runs.size()) == t;
+  for (const auto& [a, b] : runs) {
+    lengths += (lengths.empty() ? "" : ", ") + std::to_string(b - a);
+    ok = ok && b - a == per_block;
+  }
+  if (!ok) {
+    throw InputError("input_ids hold video token runs of [" + lengths + "]; video_grid_thw " + grid + " gives " +
+                     std::to_string(t) + " blocks of " + std::to_string(per_block));
+  }
+  return runs;
+}
+
 // Python's Case.check (ffexport/case.py), for a video as one or several runs of video tokens: the
 // runs of the case, checked against the grid and the pixels.
 std::vector<std::pair<int64_t, int64_t>> check_case(const ModelFacts& m, const Inputs& in) {
@@ -63,18 +131,36 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return "[" + text + "]";
 }
 
-// Python's Runtime._fixed_tower_bucket (ffexport/runtime/session.py): pixels [1, frames, 3, S, S], the first
-// usable bucket of that many frames, one run of video tokens as long as the bucket's visual tokens.
+// The rank of the vision graphs' input as the build records it: 5 ([1, T, C, S, S]) unless a bucket records
+// InternVL's 4 ([T, C, S, S]) (Python: the smallest recorded rank, default 5).
+size_t frames_rank(const Manifest& manifest) {
+  size_t rank = 5;
+  for (const Bucket& b : manifest.buckets) {
+    if (!b.pixel_shape.empty()) rank = std::min(rank, b.pixel_shape.size());
+  }
+  return rank;
+}
+
+// Python's Runtime._fixed_tower_bucket (ffexport/runtime/session.py): frames as the vision graph takes them
+// ([1, T, 3, S, S], InternVL's [T, 3, S, S]), the first usable bucket of that many frames, and its video
+// tokens: the bucket's frame blocks, or one run of visual_tokens + trailing_video_tokens tokens.
 const Bucket& fixed_tower_bucket(const Manifest& manifest, const Inputs& in,
                                  std::vector<std::pair<int64_t, int64_t>>& runs) {
   const ModelFacts& m = manifest.model;
   const int64_t size = m.frame_size;
   const std::vector<int64_t> shape = in.pixel_shape();
-  if (!in.fixed_tower || shape[0] != 1 || shape[2] != 3 || shape[3] != size || shape[4] != size) {
-    throw InputError("pixel_values_videos must have shape [1, frames, 3, " + std::to_string(size) + ", " +
-                     std::to_string(size) + "] for this build, got " + shape_text(shape));
+  const size_t rank = frames_rank(manifest);
+  const size_t lead = rank - 4;  // the leading 1 of [1, T, 3, S, S]
+  bool ok = in.fixed_tower && shape.size() == rank && shape[rank - 3] == 3 && shape[rank - 2] == size &&
+            shape[rank - 1] == size;
+  for (size_t i = 0; ok && i < lead; ++i) ok = shape[i] == 1;
+  if (!ok) {
+    const std::string dims = std::string(lead ? "1, " : "") + "frames, 3, " + std::to_string(size) + ", " +
+                             std::to_string(size);
+    throw InputError(std::string(rank == 5 ? "pixel_values_videos" : "pixel_values") + " must have shape [" + dims +
+                     "] for this build, got " + shape_text(shape));
   }
-  const int64_t frames = shape[1];
+  const int64_t frames = shape[lead];
   const Bucket* chosen = nullptr;
   for (const Bucket& b : manifest.buckets) {
     if (b.usable && b.frames == frames) {
@@ -88,21 +174,29 @@ const Bucket& fixed_tower_bucket(const Manifest& manifest, const Inputs& in,
     throw InputError("the case has " + std::to_string(frames) + " frames; no usable bucket of " + manifest.root +
                      " takes that many: " + (listing.empty() ? "none" : listing));
   }
+  if (chosen->has_frame_blocks) {  // InternVL: text between frame blocks
+    runs = video_runs(m, in);
+    check_frame_blocks(*chosen, runs, "the family's text between frames");
+    return *chosen;
+  }
   runs = video_spans(in.input_ids, m.video_token_id);
   if (runs.size() != 1) {
     throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
                      std::to_string(m.video_token_id) + "); found " + std::to_string(runs.size()));
   }
   const int64_t span = runs[0].second - runs[0].first;
-  if (span != chosen->visual_tokens) {
+  const int64_t count = chosen->visual_tokens + m.trailing_video_tokens;  // OneVision: the frames', then its newline
+  if (span != count) {
     throw InputError("the video span in input_ids has " + std::to_string(span) + " tokens; " + std::to_string(frames) +
-                     " frames give " + std::to_string(chosen->visual_tokens));
+                     " frames give " + std::to_string(count));
   }
   return *chosen;
 }
 
 // The case's runs of video tokens must be `bucket`'s frame blocks, at the same offsets from the first.
 void check_blocks(const ModelFacts& m, const Bucket& bucket, const std::vector<std::pair<int64_t, int64_t>>& runs) {
+  if (m.one_d()) return;  // fixed_tower_bucket checked them
+  if (bucket.has_frame_blocks) return check_frame_blocks(bucket, runs, "the text between blocks");
   if (bucket.contiguous()) {
     if (runs.size() != 1) {
       throw InputError("input_ids must hold exactly one contiguous run of video tokens (id " +
@@ -241,7 +335,7 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
     throw InputError("the case holds frames [1, frames, 3, S, S] (a fixed-size tower's); this build takes a Qwen grid's "
                      "patches [rows, values] with video_grid_thw (its positions are " + m.position_rule + ")");
   } else {
-    runs = check_case(m, inputs);
+    runs = m.mrope_blocks() ? check_block_case(m, inputs) : check_case(m, inputs);
     for (const Bucket& b : manifest.buckets) {
       if (b.usable && b.grid_thw == inputs.video_grid_thw) {
         chosen = &b;
@@ -276,10 +370,19 @@ Plan plan_case(const Manifest& manifest, const Inputs& inputs) {
   plan.video_start = runs.front().first;
   plan.video_end = runs.back().second;
   plan.blocks = runs;
-  plan.positions = m.one_d() ? one_d_position_ids(length)
-                             : mrope_position_ids(inputs.input_ids,
-                                                  position_grids(m.family, inputs.video_grid_thw, runs.size()),
-                                                  m.video_token_id, m.spatial_merge_size, m.temporal_step);
+  plan.feature_rows = chosen->visual_tokens + (m.one_d() ? m.trailing_video_tokens : 0);
+  plan.trailing = m.one_d() ? m.trailing_video_tokens : 0;
+  plan.deepstack_shape = chosen->deepstack_shape;
+  if (m.one_d()) {
+    plan.positions = one_d_position_ids(length);
+  } else if (m.mrope_blocks()) {  // Qwen3-VL: every block a (1, h, w) grid, step 1 (ffexport/mrope.py, block_position_ids)
+    const auto& g = inputs.video_grid_thw;
+    plan.positions = mrope_position_ids(inputs.input_ids, std::vector<std::array<int64_t, 3>>(runs.size(), {1, g[1], g[2]}),
+                                        m.video_token_id, m.spatial_merge_size, 1.0);
+  } else {
+    plan.positions = mrope_position_ids(inputs.input_ids, position_grids(m.family, inputs.video_grid_thw, runs.size()),
+                                        m.video_token_id, m.spatial_merge_size, m.temporal_step);
+  }
   if (chosen->stages) {
     for (int64_t i = 0; i < m.num_layers; ++i) plan.cache_lengths.push_back(length - *chosen->removed_before(i));
   }

@@ -95,7 +95,7 @@ struct Runtime::Impl {
     std::vector<DeviceBuffer> static_caches[2];
   };
   std::map<std::string, BucketEngines> buckets;
-  DeviceBuffer embeds, features, logits;
+  DeviceBuffer embeds, features, deepstack, logits;
   std::vector<DeviceBuffer> caches[2];  // ping-pong: key/value of each layer, 2 * num_layers buffers per set
 
   Impl(const std::string& build_dir, RuntimeOptions opts)
@@ -175,15 +175,22 @@ struct Runtime::Impl {
       present.push_back(present_name(i, "value"));
     }
     BucketEngines engines;
-    engines.vision = load("vision", &bucket, {"pixel_values_videos"}, {"video_features"});
-    const std::vector<std::string> prefill_inputs = {"inputs_embeds", "position_ids", "video_start"};
+    // Qwen3-VL: the vision engine's DeepStack levels go to the prefill engine as they are
+    const bool deepstack = !bucket.deepstack_shape.empty();
+    std::vector<std::string> vision_outputs = {"video_features"};
+    std::vector<std::string> prefill_inputs = {"inputs_embeds", "position_ids", "video_start"};
+    if (deepstack) {
+      vision_outputs.push_back(kDeepstack);
+      prefill_inputs.push_back(kDeepstack);
+    }
+    engines.vision = load("vision", &bucket, {"pixel_values_videos"}, vision_outputs);
     engines.prefill = load("prefill", &bucket, prefill_inputs, present);
     if (engines.prefill->input_names().size() != prefill_inputs.size()) {
-      std::string listing;
+      std::string listing, fed;
       for (const std::string& name : engines.prefill->input_names()) listing += (listing.empty() ? "" : ", ") + name;
-      throw RunError(engines.prefill->path() + " takes the inputs " + listing + "; this runtime feeds inputs_embeds, "
-                     "position_ids and video_start only (e.g. not Qwen3-VL's DeepStack features): it cannot run "
-                     "this build; use `ffexport run`");
+      for (const std::string& name : prefill_inputs) fed += (fed.empty() ? "" : ", ") + name;
+      throw RunError(engines.prefill->path() + " takes the inputs " + listing + "; the manifest of bucket " +
+                     bucket.name + " says " + fed + ": " + kRebuild);
     }
     if (options.static_decode != StaticDecodeMode::kOff && bucket.decode_static && bucket.engines.count("decode_static")) {
       std::vector<std::string> inputs = {"input_ids", "position_ids", "cache_lengths"};
@@ -244,7 +251,8 @@ struct Runtime::Impl {
     const Plan plan = plan_case(manifest, inputs);
     const Bucket& bucket = *plan.bucket;
     BucketEngines& engines = bucket_engines(bucket);
-    const int64_t L = plan.length, D = m.hidden_size, N = bucket.visual_tokens;
+    // the vision engine's rows: the visual tokens, plus OneVision's trailing newline
+    const int64_t L = plan.length, D = m.hidden_size, N = plan.feature_rows;
     Generation result;
     result.bucket = bucket.name;
     const auto t0 = std::chrono::steady_clock::now();
@@ -258,9 +266,10 @@ struct Runtime::Impl {
     HostInput pixels{floats_as(engines.vision->dtype("pixel_values_videos"), inputs.pixel_values_videos,
                                "pixel_values_videos"), {}};
     pixels.upload(stream, "pixel_values_videos");
+    std::map<std::string, DeviceBuffer*> vision_outputs = {{"video_features", &features}};
+    if (!plan.deepstack_shape.empty()) vision_outputs[kDeepstack] = &deepstack;
     const auto vision_shapes = engines.vision->run(
-        {{"pixel_values_videos", make_dims(inputs.pixel_shape()), pixels.device.get(), nullptr}},
-        {{"video_features", &features}}, stream);
+        {{"pixel_values_videos", make_dims(inputs.pixel_shape()), pixels.device.get(), nullptr}}, vision_outputs, stream);
     const nvinfer1::Dims e = embed_shapes.at("inputs_embeds"), f = vision_shapes.at("video_features");
     const DataType type = embed->dtype("inputs_embeds");
     if (trt::dims_text(e) != trt::dims_text(make_dims({1, L, D})) || trt::dims_text(f) != trt::dims_text(make_dims({N, D})) ||
@@ -281,16 +290,28 @@ struct Runtime::Impl {
                       "placing the video features");
       feature_row += end - begin;
     }
+    std::vector<Input> prefill_inputs;
+    if (!plan.deepstack_shape.empty()) {  // [k, N, D] from the vision engine to the prefill, on the GPU
+      const nvinfer1::Dims levels = vision_shapes.at(kDeepstack);
+      if (trt::dims_text(levels) != trt::dims_text(make_dims(plan.deepstack_shape)) ||
+          engines.vision->dtype(kDeepstack) != engines.prefill->dtype(kDeepstack)) {
+        throw RunError(engines.vision->path() + " returned " + kDeepstack + " " + trt::dims_text(levels) + " " +
+                       trt::dtype_name(engines.vision->dtype(kDeepstack)) + "; the prefill takes " +
+                       trt::dims_text(make_dims(plan.deepstack_shape)) + " " +
+                       trt::dtype_name(engines.prefill->dtype(kDeepstack)) + ": " + kRebuild);
+      }
+      prefill_inputs.push_back({kDeepstack, levels, deepstack.get(), nullptr});
+    }
     // prefill
     HostInput positions{integers_as(engines.prefill->dtype("position_ids"), plan.positions.ids, "position_ids"), {}};
     positions.upload(stream, "position_ids");
     HostInput start{integers_as(engines.prefill->dtype("video_start"), {plan.video_start}, "video_start"), {}};
     start.upload(stream, "video_start");
-    const auto shapes = engines.prefill->run(
-        {{"inputs_embeds", make_dims({1, L, D}), embeds.get(), nullptr},
-         {"position_ids", make_dims({3, L}), positions.device.get(), positions.bytes.data()},
-         {"video_start", make_dims({}), start.device.get(), start.bytes.data()}},
-        cache_outputs(0), stream);
+    prefill_inputs.insert(prefill_inputs.begin(),
+                          {{"inputs_embeds", make_dims({1, L, D}), embeds.get(), nullptr},
+                           {"position_ids", make_dims({3, L}), positions.device.get(), positions.bytes.data()},
+                           {"video_start", make_dims({}), start.device.get(), start.bytes.data()}});
+    const auto shapes = engines.prefill->run(prefill_inputs, cache_outputs(0), stream);
     std::vector<nvinfer1::Dims> cache_dims;
     for (int64_t i = 0; i < m.num_layers; ++i) {
       for (const char* kind : {"key", "value"}) cache_dims.push_back(shapes.at(present_name(i, kind)));

@@ -6,7 +6,9 @@
 //
 // BUILD_DIR alone: the manifest as the runtime reads it. With INPUTS_DIR: "plan": the chosen bucket,
 // the video region, the M-RoPE delta and the decode positions; "layout": the rows of each frame block
-// and the per-layer cache lengths the schedule gives; "static_decode" (a bucket with a static decode
+// (the rows video_features fill, in order: feature_rows of them, the last `trailing` a family's video
+// tokens after the frames), the per-layer cache lengths the schedule gives and the prefill's DeepStack
+// input shape (null: none); "static_decode" (a bucket with a static decode
 // graph and schedule stages): whether it decodes, capacities, each step's cache_lengths, position and
 // buffer sets, the cache bindings; --dump DIR writes the arrays the runtime
 // feeds the engines (input_ids, pixel_values_videos, video_grid_thw as read; position_ids as
@@ -113,7 +115,9 @@ json manifest_json(const ffexport::Manifest& m) {
                        {"grid_thw", b.grid_thw}, {"visual_tokens", b.visual_tokens},
                        {"patches_per_frame", b.patches_per_frame}, {"vision", b.vision}, {"prefill", b.prefill},
                        {"usable", b.usable}, {"engines", engines}, {"schedule_format", b.schedule_format},
-                       {"blocks", blocks_json(b.blocks)}, {"stages", b.stages ? json(b.stages->size()) : json()},
+                       {"blocks", blocks_json(b.blocks)}, {"frame_blocks", b.has_frame_blocks},
+                       {"pixel_shape", b.pixel_shape},
+                       {"deepstack", b.deepstack_shape.empty() ? json() : json(b.deepstack_shape)}, {"stages", b.stages ? json(b.stages->size()) : json()},
                        {"decode_static", b.decode_static ? json{{"file", b.decode_static->file},
                                                                 {"capacities", b.decode_static->capacities}}
                                                           : json()}});
@@ -126,7 +130,10 @@ json manifest_json(const ffexport::Manifest& m) {
                      {"spatial_merge_size", f.spatial_merge_size}, {"patch_size", f.patch_size},
                      {"temporal_patch_size", f.temporal_patch_size}, {"patch_dim", f.patch_dim()},
                      {"position_rule", f.position_rule}, {"temporal_step", f.temporal_step},
-                     {"frame_size", f.frame_size}}},
+                     {"frame_size", f.frame_size}, {"trailing_video_tokens", f.trailing_video_tokens},
+                     {"video_text", f.video_text ? json{{"prefix", f.video_text->prefix}, {"suffix", f.video_text->suffix},
+                                                        {"separator", f.video_text->separator}}
+                                                  : json()}}},
           {"precision", m.precision}, {"max_text", m.max_text}, {"ops", m.ops}, {"graphs", m.graphs},
           {"buckets", buckets}, {"engines", engines}, {"files", m.files.size()}};
 }
@@ -148,7 +155,9 @@ int run(int argc, char** argv) {
     out["plan"] = {{"bucket", bucket->name}, {"length", plan.length}, {"video_start", plan.video_start},
                    {"video_end", plan.video_end}, {"delta", plan.positions.delta},
                    {"decode_positions", decode_positions}};
-    out["layout"] = {{"blocks", blocks}, {"cache_lengths", plan.cache_lengths}};
+    out["layout"] = {{"blocks", blocks}, {"cache_lengths", plan.cache_lengths}, {"feature_rows", plan.feature_rows},
+                     {"trailing", plan.trailing},
+                     {"deepstack", plan.deepstack_shape.empty() ? json() : json(plan.deepstack_shape)}};
     if (bucket->decode_static && !plan.cache_lengths.empty()) {
       const auto s = ffexport::plan_static_decode(manifest.model, *bucket, plan.cache_lengths, n, args.static_decode);
       out["static_decode"] = static_decode_json(s, plan, n - 1, bucket->engines.count("decode_static") > 0);

@@ -121,7 +121,7 @@ def test_the_recorded_step_applies_to_qwen2_vl_too(cpp_build, build, tmp_path):
 
 @pytest.mark.parametrize("record, words", [
     ({"rule": "rope1d", "temporal_step": 1.0}, "model.positions.rule is 'rope1d'; this runtime builds positions by "
-                                               "mrope, 1d: update ffexport or rebuild with this version"),
+                                               "mrope, 1d, mrope_blocks: update ffexport or rebuild with this version"),
     ({"rule": "mrope"}, "model.positions.temporal_step is missing"),
     ({"rule": "mrope", "temporal_step": 0}, "model.positions.temporal_step must be positive, got 0"),
     ({"rule": "mrope", "temporal_step": -2.5}, "model.positions.temporal_step must be positive, got -2.5"),
@@ -135,15 +135,19 @@ def test_a_positions_record_it_cannot_use_is_one_line(cpp_build, build, tmp_path
         load_manifest(build)
     line = one_error_line(cpp_build.run_inspect(build), "input", 2)
     assert words in line and str(build / "manifest.json") in line
-    if "rule is '" in words:  # Python refuses it in the same words, naming its rules (C++'s and Qwen3-VL's mrope_blocks)
-        assert words.split(":")[0] in str(python.value)
+    if "rule is '" in words:  # Python refuses it in the same words, naming the same rules
+        assert line == f"error: {python.value}"
 
 
-def test_a_qwen3_vl_build_is_refused_by_the_cpp_runtime_in_one_line(cpp_build, build):
-    """Python runs Qwen3-VL's per-block positions (``mrope_blocks``); the C++ runtime does not yet and says so."""
-    relabel(build, {"rule": "mrope_blocks"})
-    line = one_error_line(cpp_build.run_inspect(build), "input", 2)
-    assert "model.positions.rule is 'mrope_blocks'; this runtime builds positions by mrope, 1d:" in line
+def test_an_mrope_blocks_record_is_read_with_no_step(cpp_build, build):
+    """Qwen3-VL's rule takes no numbers (each block a (1, h, w) grid, step 1), as Python reads it."""
+    relabel(build, {"rule": "mrope_blocks", "temporal_step": 2.0}, family="qwen3_vl")
+    model = load_manifest(build).model
+    done = cpp_build.run_inspect(build)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)["manifest"]["model"]
+    assert (got["position_rule"], got["temporal_step"]) == (model.position_rule, model.temporal_step) == \
+        ("mrope_blocks", 1.0)
 
 
 # ------------------------------------------------------------------ 1D positions (LLaVA-style builds)

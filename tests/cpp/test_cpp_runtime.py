@@ -76,7 +76,8 @@ def test_manifest_reads_as_in_python(cpp_build, toy_build_dir):
         "video_token_id": m.video_token_id, "eos_token_ids": m.eos_token_ids, "spatial_merge_size": m.spatial_merge_size,
         "patch_size": m.patch_size, "temporal_patch_size": m.temporal_patch_size, "patch_dim": m.patch_dim,
         "position_rule": m.position_rule, "temporal_step": m.temporal_step,
-        "frame_size": m.frame_preprocess["size"] if m.frame_preprocess else 0}
+        "frame_size": m.frame_preprocess["size"] if m.frame_preprocess else 0,
+        "trailing_video_tokens": m.trailing_video_tokens, "video_text": m.video_text}
     assert [(b["name"], tuple(b["grid_thw"]), b["visual_tokens"], b["usable"], b["vision"], b["prefill"])
             for b in got["buckets"]] == [(b.name, b.grid_thw, b.visual_tokens, b.usable, b.vision, b.prefill)
                                           for b in want.all_buckets]
@@ -103,7 +104,8 @@ def test_case_folder_round_trip_positions_and_bucket(cpp_build, toy_build_dir, t
     assert plan == {"bucket": bucket.name, "length": length, "video_start": start, "video_end": end, "delta": delta,
                     "decode_positions": [length + k + delta for k in range(4)]}
     # one frame block; the toy manifest records no schedule stages, hence no lengths and no static decode
-    assert json.loads(done.stdout)["layout"] == {"blocks": [[start, end]], "cache_lengths": []}
+    assert json.loads(done.stdout)["layout"] == {"blocks": [[start, end]], "cache_lengths": [], "feature_rows": end - start,
+                                                 "trailing": 0, "deepstack": None}
     assert "static_decode" not in json.loads(done.stdout)
 
 

@@ -26,6 +26,8 @@ from ffexport.reference import Reference
 from ffexport.video import synthetic_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp"))
+from cpp_support import build_cpp, cpp_against_python  # noqa: E402  (the C++ runtime's plan vs the Python runtime)
 from test_torch_free import _cli  # noqa: E402  (runs the CLI where torch & co. cannot be imported)
 
 BUCKET = "8x112x112"
@@ -399,6 +401,28 @@ def test_run_refuses_a_video_span_one_token_short_in_one_line(fixed_build, fixed
                             f"8 frames give {128 + trailing}")
 
 
+@pytest.mark.slow
+def test_cpp_plan_of_a_fixed_tower_build_equals_the_python_runtime(fixed_build, fixed_preset, tmp_path,
+                                                                   tmp_path_factory, monkeypatch):
+    """The C++ runtime (cpp/, ``ffexport-inspect``) on a case folder of ``ffexport case --format npy``: 1D
+    positions, decode positions, cache lengths and static decode steps equal what the Python runtime used, and
+    ONNX Runtime driven by the C++ plan alone gives the Python runtime's tokens. OneVision: the one run of video
+    tokens holds the frames' tokens and the learned newline, and the vision graph's rows fill all of it."""
+    from ffexport.cli import main
+
+    spec = FIXED_TOWERS[fixed_preset]
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--model", fixed_preset, "--video", "synthetic:pan", "--seed", "4", "--frames", "8",
+                 "--format", "npy", "--out", str(case)]) == 0
+    out, seen, _ = cpp_against_python(build_cpp(tmp_path_factory), fixed_build, case, tmp_path, monkeypatch)
+    model, plan = out["manifest"]["model"], out["plan"]
+    assert (model["position_rule"], model["trailing_video_tokens"], seen["delta"]) == ("1d", spec.trailing, 0)
+    visual = 8 * 16
+    assert out["layout"]["feature_rows"] == visual + spec.trailing and out["layout"]["trailing"] == spec.trailing
+    assert out["layout"]["blocks"] == [[plan["video_start"], plan["video_start"] + visual + spec.trailing]]
+    assert out["layout"]["deepstack"] is None
+
+
 # ------------------------------------------------------------------ InternVL: frame blocks through build and run
 @pytest.fixture(scope="module")
 def internvl_build(tmp_path_factory) -> Path:
@@ -514,6 +538,43 @@ def test_run_refuses_a_case_whose_frame_blocks_are_not_the_buckets(internvl_buil
     assert main(["run", str(internvl_build), "--inputs", str(tmp_path / "c.npz")]) == 2
     line = error_line()
     assert line.startswith("error: input: the case's video tokens sit in the frame blocks ") and "[16, 16]" not in line
+
+
+@pytest.mark.slow
+def test_cpp_plan_of_the_internvl_build_equals_the_python_runtime(internvl_build, tmp_path, tmp_path_factory,
+                                                                  monkeypatch):
+    """The C++ runtime on InternVL's case folder (``pixel_values.npy`` [T, 3, S, S], frame blocks with text
+    between them): the blocks are the manifest's ``frame_blocks``, 1D positions and everything after them equal
+    the Python runtime's, and ONNX Runtime driven by the C++ plan alone gives its tokens. A case whose text
+    between frames is one token longer is refused in Python's line, exit 2."""
+    from ffexport.case import load_case
+    from ffexport.casedir import save_case_dir
+    from ffexport.cli import main
+    from ffexport.errors import InputError
+    from ffexport.runtime import Runtime
+
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--model", "internvl-tiny", "--video", "synthetic:pan", "--seed", "3", "--frames", "8",
+                 "--format", "npy", "--out", str(case)]) == 0
+    assert (case / "pixel_values.npy").is_file()
+    cpp = build_cpp(tmp_path_factory)
+    out, _, _ = cpp_against_python(cpp, internvl_build, case, tmp_path, monkeypatch)
+    blocks = json.loads((internvl_build / "manifest.json").read_text())["buckets"][0]["frame_blocks"]
+    start = out["plan"]["video_start"]
+    assert len(blocks) == 8 and out["layout"]["blocks"] == [[start + o, start + o + n] for o, n in blocks]
+    assert out["manifest"]["buckets"][0]["pixel_shape"] == [8, 3, 112, 112]
+
+    c = load_case(case)
+    ids = c.input_ids[0]
+    second = start + blocks[1][0]  # one more text token before frame 2's block
+    ids = np.insert(ids, second, ids[second - 1]).reshape(1, -1)
+    longer = type(c)(ids, c.pixel_values_videos, None, attention_mask=np.ones_like(ids))
+    save_case_dir(longer, tmp_path / "longer")
+    with pytest.raises(InputError) as python:
+        Runtime(internvl_build, verify=False)._check_case(longer, None)
+    done = cpp.run_inspect(internvl_build, tmp_path / "longer")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"error: {python.value}"]
 
 
 def test_internvl_build_parses_and_builds_for_sm89(internvl_build, tensorrt_rtx, capsys):

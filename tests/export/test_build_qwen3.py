@@ -27,6 +27,9 @@ from test_build_families import (  # noqa: E402  (the families' shared run-vs-Py
     build_once,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp"))
+from cpp_support import build_cpp, cpp_against_python  # noqa: E402  (the C++ runtime's plan vs the Python runtime)
+
 #: 8 frames of 128x128: 4 temporal groups (blocks) of 4x4 merged tokens (patch 16, merge 2)
 BUCKET = "8x128x128"
 
@@ -145,3 +148,29 @@ def test_qwen3_bucket_layout_is_the_prompts(qwen3):
     assert got == want and len(got.blocks) == 4
     nominal = qwen3.adapter.bucket_layout(qwen3.config, 8, None, patches_per_frame=16)
     assert [b.length for b in nominal.blocks] == [16] * 4
+
+
+# ------------------------------------------------------------------ the C++ runtime on the same build
+@pytest.mark.slow
+def test_cpp_plan_of_the_qwen3_build_equals_the_python_runtime(qwen3_build, tmp_path, tmp_path_factory, monkeypatch):
+    """The C++ runtime (cpp/, ``ffexport-inspect``) on a case folder of ``ffexport case --format npy``: positions by
+    the manifest's ``mrope_blocks`` rule (one (1, h, w) grid per frame block, timestamps between) equal what the
+    Python runtime fed its prefill and the adapter's own; the blocks are the manifest's ``frame_blocks``; the
+    prefill takes the vision graph's DeepStack levels [2, N, D]; and ONNX Runtime driven by the C++ plan alone
+    (those levels passed as they are) gives the Python runtime's tokens."""
+    from ffexport.case import load_case
+    from ffexport.cli import main
+    from ffexport.models.qwen3_vl import Qwen3VLAdapter, qwen3_vl_tiny_config
+
+    case = tmp_path / "case"
+    assert main(["-q", "case", "--model", "qwen3vl-tiny", "--video", "synthetic:pan", "--seed", "2", "--frames", "8",
+                 "--size", "128x128", "--format", "npy", "--out", str(case)]) == 0
+    out, seen, _ = cpp_against_python(build_cpp(tmp_path_factory), qwen3_build, case, tmp_path, monkeypatch)
+    assert out["manifest"]["model"]["position_rule"] == "mrope_blocks"
+    bucket = _manifest(qwen3_build)["buckets"][0]
+    start = out["plan"]["video_start"]
+    assert out["layout"]["blocks"] == [[start + o, start + o + n] for o, n in bucket["frame_blocks"]]
+    assert out["layout"]["deepstack"] == [2, 64, 64] == out["manifest"]["buckets"][0]["deepstack"]
+    c = load_case(case)
+    positions, delta = Qwen3VLAdapter().position_ids(qwen3_vl_tiny_config(), c.input_ids, c.video_grid_thw)
+    assert np.array_equal(seen["positions"], positions) and delta == out["plan"]["delta"] < 0

@@ -324,9 +324,9 @@ def test_tiny_presets_are_deterministic(name, loaded_models):
         assert key == key_again and torch.equal(a, b), key
 
 
-def test_npy_case_folders_hold_llava_cases_and_refuse_internvl(tmp_path, capsys):
+def test_npy_case_folders_hold_llava_and_internvl_cases(tmp_path):
     """A LLaVA-style case as a folder of .npy files (for the C++ runtime) reads back as the case.npz of the same
-    command; InternVL's (frames as `pixel_values`) is refused in one line."""
+    command; so does InternVL's, whose frames keep its processor's name (`pixel_values.npy` [T, 3, S, S])."""
     from ffexport.case import load_case
     from ffexport.cli import main
 
@@ -337,12 +337,14 @@ def test_npy_case_folders_hold_llava_cases_and_refuse_internvl(tmp_path, capsys)
     assert sorted(p.name for p in (tmp_path / "case").iterdir()) == [
         "attention_mask.npy", "input_ids.npy", "pixel_values_videos.npy"]
     assert folder.keys == npz.keys and all(np.array_equal(getattr(folder, k), getattr(npz, k)) for k in npz.keys)
-    capsys.readouterr()
-    out = tmp_path / "internvl"
-    assert main(["case", "--model", "internvl-tiny", "--frames", "2", "--format", "npy", "--out", str(out)]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and "save this family's case as case.npz" in errors[0]
-    assert not out.exists()
+    base = ["-q", "case", "--model", "internvl-tiny", "--frames", "2"]
+    assert main([*base, "--format", "npy", "--out", str(tmp_path / "internvl")]) == 0
+    assert main([*base, "--out", str(tmp_path / "internvl.npz")]) == 0
+    folder, npz = load_case(tmp_path / "internvl"), load_case(tmp_path / "internvl.npz")
+    assert sorted(p.name for p in (tmp_path / "internvl").iterdir()) == [
+        "attention_mask.npy", "input_ids.npy", "pixel_values.npy"]
+    assert folder.keys == npz.keys and folder.pixel_values_videos.ndim == 4
+    assert all(np.array_equal(getattr(folder, k), getattr(npz, k)) for k in npz.keys)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp"))
-from cpp_support import build_cpp  # noqa: E402
+from cpp_support import build_cpp, python_run  # noqa: E402
 
 from ffexport.case import load_case  # noqa: E402
 from ffexport.cli import main  # noqa: E402
@@ -22,34 +22,6 @@ from ffexport.runtime.manifest import load_manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN25_BUCKET = "8x112x112"
-
-
-@pytest.mark.slow
-def python_run(monkeypatch, build: Path, case: Path, tokens: int = 5):
-    """The Python runtime's generate on ``case`` with what the C++ plan is compared to recorded: the
-    position ids and delta, each layer's prompt cache length, and every decode step's lengths and position."""
-    from ffexport.runtime import Runtime, session
-    from ffexport.runtime.kv_cache import StaticCacheDecoder
-
-    seen: dict = {"steps": []}
-    python_positions, start, step = session.position_ids, StaticCacheDecoder.start, StaticCacheDecoder.step
-
-    def recording_positions(model, input_ids, video_grid_thw):
-        seen["positions"], seen["delta"] = python_positions(model, input_ids, video_grid_thw)
-        return seen["positions"], seen["delta"]
-
-    def recording_start(self, presents):
-        start(self, presents)
-        seen.update(lengths=[int(presents[f"{i}.key"].shape[2]) for i in range(self.num_layers)])
-
-    def recording_step(self, token, position):
-        seen["steps"].append({"cache_lengths": [int(x) for x in self._base + self.steps], "position": int(position)})
-        return step(self, token, position)
-
-    monkeypatch.setattr(session, "position_ids", recording_positions)
-    monkeypatch.setattr(StaticCacheDecoder, "start", recording_start)
-    monkeypatch.setattr(StaticCacheDecoder, "step", recording_step)
-    return seen, Runtime(build).generate(load_case(case), max_new_tokens=tokens)
 
 
 def test_cpp_reads_a_real_build_and_case_folder(real_build_dir, real_bucket, tmp_path, tmp_path_factory):

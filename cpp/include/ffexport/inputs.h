@@ -8,6 +8,9 @@
 //   INPUTS_DIR/input_ids.npy            int64 [1, L]
 //   INPUTS_DIR/pixel_values_videos.npy  float32 [1, frames, 3, S, S]: every frame at the tower's size
 //   (INPUTS_DIR/attention_mask.npy      the processor's, all ones: not read)
+// InternVL (frames through the image path, 1D positions):
+//   INPUTS_DIR/input_ids.npy            int64 [1, L]: frame blocks of video tokens with text between them
+//   INPUTS_DIR/pixel_values.npy         float32 [frames, 3, S, S] (read when pixel_values_videos.npy is absent)
 //
 // The same arrays as ffexport's case.npz (ffexport/case.py); `ffexport case --format npy --out DIR`
 // writes such a folder. Position ids are computed from these (plan.h), not stored.
@@ -29,9 +32,10 @@ struct Inputs {
   int64_t pixel_rows = 0;                     // a Qwen-grid case: [pixel_rows, pixel_cols]
   int64_t pixel_cols = 0;
   std::array<int64_t, 3> video_grid_thw{};    // (t, h, w); zeros for a fixed-size-tower case
-  // A fixed-size-tower case: pixel_values_videos is [1, frames, C, S, S] and there is no grid.
+  // A fixed-size-tower case: pixel_values_videos is [1, frames, C, S, S] (InternVL's pixel_values
+  // [frames, C, S, S]) and there is no grid.
   bool fixed_tower = false;
-  std::vector<int64_t> frames_shape;          // [1, frames, C, S, S] when fixed_tower
+  std::vector<int64_t> frames_shape;          // [1, frames, C, S, S] or [frames, C, S, S] when fixed_tower
 
   // The shape of pixel_values_videos as the vision graph takes it.
   std::vector<int64_t> pixel_shape() const {
@@ -40,8 +44,8 @@ struct Inputs {
 };
 
 // Read INPUTS_DIR; a missing file, a wrong shape or dtype, or NaN/infinite pixels is one InputError.
-// 5-D pixel_values_videos make a fixed-size-tower case (no video_grid_thw.npy needed); 2-D ones need
-// video_grid_thw.npy.
+// 5-D pixel_values_videos (or 4-D pixel_values, InternVL) make a fixed-size-tower case (no
+// video_grid_thw.npy needed); 2-D ones need video_grid_thw.npy.
 Inputs load_inputs(const std::string& dir);
 
 }  // namespace ffexport

@@ -20,10 +20,24 @@ inline constexpr const char* kManifestFormat = "ffexport.manifest/1";
 // Bucket schedules (ffexport/fusion/schedule.py): version 2 adds the frame blocks; version 1 is one block.
 inline constexpr const char* kScheduleFormatV1 = "ffexport.schedule/1";
 inline constexpr const char* kScheduleFormatV2 = "ffexport.schedule/2";
-// The position rules this runtime computes (`model.positions.rule`): M-RoPE (ffexport/mrope.py) and 1D
-// (arange(L) on all three rows, delta 0: LLaVA-style builds; ffexport/runtime/session.py, position_ids).
+// The position rules this runtime computes (`model.positions.rule`): M-RoPE (ffexport/mrope.py), 1D
+// (arange(L) on all three rows, delta 0: LLaVA-style builds and InternVL; ffexport/runtime/session.py,
+// position_ids) and M-RoPE with every frame block a (1, h, w) grid (Qwen3-VL; ffexport/mrope.py,
+// block_position_ids).
 inline constexpr const char* kPositionRuleMrope = "mrope";
 inline constexpr const char* kPositionRule1d = "1d";
+inline constexpr const char* kPositionRuleMropeBlocks = "mrope_blocks";
+// The vision graph's second output and the prefill graph's fourth input in Qwen3-VL builds: the DeepStack
+// levels [k, N, D], passed from one to the other as they are.
+inline constexpr const char* kDeepstack = "deepstack_features";
+
+// The text a family writes around and between frame blocks (`model.video_text`, ffexport/video_text.py):
+// block i (1-based) is prefix.format(index=i) + its video tokens + suffix.format(index=i), blocks joined
+// by separator. The C++ runtime does not tokenize; it reads the record for what it says (the layout
+// itself is the bucket's frame_blocks).
+struct VideoText {
+  std::string prefix, suffix, separator;
+};
 
 struct ModelFacts {
   std::string name;
@@ -46,8 +60,15 @@ struct ModelFacts {
   // A fixed-size tower's frame size S (`model.frame_preprocess.size`; rule "1d" only, else 0): its case
   // holds pixel_values_videos [1, frames, 3, S, S].
   int64_t frame_size = 0;
+  // Video tokens after the frames' visual tokens (`model.trailing_video_tokens`, rule "1d" only):
+  // LLaVA-OneVision's learned newline, 1. The vision graph returns visual_tokens + these rows, placed
+  // over the whole run of video tokens; FrameFusion treats them as text.
+  int64_t trailing_video_tokens = 0;
+  // `model.video_text` (rule "1d" only; InternVL): text between frame blocks.
+  std::optional<VideoText> video_text;
 
   bool one_d() const { return position_rule == kPositionRule1d; }
+  bool mrope_blocks() const { return position_rule == kPositionRuleMropeBlocks; }
 
   // Values per row of pixel_values_videos: RGB x temporal patch x patch x patch.
   int64_t patch_dim() const { return 3 * temporal_patch_size * patch_size * patch_size; }
@@ -95,11 +116,20 @@ struct Bucket {
   int64_t visual_tokens = 0;
   int64_t patches_per_frame = 0;
   std::string vision, prefill;  // ONNX graph files
+  // The vision graph's input shape as the build recorded it (`graphs.vision.inputs[0].shape`; empty when
+  // not recorded or not static): a fixed-size tower's [1, T, 3, S, S], InternVL's [T, 3, S, S].
+  std::vector<int64_t> pixel_shape;
+  // The prefill graph's DeepStack input [k, N, D] (`graphs.prefill.inputs`, Qwen3-VL); empty: none.
+  std::vector<int64_t> deepstack_shape;
+  // The bucket's `frame_blocks` ([offset, tokens] from the first video token) when the build recorded
+  // them (text between frame blocks: Qwen3-VL, InternVL); they equal the schedule's blocks.
+  bool has_frame_blocks = false;
   bool usable = false;
   std::optional<bool> parity_passed;
   std::map<std::string, EngineRecord> engines;  // "vision", "prefill" [, "decode_static"] (TensorRT builds only)
   // The schedule as the manifest records it: its format ("" when the bucket has none), the video's
-  // frame blocks (one block {0, visual_tokens} for version 1 or a schedule without blocks) and its
+  // frame blocks (the bucket's frame_blocks when recorded, else the schedule's; one block
+  // {0, visual_tokens} for version 1 or a schedule without blocks) and its
   // steps (nullopt when not recorded: then per-layer lengths are not known before the prefill runs).
   std::string schedule_format;
   std::vector<FrameBlock> blocks;

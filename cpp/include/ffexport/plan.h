@@ -59,6 +59,13 @@ struct Plan {
   // Sequence rows [start, end) of each frame block, in order: video_features rows fill them one block
   // after the other (one block, [video_start, video_end), for a contiguous video).
   std::vector<std::pair<int64_t, int64_t>> blocks;
+  // Rows of video_features: the bucket's visual tokens plus the family's trailing video tokens
+  // (LLaVA-OneVision's newline: the last `trailing` rows of the last block, text to FrameFusion).
+  int64_t feature_rows = 0;
+  int64_t trailing = 0;
+  // The prefill's DeepStack input [k, N, D] (Qwen3-VL: the vision engine's deepstack_features, passed as
+  // they are); empty when the bucket's prefill takes none.
+  std::vector<int64_t> deepstack_shape;
   Positions positions;
   // Rows of layer i's cache after the prefill: L minus the visual tokens the schedule removed before
   // layer i's attention (empty when the manifest records no schedule stages).
