@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ffexport.errors import InputError
-from ffexport.video.preprocess import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize
+from ffexport.video.preprocess import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, smart_resize, video_smart_resize
 
 _BUCKET = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -40,13 +40,19 @@ def parse_bucket(
     temporal_patch_size: int,
     merge_size: int,
     video_pixels: tuple[int, int] | None = None,
+    clip_budget: bool = False,
 ) -> Bucket:
-    """Parse ``FRAMESxHEIGHTxWIDTH`` and apply the model's resize rule."""
+    """Parse ``FRAMESxHEIGHTxWIDTH`` and apply the model's resize rule: the pixel limits hold per frame
+    (Qwen2-VL, Qwen2.5-VL) or, with ``clip_budget``, for the whole clip (Qwen3-VL's video processor)."""
     frames, height, width = bucket_dims(text)
     min_pixels, max_pixels = video_pixels or (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
     try:
-        resized = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
-                               max_pixels=max_pixels)
+        if clip_budget:
+            resized = video_smart_resize(frames, height, width, temporal_factor=temporal_patch_size,
+                                         factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
+        else:
+            resized = smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels,
+                                   max_pixels=max_pixels)
     except ValueError as e:
         raise InputError(f"bucket {text!r}: the model cannot take this size ({e})") from e
     t = -(-frames // temporal_patch_size)
@@ -93,4 +99,5 @@ def model_bucket(adapter, config, text: str, *, video_pixels: tuple[int, int] | 
         return parse_fixed_bucket(text, size=adapter.frame_size(config), tokens_per_frame=adapter.tokens_per_frame(config))
     vision = config.vision_config
     return parse_bucket(text, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                        merge_size=vision.spatial_merge_size, video_pixels=video_pixels)
+                        merge_size=vision.spatial_merge_size, video_pixels=video_pixels,
+                        clip_budget=getattr(adapter, "pixel_budget", "frame") == "clip")

@@ -23,7 +23,7 @@ import torch
 import ffexport
 from ffexport.case import Case
 from ffexport.errors import InputError, ValidationError
-from ffexport.export.buckets import Bucket, parse_bucket, parse_fixed_bucket
+from ffexport.export.buckets import Bucket, model_bucket
 from ffexport.export.attention_rewrite import choose_attention
 from ffexport.export.builddir import BuildDirectory, committed_weights, fault_point
 from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
@@ -375,13 +375,8 @@ class Build:
         return not hasattr(self.loaded.adapter, "vision_tower")
 
     def _parse_bucket(self, text: str) -> Bucket:
-        loaded = self.loaded
-        if self._fixed_tower():
-            adapter, cfg = loaded.adapter, loaded.config
-            return parse_fixed_bucket(text, size=adapter.frame_size(cfg), tokens_per_frame=adapter.tokens_per_frame(cfg))
-        vision = loaded.config.vision_config
-        return parse_bucket(text, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                            merge_size=vision.spatial_merge_size, video_pixels=loaded.video_pixels)
+        """The family's bucket rule (a fixed-size tower, or a patch grid within the model's pixel limits)."""
+        return model_bucket(self.loaded.adapter, self.loaded.config, text, video_pixels=self.loaded.video_pixels)
 
     def _vision_module(self, bucket: Bucket) -> torch.nn.Module:
         """The bucket's vision graph module: the Qwen towers per grid, a fixed-size tower per frame count."""

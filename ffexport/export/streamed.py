@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from ffexport.errors import CaptureError, InputError, ModelError
-from ffexport.export.buckets import Bucket, parse_bucket
+from ffexport.export.buckets import Bucket, model_bucket
 from ffexport.export.capture import CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.manifest import MANIFEST, file_record, graph_io, write_manifest
 from ffexport.export.parity import OrtRunner
@@ -397,8 +397,7 @@ def parity_bucket(bucket: Bucket, loaded: LoadedModel) -> Bucket:
     vision = loaded.config.vision_config
     groups = max(1, PARITY_MAX_VISUAL_TOKENS // bucket.patches_per_frame)
     frames = groups * vision.temporal_patch_size
-    return parse_bucket(f"{frames}x{bucket.height}x{bucket.width}", patch_size=vision.patch_size,
-                        temporal_patch_size=vision.temporal_patch_size, merge_size=vision.spatial_merge_size,
+    return model_bucket(loaded.adapter, loaded.config, f"{frames}x{bucket.height}x{bucket.width}",
                         video_pixels=loaded.video_pixels)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ffexport.errors import ModelError
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
-from ffexport.video.processor_config import read_processor_config
+from ffexport.video.processor_config import QWEN2_VL_DEFAULTS, read_processor_config
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class LoadedModel:
         if self.tokenizer is None:
             raise InputError(f"{self.name} has no tokenizer, so a prompt cannot be tokenized; pass --inputs CASE.npz")
         if hasattr(self.adapter, "case_from_video"):  # families with their own processor names and prompt
-            return self.adapter.case_from_video(self.config, frames, prompt, tokenizer=self.tokenizer)
+            budget = {"video_pixels": self.video_pixels} if hasattr(self.adapter, "pixel_budget") else {}
+            return self.adapter.case_from_video(self.config, frames, prompt, tokenizer=self.tokenizer, **budget)
         vision = self.config.vision_config
         return case_from_video(
             frames, prompt, tokenizer=self.tokenizer, patch_size=vision.patch_size,
@@ -215,7 +216,7 @@ class LoadModel:
             ).eval()
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"could not load weights from {directory}: {e}") from e
-        processor = read_processor_config(directory)
+        processor = read_processor_config(directory, defaults=getattr(adapter, "processor_defaults", QWEN2_VL_DEFAULTS))
         log.info("video processor settings from %s: pixels %d..%d", processor.source, *processor.pixels)
         return LoadedModel(name, adapter, model, _load_tokenizer(directory), str(directory),
                            processor.pixels, processor)

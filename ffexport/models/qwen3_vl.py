@@ -38,11 +38,27 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from ffexport.fusion.decoder import DecoderParts
 from ffexport.fusion.layout import FrameBlock, FrameLayout
-from ffexport.models.qwen2_vl import _QWEN_TOKENS, _RELEASED_PIXELS
+from ffexport.models.qwen2_vl import _QWEN_TOKENS
 from ffexport.models.registry import FAMILIES, PRESETS, Preset
 from ffexport.models.vision_tower import VisionTower
 from ffexport.mrope import block_position_ids
 from ffexport.prompt import group_timestamps, timestamped_video_prompt_ids
+from ffexport.video.fixed import HALF_MEAN_STD
+from ffexport.video.processor_config import VideoProcessorConfig
+
+
+#: ``Qwen3VLVideoProcessor``'s class defaults: the pixel budget of the whole clip, and the fps
+#: ``Qwen3VLProcessor`` assumes for frames given without metadata
+PROCESSOR_MIN_PIXELS = 128 * 32 * 32
+PROCESSOR_MAX_PIXELS = 768 * 32 * 32
+PROCESSOR_DEFAULT_FPS = 24.0
+#: the released checkpoints' video_preprocessor_config.json (Qwen/Qwen3-VL-*-Instruct): ``size`` =
+#: {"shortest_edge": 4096, "longest_edge": 25165824}, a budget over the whole clip (64 frames of 448x448 fit)
+RELEASED_VIDEO_PIXELS = (4096, 25165824)
+#: what a model directory without a processor config falls back to (transformers' class defaults)
+PROCESSOR_DEFAULTS = VideoProcessorConfig(min_pixels=PROCESSOR_MIN_PIXELS, max_pixels=PROCESSOR_MAX_PIXELS,
+                                          patch_size=16, temporal_patch_size=2, merge_size=2,
+                                          image_mean=HALF_MEAN_STD, image_std=HALF_MEAN_STD)
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,10 @@ class Qwen3VLAdapter:
 
     #: the vision graph takes the tower's learned positions and DeepStack blocks as data (ffexport/export/vision.py)
     vision_tower = staticmethod(VisionTower.qwen3_vl)
+    #: the video processor's pixel limits hold for the whole clip, not per frame (buckets and cases both)
+    pixel_budget: str = "clip"
+    #: a model directory without a video processor config gets transformers' Qwen3VLVideoProcessor defaults
+    processor_defaults = PROCESSOR_DEFAULTS
 
     @staticmethod
     def num_layers(config: Qwen3VLConfig) -> int:
@@ -146,18 +166,20 @@ class Qwen3VLAdapter:
 
 
     # ------------------------------------------------------------------ case and reference
-    def case_from_video(self, config: Qwen3VLConfig, frames: np.ndarray, prompt: str, *, tokenizer):
+    def case_from_video(self, config: Qwen3VLConfig, frames: np.ndarray, prompt: str, *, tokenizer,
+                        video_pixels: tuple[int, int] | None = None):
         """A case (``input_ids``, ``pixel_values_videos``, ``video_grid_thw``) from uint8 frames [T, H, W, 3],
-        as ``Qwen3VLProcessor`` makes it from the same frames (no metadata: fps 24, frame i at i / 24 s)."""
+        as ``Qwen3VLProcessor`` makes it from the same frames (no metadata: fps 24, frame i at i / 24 s).
+        ``video_pixels``: the clip's (min, max) pixel budget (a model directory's video processor
+        config, or the preset's); None: the video processor's class defaults."""
         from ffexport.case import Case
-        from ffexport.video.fixed import HALF_MEAN_STD
         from ffexport.video.preprocess import preprocess_video, video_smart_resize
 
         vision = config.vision_config
         merge, temporal = vision.spatial_merge_size, vision.temporal_patch_size
+        low, high = video_pixels or (PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS)
         size = video_smart_resize(len(frames), frames.shape[1], frames.shape[2], temporal_factor=temporal,
-                                  factor=vision.patch_size * merge, min_pixels=PROCESSOR_MIN_PIXELS,
-                                  max_pixels=PROCESSOR_MAX_PIXELS)
+                                  factor=vision.patch_size * merge, min_pixels=low, max_pixels=high)
         pixels, grid = preprocess_video(frames, patch_size=vision.patch_size, temporal_patch_size=temporal,
                                         merge_size=merge, size=size, image_mean=HALF_MEAN_STD, image_std=HALF_MEAN_STD)
         grid_thw = tuple(int(x) for x in grid[0])
@@ -203,11 +225,6 @@ class Qwen3VLAdapter:
                     deepstack=deepstack.to(embeds.dtype))
 
 
-#: ``Qwen3VLVideoProcessor``'s class defaults: the pixel budget of the whole clip, and the fps
-#: ``Qwen3VLProcessor`` assumes for frames given without metadata
-PROCESSOR_MIN_PIXELS = 128 * 32 * 32
-PROCESSOR_MAX_PIXELS = 768 * 32 * 32
-PROCESSOR_DEFAULT_FPS = 24.0
 
 
 def video_prompt_ids(tokenizer, *, grid_thw: tuple[int, int, int], merge_size: int, timestamps: list[float],
@@ -261,7 +278,7 @@ def qwen3_vl_tiny_config() -> Qwen3VLConfig:
 
 PRESETS.register("qwen3vl-tiny", Preset(
     "qwen3vl-tiny", "qwen3_vl", "4-layer Qwen3-VL, deterministic random weights, built-in tokenizer (tests)",
-    qwen3_vl_tiny_config, tiny=True, video_pixels=(64 * 64, 256 * 256)))
+    qwen3_vl_tiny_config, tiny=True, video_pixels=(PROCESSOR_MIN_PIXELS, PROCESSOR_MAX_PIXELS)))
 PRESETS.register("qwen3vl-8b", Preset(
     "qwen3vl-8b", "qwen3_vl", "Qwen3-VL-8B-Instruct", qwen3_vl_8b_config, hub_id="Qwen/Qwen3-VL-8B-Instruct",
-    video_pixels=_RELEASED_PIXELS))
+    video_pixels=RELEASED_VIDEO_PIXELS))

@@ -526,3 +526,43 @@ def test_qwen3_pixels_equal_transformers_per_frame(source, video_resize):
         assert out["image_grid_thw"][0].tolist() == [1, h, w]
         expected = np.asarray(out["pixel_values"]).reshape(h * w, 3, 2, 16 * 16)[:, :, 0]
         np.testing.assert_allclose(per_patch[f // 2, :, :, f % 2], expected, rtol=0, atol=1e-5)
+
+
+# Qwen/Qwen3-VL-8B-Instruct's video_preprocessor_config.json as released (the keys the resize reads)
+QWEN3_RELEASED_VIDEO_PROCESSOR = {"size": {"longest_edge": 25165824, "shortest_edge": 4096}, "patch_size": 16,
+                                  "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+                                  "image_std": [0.5, 0.5, 0.5], "video_processor_type": "Qwen3VLVideoProcessor"}
+
+
+@pytest.mark.parametrize("bucket", ["8x128x128", "16x256x256", "64x448x448", "64x1080x1920"])
+@pytest.mark.parametrize("limits", ["class defaults", "released"])
+def test_qwen3_bucket_resize_is_the_clip_wide_rule_of_transformers(bucket, limits, tmp_path):
+    """A Qwen3-VL bucket's size follows the video processor's budget over the whole clip (not per frame),
+    from the model directory's config as transformers reads it: 64 frames of 448x448 fit the released
+    budget unchanged, the class defaults shrink them."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as theirs
+
+    from ffexport.export.buckets import model_bucket
+    from ffexport.models.qwen3_vl import ADAPTER, qwen3_vl_8b_config
+
+    if limits == "released":
+        _write(tmp_path, "video_preprocessor_config.json", QWEN3_RELEASED_VIDEO_PROCESSOR)
+    pixels = read_processor_config(tmp_path, defaults=ADAPTER.processor_defaults).pixels
+    assert pixels == ((4096, 25165824) if limits == "released" else (128 * 32 * 32, 768 * 32 * 32))
+    frames, height, width = (int(x) for x in bucket.split("x"))
+    b = model_bucket(ADAPTER, qwen3_vl_8b_config(), bucket, video_pixels=pixels)
+    assert b.resized == theirs(frames, height, width, 2, 32, min_pixels=pixels[0], max_pixels=pixels[1])
+    if bucket == "64x448x448":
+        assert (b.resized == (448, 448)) == (limits == "released")
+
+
+def test_qwen3_case_at_a_bucket_over_the_budget_has_the_bucket_grid(qwen3):
+    """The case the build's gate makes at a bucket's size lands on the bucket's grid, also when the clip is
+    over the budget and the processor shrinks it (the bucket took the same clip-wide rule)."""
+    from ffexport.export.buckets import model_bucket
+
+    bucket = model_bucket(qwen3.adapter, qwen3.config, "16x256x256", video_pixels=qwen3.video_pixels)
+    assert bucket.resized != (256, 256)  # 16 frames of 256x256 exceed the class defaults' 786432 pixels
+    frames = synthetic_video("pan", frames=16, height=256, width=256, seed=3)
+    case = qwen3.case_from_video(frames, PROMPT)
+    assert tuple(int(x) for x in case.video_grid_thw[0]) == bucket.grid_thw
