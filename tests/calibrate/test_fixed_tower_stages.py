@@ -147,11 +147,6 @@ def test_bench_race_refuses_1d_positions_in_one_line(error_line):
     assert "--race" in line and "'1d' positions" in line
 
 
-def test_internvl_bench_is_still_refused(error_line):
-    assert main(["-q", "bench", "--model", "internvl-tiny"]) == 3
-    assert "frame blocks with text between them" in error_line()
-
-
 # ------------------------------------------------------------------ frame blocks (InternVL: text between frames)
 @pytest.fixture(scope="module")
 def internvl():
