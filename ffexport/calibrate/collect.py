@@ -65,18 +65,25 @@ class Collection:
 
 
 def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAULT_PROMPT) -> Case:
-    """Frames (at the bucket's size) sampled to its count, with the prompt around them, through the family's
-    own case builder (``loaded.case_from_video``: its processor, prompt and video layout, e.g. Qwen3-VL's
-    timestamped frame blocks), as the build's policy case (:func:`ffexport.export.policy.video_case`); a
-    model without its tokenizer here takes a stand-in prompt. The case must hold the bucket's tokens."""
+    """Frames sampled to the bucket's count (and, for a patch-grid bucket, resized to its pixels; a
+    fixed-size tower's preprocessing brings any frame to its size), with the prompt around them, through
+    the family's own case builder (``loaded.case_from_video``: its processor, prompt and video layout,
+    e.g. Qwen3-VL's timestamped frame blocks), as the build's policy case
+    (:func:`ffexport.export.policy.video_case`); a model without its tokenizer here takes a stand-in
+    prompt. The case must hold the bucket's tokens."""
     import numpy as np
 
     from ffexport.export.buckets import fixed_size_tower
     from ffexport.runtime.video import sample_frames
+    from ffexport.video.resize import resize_frames
 
     sampled, _ = sample_frames(np.asarray(frames), bucket.frames)
+    if not fixed_size_tower(loaded.adapter):
+        sampled = resize_frames(sampled, bucket.resized)
     if loaded.tokenizer is not None:
         case = loaded.case_from_video(sampled, prompt)
+    elif in_frame_blocks(loaded, bucket):
+        raise InputError(without_tokenizer(loaded))
     elif fixed_size_tower(loaded.adapter):
         case = _stand_in_fixed_tower_case(loaded, sampled, prompt)
     else:
@@ -101,15 +108,11 @@ def _fits_bucket(loaded: LoadedModel, case: Case, bucket: Bucket) -> Case:
 
 def _stand_in_grid_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) -> Case:
     """A patch-grid family without its tokenizer here: the grid at the bucket's size, the prompt in
-    :func:`_stand_in_prompt_ids` (Qwen2-VL's one run of video tokens). A family that writes its video in
-    frame blocks (its adapter's ``bucket_layout``: Qwen3-VL's timestamps between blocks) needs its tokenizer."""
+    :func:`_stand_in_prompt_ids` (Qwen2-VL's one run of video tokens)."""
     import numpy as np
 
     from ffexport.video import preprocess_video
 
-    if hasattr(loaded.adapter, "bucket_layout"):
-        raise InputError(f"{loaded.name} has no tokenizer here and writes its video in frame blocks with text "
-                         "between them; pass --weights DIR holding its tokenizer")
     vision = loaded.config.vision_config
     pixels, grid = preprocess_video(frames, patch_size=vision.patch_size,
                                     temporal_patch_size=vision.temporal_patch_size,
@@ -118,11 +121,29 @@ def _stand_in_grid_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str
     return Case(np.asarray(ids, dtype=np.int64).reshape(1, -1), pixels, grid.reshape(1, 3).astype(np.int64))
 
 
+def in_frame_blocks(loaded: LoadedModel, bucket: Bucket) -> bool:
+    """Whether the family writes the bucket's video as several frame blocks with text between them (the
+    adapter's ``bucket_layout`` without a tokenizer, as a graph-only build lays the blocks out)."""
+    from ffexport.export.buckets import fixed_size_tower
+
+    adapter = loaded.adapter
+    if not hasattr(adapter, "bucket_layout"):
+        return False
+    grid = {} if fixed_size_tower(adapter) else {"patches_per_frame": bucket.patches_per_frame}
+    return not adapter.bucket_layout(loaded.config, bucket.frames, None, **grid).is_contiguous
+
+
+def without_tokenizer(loaded: LoadedModel) -> str:
+    """Why a frame-block family's case cannot be stood in for without its tokenizer (one line)."""
+    return (f"{loaded.name} has no tokenizer here and writes its video in frame blocks with text between them "
+            "(no stand-in prompt for those yet); pass --weights DIR holding its tokenizer")
+
+
 def _stand_in_fixed_tower_case(loaded: LoadedModel, frames, prompt: str) -> Case:
     """A random-weight preset of a fixed-size-tower family without its tokenizer here (7B: sizing before the
     weights arrive): the adapter's preprocessing and chat template, tokenized with the tiny byte tokenizer,
-    its video token mapped to the model's. Only ids matter to random weights. A family that writes its
-    video otherwise than as one run (InternVL's frame blocks) is refused by its layout."""
+    its video token mapped to the model's. Only ids matter to random weights (one run of video tokens: a
+    family in frame blocks is refused before, :func:`in_frame_blocks`)."""
     import numpy as np
 
     from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids

@@ -22,9 +22,11 @@ Preprocessing is numpy (:func:`ffexport.video.preprocess.video_smart_resize`, pa
 the video processor's class defaults: a pixel budget over the whole clip), equal to transformers'
 ``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
 what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
-temporal group). ``ffexport case``, ``reference``, ``build`` (the vision graph with its DeepStack
-levels, the prefill graph taking them as an input) and ``run`` (torch-free) work for this family;
-``calibrate``, ``explain`` and ``bench`` refuse with one line (docs/families.md).
+temporal group). Every stage works for this family: ``ffexport case``, ``reference``, ``build`` (the
+vision graph with its DeepStack levels, the prefill graph taking them as an input), ``run`` (torch-free),
+``calibrate`` and ``explain`` (cases through :meth:`Qwen3VLAdapter.case_from_video`, the schedule carrying
+the blocks) and ``bench`` (the blocks and DeepStack levels as the build's prefill graph takes them);
+docs/families.md.
 """
 
 from __future__ import annotations

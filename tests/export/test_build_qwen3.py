@@ -218,6 +218,24 @@ def test_qwen3_explain_follows_the_visual_rows_of_every_block(qwen3, tmp_path):
     assert (fates[:16] != MERGED).all() and (fates[16:] == MERGED).any()
 
 
+def test_frame_blocks_without_a_tokenizer_are_refused_in_one_line(qwen3):
+    """A random-weight preset whose tokenizer is not here (qwen3vl-8b) has no stand-in prompt for its
+    timestamped blocks: calibrate's and bench's cases refuse in one line instead of a single-run prompt."""
+    from dataclasses import replace
+
+    from ffexport.bench.prefill import bench_case
+    from ffexport.calibrate.collect import bucket_case
+    from ffexport.errors import InputError
+    from ffexport.export.buckets import model_bucket
+
+    loaded = replace(qwen3, tokenizer=None)
+    bucket = model_bucket(qwen3.adapter, qwen3.config, BUCKET, video_pixels=qwen3.video_pixels)
+    frames = synthetic_video("pan", frames=8, height=128, width=128, seed=0)
+    for make in (lambda: bucket_case(loaded, frames, bucket), lambda: bench_case(loaded, bucket)):
+        with pytest.raises(InputError, match="no tokenizer here and writes its video in frame blocks"):
+            make()
+
+
 def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
     from ffexport.cli import main
 
