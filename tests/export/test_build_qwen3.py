@@ -138,15 +138,19 @@ def test_qwen3_run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
 @pytest.mark.slow
 def test_qwen3_calibrated_schedule_builds_and_passes_its_gate(qwen3, tmp_path_factory):
     """``ffexport calibrate`` makes its cases through the adapter (the timestamped frame blocks): the schedule
-    carries the prompt's 4 blocks (format 2), ``build --schedule`` deploys it and passes its gate, and the
-    contract's fidelity (static vs dynamic) is measured on the blocks for every parity video."""
+    carries the prompt's 4 blocks (format 2) and the held-out report is measured on them; ``build
+    --schedule`` deploys it and passes its gate, and the contract's fidelity (static vs dynamic) is measured
+    on the blocks for every parity video."""
     from ffexport.cli import main
     from ffexport.fusion.schedule import load_schedule
 
     out = tmp_path_factory.mktemp("calibrate") / "s.json"
+    report = out.parent / "report"
     assert main(["-q", "calibrate", "--model", "qwen3vl-tiny", "--bucket", BUCKET, "--synthetic", "3",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--report", str(report), "--report-synthetic", "1", "--max-new-tokens", "2"]) == 0
     assert json.loads(out.read_text())["format"] == "ffexport.schedule/2"
+    (held,) = json.loads((report / "fidelity.json").read_text())["held_out"]  # the trace on the blocks' rows
+    assert 0.0 <= held["kept_overlap"] <= 1.0 and held["visual_tokens_static"] < 64
     schedule = load_schedule(out).validate(qwen3.num_layers)
     assert 1 <= schedule.final_visual_tokens < 64
     case = qwen3.case_from_video(synthetic_video("pan", frames=8, height=128, width=128, seed=7), PROMPT)
