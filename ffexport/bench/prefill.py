@@ -152,14 +152,12 @@ def _default_threads() -> int:
 
 def bench_case(loaded: LoadedModel, bucket: Bucket) -> tuple[Case, str]:
     """The calibration clip at the bucket's size with the default prompt (or a synthetic text)."""
-    from ffexport.calibrate.collect import in_frame_blocks, without_tokenizer
+    from ffexport.calibrate.collect import bucket_case, in_frame_blocks
 
     if loaded.tokenizer is not None:
         return calibration_case(loaded, bucket), f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default prompt"
-    if in_frame_blocks(loaded, bucket):
-        raise InputError(without_tokenizer(loaded))
-    if fixed_size_tower(loaded.adapter):  # the adapter's prompt template in the tiny byte tokenizer's ids
-        from ffexport.calibrate.collect import bucket_case
+    # the adapter's prompt (template, or frame blocks) in the tiny byte tokenizer's ids, as calibrate does
+    if fixed_size_tower(loaded.adapter) or in_frame_blocks(loaded, bucket):
         from ffexport.video import synthetic_video
 
         h, w = bucket.resized

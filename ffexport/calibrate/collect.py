@@ -82,10 +82,12 @@ def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAU
         sampled = resize_frames(sampled, bucket.resized)
     if loaded.tokenizer is not None:
         case = loaded.case_from_video(sampled, prompt)
-    elif in_frame_blocks(loaded, bucket):
-        raise InputError(without_tokenizer(loaded))
     elif fixed_size_tower(loaded.adapter):
+        if in_frame_blocks(loaded, bucket):
+            raise InputError(without_tokenizer(loaded))
         case = _stand_in_fixed_tower_case(loaded, sampled, prompt)
+    elif in_frame_blocks(loaded, bucket):
+        case = _stand_in_block_case(loaded, sampled, prompt)
     else:
         case = _stand_in_grid_case(loaded, sampled, bucket, prompt)
     return _fits_bucket(loaded, case, bucket)
@@ -134,9 +136,27 @@ def in_frame_blocks(loaded: LoadedModel, bucket: Bucket) -> bool:
 
 
 def without_tokenizer(loaded: LoadedModel) -> str:
-    """Why a frame-block family's case cannot be stood in for without its tokenizer (one line)."""
+    """Why a fixed-size tower's frame blocks cannot be stood in for without its tokenizer (one line)."""
     return (f"{loaded.name} has no tokenizer here and writes its video in frame blocks with text between them "
-            "(no stand-in prompt for those yet); pass --weights DIR holding its tokenizer")
+            "(no stand-in prompt for a fixed-size tower's blocks yet); pass --weights DIR holding its tokenizer")
+
+
+def _stand_in_block_case(loaded: LoadedModel, frames, prompt: str) -> Case:
+    """A patch-grid family in frame blocks without its tokenizer here (``qwen3vl-8b --random-weights``):
+    the adapter's own case builder (its preprocessing, timestamps and blocks) with the tiny byte tokenizer,
+    which knows Qwen's special tokens, its video token mapped to the model's. Only ids matter to random
+    weights; the text between blocks is as long as the byte tokenizer spells it (longer than Qwen's)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids
+
+    adapter, config = loaded.adapter, loaded.config
+    case = adapter.case_from_video(config, frames, prompt, tokenizer=build_tiny_tokenizer())
+    tiny_video = tiny_special_token_ids()["video_token_id"]
+    ids = np.where(case.input_ids == tiny_video, adapter.video_token_id(config), case.input_ids).astype(np.int64)
+    return replace(case, input_ids=ids)
 
 
 def _stand_in_fixed_tower_case(loaded: LoadedModel, frames, prompt: str) -> Case:

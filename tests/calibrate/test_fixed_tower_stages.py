@@ -174,6 +174,18 @@ def test_calibrate_internvl_writes_the_buckets_frame_blocks(internvl, tmp_path):
     assert 0.0 <= held["kept_overlap"] <= 1.0
 
 
+def test_internvl_without_a_tokenizer_is_refused_in_one_line(internvl):
+    """A fixed-size tower's frame blocks have no stand-in prompt yet (internvl3-8b without its tokenizer)."""
+    from dataclasses import replace
+
+    from ffexport.calibrate.collect import bucket_case
+    from ffexport.errors import InputError
+
+    bucket = model_bucket(internvl.adapter, internvl.config, BUCKET)
+    with pytest.raises(InputError, match="no tokenizer here and writes its video in frame blocks"):
+        bucket_case(replace(internvl, tokenizer=None), synthetic_video("pan", frames=8, seed=0), bucket)
+
+
 def test_the_trace_follows_visual_rows_across_frame_blocks(internvl):
     """Explain on InternVL: every one of the 128 visual tokens gets a fate, the survivors are visual ids
     (no text row), and a frame's tokens merge into the previous frame's block across the text between."""

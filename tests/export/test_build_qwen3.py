@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -222,22 +223,32 @@ def test_qwen3_explain_follows_the_visual_rows_of_every_block(qwen3, tmp_path):
     assert (fates[:16] != MERGED).all() and (fates[16:] == MERGED).any()
 
 
-def test_frame_blocks_without_a_tokenizer_are_refused_in_one_line(qwen3):
-    """A random-weight preset whose tokenizer is not here (qwen3vl-8b) has no stand-in prompt for its
-    timestamped blocks: calibrate's and bench's cases refuse in one line instead of a single-run prompt."""
+def test_without_a_tokenizer_the_blocks_are_stood_in_by_the_byte_tokenizer(qwen3):
+    """A random-weight preset whose tokenizer is not here (qwen3vl-8b): calibrate's and bench's cases go
+    through the adapter's builder with the tiny byte tokenizer, its video token mapped to the model's. For
+    the tiny preset (whose tokenizer is that one) this is the real case exactly; with another video id
+    the blocks carry the model's id and nothing else changes."""
+    import copy
     from dataclasses import replace
 
     from ffexport.bench.prefill import bench_case
     from ffexport.calibrate.collect import bucket_case
-    from ffexport.errors import InputError
     from ffexport.export.buckets import model_bucket
 
-    loaded = replace(qwen3, tokenizer=None)
     bucket = model_bucket(qwen3.adapter, qwen3.config, BUCKET, video_pixels=qwen3.video_pixels)
     frames = synthetic_video("pan", frames=8, height=128, width=128, seed=0)
-    for make in (lambda: bucket_case(loaded, frames, bucket), lambda: bench_case(loaded, bucket)):
-        with pytest.raises(InputError, match="no tokenizer here and writes its video in frame blocks"):
-            make()
+    real = bucket_case(qwen3, frames, bucket)
+    stood_in = bucket_case(replace(qwen3, tokenizer=None), frames, bucket)
+    for key in real.keys:
+        np.testing.assert_array_equal(getattr(stood_in, key), getattr(real, key))
+    case, source = bench_case(replace(qwen3, tokenizer=None), bucket)
+    assert "stand-in byte ids" in source and case.input_ids.shape == real.input_ids.shape
+
+    config = copy.deepcopy(qwen3.config)
+    config.video_token_id = 7  # an id the byte prompt never holds (BEL)
+    other = bucket_case(SimpleNamespace(adapter=qwen3.adapter, config=config, tokenizer=None, name="x"), frames, bucket)
+    video = real.input_ids == qwen3.config.video_token_id
+    assert (other.input_ids[video] == 7).all() and (other.input_ids[~video] == real.input_ids[~video]).all()
 
 
 def test_qwen3_streamed_build_is_refused_in_one_line(tmp_path, error_line):
