@@ -35,7 +35,7 @@ from torch import nn
 from ffexport.bench.probe import providers_for, session_options
 from ffexport.errors import RunError
 from ffexport.export.capture import CaptureOnnx, GraphSpec
-from ffexport.export.graphs import PrefillGraph, present_names
+from ffexport.export.graphs import DEEPSTACK_INPUT, DeepStackPrefillGraph, PrefillGraph, present_names
 from ffexport.export.weights import SharedWeights
 from ffexport.fusion.decoder import ReducedDecoder
 from ffexport.fusion.schedule import Schedule
@@ -89,11 +89,17 @@ class ExportPrefillGraphs:
         self.store = SharedWeights(self.directory)
 
     def __call__(self, name: str, schedule: Schedule, example: tuple[torch.Tensor, ...]) -> tuple[Path, set[str]]:
+        """``example``: embeddings, positions, video start, and for a DeepStack model its levels (a fourth
+        input, as the build's Qwen3-VL prefill graph); ``schedule`` carries the prompt's frame blocks."""
         n = schedule.visual_tokens
-        length = torch.export.Dim("L", min=n + 1, max=n + self.max_text)
-        spec = GraphSpec(f"{name} prefill", PrefillGraph(self.decoder, schedule).eval(), example,
-                         ["inputs_embeds", "position_ids", "video_start"],
-                         ["logits", *present_names(self.decoder.num_layers)], ({1: length}, {1: length}, None))
+        region = schedule.frame_layout.region_length  # n for one block; the text between blocks beyond
+        length = torch.export.Dim("L", min=region + 1, max=n + self.max_text)
+        deepstack = len(example) == 4
+        kind = DeepStackPrefillGraph if deepstack else PrefillGraph
+        dynamic = ({1: length}, {1: length}, None) + ((None,) if deepstack else ())
+        spec = GraphSpec(f"{name} prefill", kind(self.decoder, schedule).eval(), example,
+                         list(prefill_input_names(deepstack)), ["logits", *present_names(self.decoder.num_layers)],
+                         dynamic)
         model = self.capture(spec)
         steps = step_nodes(model)
         for node in model.graph.node:  # the metadata has served; keep the file small
@@ -102,6 +108,12 @@ class ExportPrefillGraphs:
         path = self.directory / f"{name}.prefill.onnx"
         onnx.save(model, str(path))
         return path, steps
+
+
+def prefill_input_names(deepstack: bool) -> tuple[str, ...]:
+    """The prefill graph's inputs as ``ffexport build`` names them (the DeepStack levels last, where there are some)."""
+    names = ("inputs_embeds", "position_ids", "video_start")
+    return (*names, DEEPSTACK_INPUT) if deepstack else names
 
 
 def profile_share(path: Path, feeds: dict[str, np.ndarray], steps: set[str], *, threads: int, runs: int,

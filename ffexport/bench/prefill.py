@@ -152,10 +152,12 @@ def _default_threads() -> int:
 
 def bench_case(loaded: LoadedModel, bucket: Bucket) -> tuple[Case, str]:
     """The calibration clip at the bucket's size with the default prompt (or a synthetic text)."""
+    from ffexport.calibrate.collect import bucket_case, in_frame_blocks
+
     if loaded.tokenizer is not None:
         return calibration_case(loaded, bucket), f"synthetic:{CALIBRATION_KIND} seed {CALIBRATION_SEED}, default prompt"
-    if fixed_size_tower(loaded.adapter):  # the adapter's prompt template in the tiny byte tokenizer's ids
-        from ffexport.calibrate.collect import bucket_case
+    # the adapter's prompt (template, or frame blocks) in the tiny byte tokenizer's ids, as calibrate does
+    if fixed_size_tower(loaded.adapter) or in_frame_blocks(loaded, bucket):
         from ffexport.video import synthetic_video
 
         h, w = bucket.resized
@@ -204,21 +206,29 @@ def prepare_inputs(loaded: LoadedModel, case: Case, device: str):
 
 
 def _adapter_inputs(loaded: LoadedModel, case: Case, device: str):
-    """The adapter's own inputs (prepared with the model on the CPU), then the model and inputs on ``device``.
-    The benchmark times one contiguous visual span: frame blocks with text between them, or DeepStack
-    levels, are refused with one line."""
+    """The adapter's own inputs (prepared with the model on the CPU), then the model and inputs on ``device``:
+    with the prompt's frame blocks (text between them: InternVL, Qwen3-VL) and DeepStack levels (Qwen3-VL)
+    where the family has them, as the build's prefill graphs take them."""
     from ffexport.bench.torch_runtime import TorchInputs
 
     model = loaded.model.to("cpu")
     p = loaded.adapter.prepare_inputs(model, case)
-    layout = p.get("layout")
-    if (layout is not None and not layout.is_contiguous) or p.get("deepstack") is not None:
-        raise InputError(f"ffexport bench times one contiguous visual span; {loaded.name}'s video has "
-                         f"{'DeepStack levels' if p.get('deepstack') is not None else 'text between frame blocks'}, "
-                         "not wired into the benchmark")
+    layout, deepstack = p.get("layout"), p.get("deepstack")
     model.to(device)
     return TorchInputs(p["inputs_embeds"].to(device), p["position_ids"].to(device),
-                       p["video_start"].to(device), int(p["visual_tokens"]), int(p["patches_per_frame"]))
+                       p["video_start"].to(device), int(p["visual_tokens"]), int(p["patches_per_frame"]),
+                       None if layout is None or layout.is_contiguous else layout,
+                       None if deepstack is None else deepstack.to(device))
+
+
+def _check_blocks(schedule: Schedule | None, inputs) -> None:
+    """A given schedule must lay its frame blocks out as the bucket's prompt does (one line otherwise)."""
+    if schedule is None:
+        return
+    layout = inputs.empty_schedule().frame_layout
+    if schedule.frame_layout != layout:
+        raise ScheduleError(f"the schedule's frame blocks {schedule.frame_layout.to_json()} are not the bucket's "
+                            f"prompt's {layout.to_json()}")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -293,6 +303,7 @@ class PrefillBench:
             steps.start("inputs (vision encoder)")
             case, case_source = bench_case(loaded, bucket)
             inputs = prepare_inputs(loaded, case, device)
+            _check_blocks(cfg.schedule, inputs)
             decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
             steps.advance()
             steps.start("schedule (dynamic reference)")
@@ -302,6 +313,7 @@ class PrefillBench:
                 raise ScheduleError("the schedule removes no visual token (nothing to compare); lower --similarity "
                                     "or give a --schedule")
             steps.advance()
+            # every token but the visual ones is text: the prompt and, with frame blocks, the text between them
             text_tokens = case.input_ids.shape[1] - bucket.visual_tokens
             text_cfg = loaded.config.text_config
             dims = ModelDims.from_config(text_cfg)
@@ -323,6 +335,9 @@ class PrefillBench:
             "hidden_size": text_cfg.hidden_size, "dtype": str(self.dtype).removeprefix("torch."),
             "bucket": bucket.name, "grid_thw": list(bucket.grid_thw), "visual_tokens": n,
             "patches_per_frame": bucket.patches_per_frame, "text_tokens": text_tokens, "inputs": case_source,
+            "frame_blocks": len(schedule.frame_layout.blocks),
+            "text_between_blocks": schedule.frame_layout.text_tokens,
+            "deepstack_levels": 0 if inputs.deepstack is None else int(inputs.deepstack.shape[0]),
             "fusion": {"cost": cfg.fusion.cost, "similarity": cfg.fusion.similarity,
                        "ratio_lower_bound": cfg.fusion.ratio_lower_bound,
                        "budget_layers": cfg.fusion.layers_for(loaded.num_layers)},
@@ -388,15 +403,14 @@ class PrefillBench:
     def _onnxruntime(self, inputs, schedule, flops, steps):
         import onnxruntime as ort
 
-        from ffexport.bench.ort_runtime import ExportPrefillGraphs, probe_memory, profile_share
+        from ffexport.bench.ort_runtime import ExportPrefillGraphs, prefill_input_names, probe_memory, profile_share
         from ffexport.bench.probe import providers_for, session_options
 
         cfg = self.config
         providers = providers_for(cfg.device)
-        empty = Schedule(schedule.visual_tokens, schedule.patches_per_frame, ())
-        example = tuple(t.cpu() for t in (inputs.embeds, inputs.positions, inputs.start))
-        feeds = {"inputs_embeds": example[0].numpy(), "position_ids": example[1].numpy(),
-                 "video_start": example[2].numpy()}
+        empty = inputs.empty_schedule()
+        example = tuple(t.cpu() for t in inputs.args())
+        feeds = dict(zip(prefill_input_names(inputs.deepstack is not None), (t.numpy() for t in example), strict=True))
         with tempfile.TemporaryDirectory(prefix="ffexport-bench-") as tmp:
             directory = Path(tmp)
             export = ExportPrefillGraphs(self.loaded.adapter.decoder_parts(self.loaded.model), directory,

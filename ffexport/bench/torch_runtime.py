@@ -1,6 +1,7 @@
 """The PyTorch variants of one bucket's prefill: full model, static schedule, dynamic reference.
 
-All three are :meth:`ReducedDecoder.prefill` on the same inputs: no reducer (the full model), a
+All three are :meth:`ReducedDecoder.prefill` on the same inputs (with a family's frame blocks and
+DeepStack levels where it has them, as the build's prefill graphs take them): no reducer (the full model), a
 :class:`StaticReducer` with the schedule the dynamic reference realizes on these inputs (so static
 and dynamic work at the same token budget), and the :class:`DynamicReducer` itself (host syncs and
 data-dependent shapes). On a CUDA device the static and full prefills are also captured as CUDA
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 
 from ffexport.fusion.config import FusionConfig
-from ffexport.fusion.decoder import ReducedDecoder, StaticPrefill
+from ffexport.fusion.decoder import PrefillResult, ReducedDecoder, StaticPrefill
+from ffexport.fusion.layout import FrameLayout
 from ffexport.fusion.reducers import DynamicReducer, StaticReducer
 from ffexport.fusion.schedule import Schedule
 
@@ -61,15 +63,33 @@ class TorchInputs:
     start: torch.Tensor
     visual_tokens: int
     patches_per_frame: int
+    #: the prompt's frame blocks (text between them); None: one contiguous visual span
+    layout: FrameLayout | None = None
+    #: Qwen3-VL's DeepStack levels [k, N, D] (added after layers 0..k-1); None without
+    deepstack: torch.Tensor | None = None
+
+    def args(self) -> tuple[torch.Tensor, ...]:
+        """The static prefill's tensor inputs: embeddings, positions, video start (and the DeepStack levels)."""
+        head = (self.embeds, self.positions, self.start)
+        return head if self.deepstack is None else (*head, self.deepstack)
+
+    def empty_schedule(self) -> Schedule:
+        """No step, on these inputs' frame blocks (the full model as a static prefill)."""
+        return Schedule(self.visual_tokens, self.patches_per_frame, (), self.layout)
+
+
+def run_prefill(decoder: ReducedDecoder, inputs: TorchInputs, reducer) -> PrefillResult:
+    """``decoder.prefill`` on ``inputs`` (blocks and DeepStack levels included) with ``reducer`` (None: full)."""
+    with torch.no_grad():
+        return decoder.prefill(inputs.embeds, inputs.positions, inputs.start, inputs.visual_tokens,
+                               inputs.patches_per_frame, reducer, inputs.layout, inputs.deepstack)
 
 
 def realized_schedule(decoder: ReducedDecoder, inputs: TorchInputs, fusion: FusionConfig) -> Schedule:
-    """The schedule the dynamic reference realizes on these inputs."""
+    """The schedule the dynamic reference realizes on these inputs (with their frame blocks)."""
     reducer = DynamicReducer(fusion, fusion.layers_for(decoder.num_layers))
-    with torch.no_grad():
-        decoder.prefill(inputs.embeds, inputs.positions, inputs.start, inputs.visual_tokens,
-                        inputs.patches_per_frame, reducer)
-    return reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame)
+    run_prefill(decoder, inputs, reducer)
+    return reducer.schedule(inputs.visual_tokens, inputs.patches_per_frame, inputs.layout)
 
 
 def cuda_graphed(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
@@ -117,12 +137,8 @@ class TorchPrefillVariants:
         self.cuda_graphs = cuda_graphs and device == "cuda"
 
     def _prefill(self, reducer_factory):
-        i, decoder = self.inputs, self.decoder
-
         def run():
-            with torch.no_grad():
-                return decoder.prefill(i.embeds, i.positions, i.start, i.visual_tokens, i.patches_per_frame,
-                                       reducer_factory())
+            return run_prefill(self.decoder, self.inputs, reducer_factory())
         return run
 
     def __call__(self) -> TorchVariants:
@@ -135,9 +151,8 @@ class TorchPrefillVariants:
         v.calls["dynamic"] = self._prefill(lambda: DynamicReducer(self.fusion, layers))
         v.notes["dynamic"], v.schedules["dynamic"] = "DynamicReducer (reference)", self.dynamic_schedule
         if self.cuda_graphs:
-            i = self.inputs
-            args = (i.embeds, i.positions, i.start)
-            empty = Schedule(i.visual_tokens, i.patches_per_frame, ())
+            args = self.inputs.args()
+            empty = self.inputs.empty_schedule()
             for name, schedule in (("full (CUDA graph)", empty), ("static (CUDA graph)", self.schedule)):
                 try:
                     v.calls[name] = cuda_graphed(StaticPrefill(self.decoder, schedule).eval(), args)
@@ -156,9 +171,7 @@ def step_share(decoder: StepTimedDecoder, inputs: TorchInputs, schedule: Schedul
         decoder.step_seconds = 0.0
         decoder.sync()
         start = time.perf_counter()
-        with torch.no_grad():
-            decoder.prefill(inputs.embeds, inputs.positions, inputs.start, inputs.visual_tokens,
-                            inputs.patches_per_frame, StaticReducer(schedule))
+        run_prefill(decoder, inputs, StaticReducer(schedule))
         decoder.sync()
         total = time.perf_counter() - start
         shares.append(decoder.step_seconds / total)

@@ -65,37 +65,42 @@ class Collection:
 
 
 def bucket_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str = DEFAULT_PROMPT) -> Case:
-    """Frames sampled to the bucket's count and brought to its size, with the prompt around them: the
-    model's grid resize at the bucket's size, or a fixed-size tower's own preprocessing through the
-    adapter's case builder (every frame to the tower's size, the family's prompt and processor names)."""
+    """Frames sampled to the bucket's count (and, for a patch-grid bucket, resized to its pixels; a
+    fixed-size tower's preprocessing brings any frame to its size), with the prompt around them, through
+    the family's own case builder (``loaded.case_from_video``: its processor, prompt and video layout,
+    e.g. Qwen3-VL's timestamped frame blocks), as the build's policy case
+    (:func:`ffexport.export.policy.video_case`); a model without its tokenizer here takes a stand-in
+    prompt. The case must hold the bucket's tokens."""
     import numpy as np
 
     from ffexport.export.buckets import fixed_size_tower
     from ffexport.runtime.video import sample_frames
+    from ffexport.video.resize import resize_frames
 
     sampled, _ = sample_frames(np.asarray(frames), bucket.frames)
-    if fixed_size_tower(loaded.adapter):
-        return _fixed_tower_case(loaded, sampled, bucket, prompt)
-    from ffexport.prompt import build_video_prompt_ids
-    from ffexport.video import preprocess_video
-
-    vision = loaded.config.vision_config
-    pixels, grid = preprocess_video(sampled, patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                                    merge_size=vision.spatial_merge_size, size=bucket.resized)
+    if not fixed_size_tower(loaded.adapter):
+        sampled = resize_frames(sampled, bucket.resized)
     if loaded.tokenizer is not None:
-        ids = build_video_prompt_ids(loaded.tokenizer, num_video_tokens=bucket.visual_tokens, prompt=prompt)
+        case = loaded.case_from_video(sampled, prompt)
+    elif fixed_size_tower(loaded.adapter):
+        if in_frame_blocks(loaded, bucket):
+            raise InputError(without_tokenizer(loaded))
+        case = _stand_in_fixed_tower_case(loaded, sampled, prompt)
+    elif in_frame_blocks(loaded, bucket):
+        case = _stand_in_block_case(loaded, sampled, prompt)
     else:
-        ids = _stand_in_prompt_ids(loaded, bucket.visual_tokens, prompt)
-    return Case(np.asarray(ids, dtype=np.int64).reshape(1, -1), pixels, grid.reshape(1, 3).astype(np.int64))
+        case = _stand_in_grid_case(loaded, sampled, bucket, prompt)
+    return _fits_bucket(loaded, case, bucket)
 
 
-def _fixed_tower_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) -> Case:
-    """A fixed-size tower's case from the adapter (``case_from_video``, or without a tokenizer
-    :func:`_stand_in_fixed_tower_case`); it must hold the bucket's visual tokens."""
-    if loaded.tokenizer is not None:
-        case = loaded.case_from_video(frames, prompt)
-    else:
-        case = _stand_in_fixed_tower_case(loaded, frames, prompt)
+def _fits_bucket(loaded: LoadedModel, case: Case, bucket: Bucket) -> Case:
+    """``case`` when it holds the bucket's visual tokens (a patch grid: the bucket's grid), else one
+    :class:`InputError` line."""
+    if case.video_grid_thw is not None:
+        if case.grid != tuple(bucket.grid_thw):
+            raise InputError(f"the case's video grid is {'x'.join(map(str, case.grid))}; bucket {bucket.name} has "
+                             f"{'x'.join(map(str, bucket.grid_thw))}")
+        return case
     _, layout = loaded.adapter.layout(loaded.config, case.input_ids)
     if layout.visual_tokens != bucket.visual_tokens:
         raise InputError(f"the case holds {layout.visual_tokens} visual tokens; bucket {bucket.name} has "
@@ -103,11 +108,62 @@ def _fixed_tower_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) 
     return case
 
 
+def _stand_in_grid_case(loaded: LoadedModel, frames, bucket: Bucket, prompt: str) -> Case:
+    """A patch-grid family without its tokenizer here: the grid at the bucket's size, the prompt in
+    :func:`_stand_in_prompt_ids` (Qwen2-VL's one run of video tokens)."""
+    import numpy as np
+
+    from ffexport.video import preprocess_video
+
+    vision = loaded.config.vision_config
+    pixels, grid = preprocess_video(frames, patch_size=vision.patch_size,
+                                    temporal_patch_size=vision.temporal_patch_size,
+                                    merge_size=vision.spatial_merge_size, size=bucket.resized)
+    ids = _stand_in_prompt_ids(loaded, bucket.visual_tokens, prompt)
+    return Case(np.asarray(ids, dtype=np.int64).reshape(1, -1), pixels, grid.reshape(1, 3).astype(np.int64))
+
+
+def in_frame_blocks(loaded: LoadedModel, bucket: Bucket) -> bool:
+    """Whether the family writes the bucket's video as several frame blocks with text between them (the
+    adapter's ``bucket_layout`` without a tokenizer, as a graph-only build lays the blocks out)."""
+    from ffexport.export.buckets import fixed_size_tower
+
+    adapter = loaded.adapter
+    if not hasattr(adapter, "bucket_layout"):
+        return False
+    grid = {} if fixed_size_tower(adapter) else {"patches_per_frame": bucket.patches_per_frame}
+    return not adapter.bucket_layout(loaded.config, bucket.frames, None, **grid).is_contiguous
+
+
+def without_tokenizer(loaded: LoadedModel) -> str:
+    """Why a fixed-size tower's frame blocks cannot be stood in for without its tokenizer (one line)."""
+    return (f"{loaded.name} has no tokenizer here and writes its video in frame blocks with text between them "
+            "(no stand-in prompt for a fixed-size tower's blocks yet); pass --weights DIR holding its tokenizer")
+
+
+def _stand_in_block_case(loaded: LoadedModel, frames, prompt: str) -> Case:
+    """A patch-grid family in frame blocks without its tokenizer here (``qwen3vl-8b --random-weights``):
+    the adapter's own case builder (its preprocessing, timestamps and blocks) with the tiny byte tokenizer,
+    which knows Qwen's special tokens, its video token mapped to the model's. Only ids matter to random
+    weights; the text between blocks is as long as the byte tokenizer spells it (longer than Qwen's)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids
+
+    adapter, config = loaded.adapter, loaded.config
+    case = adapter.case_from_video(config, frames, prompt, tokenizer=build_tiny_tokenizer())
+    tiny_video = tiny_special_token_ids()["video_token_id"]
+    ids = np.where(case.input_ids == tiny_video, adapter.video_token_id(config), case.input_ids).astype(np.int64)
+    return replace(case, input_ids=ids)
+
+
 def _stand_in_fixed_tower_case(loaded: LoadedModel, frames, prompt: str) -> Case:
     """A random-weight preset of a fixed-size-tower family without its tokenizer here (7B: sizing before the
     weights arrive): the adapter's preprocessing and chat template, tokenized with the tiny byte tokenizer,
-    its video token mapped to the model's. Only ids matter to random weights. A family that writes its
-    video otherwise than as one run (InternVL's frame blocks) is refused by its layout."""
+    its video token mapped to the model's. Only ids matter to random weights (one run of video tokens: a
+    family in frame blocks is refused before, :func:`in_frame_blocks`)."""
     import numpy as np
 
     from ffexport.models.tiny_tokenizer import build_tiny_tokenizer, tiny_special_token_ids

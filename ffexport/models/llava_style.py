@@ -30,11 +30,6 @@ from ffexport.video_text import VideoText
 LLAVA_CASE_KEYS = ("input_ids", "attention_mask", "pixel_values_videos")
 
 
-#: what the stages still lack for a fixed-size-tower family whose video is in frame blocks (InternVL)
-MISSING_STAGES = {
-    "bench": "the prefill benchmark times one contiguous visual span; frame blocks with text between them are not "
-             "wired in",
-}
 
 
 def one_d_position_ids(length: int) -> np.ndarray:
@@ -101,7 +96,7 @@ class LlavaStyleAdapter:
     case_keys: tuple[str, ...] = field(default=LLAVA_CASE_KEYS)
     #: the CLI commands done for this family; the others refuse with one line naming what is missing
     stages: tuple[str, ...] = ("case", "reference")
-    missing: dict = field(default_factory=lambda: dict(MISSING_STAGES))
+    missing: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- config
     @staticmethod

@@ -22,10 +22,12 @@ Preprocessing is numpy (:func:`ffexport.video.preprocess.video_smart_resize`, pa
 the video processor's class defaults: a pixel budget over the whole clip), equal to transformers'
 ``Qwen3VLVideoProcessor`` (tests/video/test_transformers_processors.py); the prompt's timestamps are
 what ``Qwen3VLProcessor`` writes for frames given without metadata (frame i at i / 24 s, averaged per
-temporal group). ``ffexport case``, ``reference``, ``build`` (the vision graph with its DeepStack
-levels, the prefill graph taking them as an input; also ``--streamed``, its parity copy keeping the levels of
-the vision blocks it keeps) and ``run`` (torch-free) work for this family;
-``calibrate``, ``explain`` and ``bench`` refuse with one line (docs/families.md).
+temporal group). Every stage works for this family: ``ffexport case``, ``reference``, ``build`` (the
+vision graph with its DeepStack levels, the prefill graph taking them as an input; also ``--streamed``, its
+parity copy keeping the levels of the vision blocks it keeps), ``run`` (torch-free),
+``calibrate`` and ``explain`` (cases through :meth:`Qwen3VLAdapter.case_from_video`, the schedule carrying
+the blocks) and ``bench`` (the blocks and DeepStack levels as the build's prefill graph takes them);
+docs/families.md.
 """
 
 from __future__ import annotations
@@ -69,9 +71,7 @@ class Qwen3VLAdapter:
     model_class: type = Qwen3VLForConditionalGeneration
     logits_atol_fp32: float = 1e-5
     #: the CLI stages done for this family; the others refuse with one line
-    stages: frozenset = frozenset({"case", "reference", "build", "run"})
-    missing = {stage: "calibration, explain and bench build Qwen2-VL-style cases (one contiguous video span)"
-               for stage in ("calibrate", "explain", "bench")}
+    stages: frozenset = frozenset({"case", "reference", "build", "run", "calibrate", "explain", "bench"})
 
     #: the vision graph takes the tower's learned positions and DeepStack blocks as data (ffexport/export/vision.py)
     vision_tower = staticmethod(VisionTower.qwen3_vl)

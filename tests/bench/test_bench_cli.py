@@ -132,3 +132,43 @@ def test_step_scope_changes_no_op_and_holds_only_step_work(tiny):
     # average ([P, T, T] weights x [P, T, D] rows, ops.merge), one per merge stage of the schedule
     assert not [t for t in in_scope if any(w in t for w in ("linear", "mm", "scaled_dot"))]
     assert in_scope.count("aten.matmul.default") == 1
+
+
+# ------------------------------------------------------------------ frame blocks (InternVL, Qwen3-VL)
+#: preset -> (its default bucket's visual tokens, frame blocks, DeepStack levels)
+FRAME_BLOCK_PRESETS = {"internvl-tiny": (128, 8, 0), "qwen3vl-tiny": (64, 4, 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(FRAME_BLOCK_PRESETS))
+def test_bench_times_frame_blocks_and_deepstack_as_the_build_takes_them(preset, tmp_path):
+    """The prefill benchmark runs the bucket's prompt as the build's prefill graphs do: the frame blocks
+    with the text between them (never removed) and Qwen3-VL's DeepStack levels. Its realized schedule is the
+    dynamic reference's on the same case (blocks and levels included), and the FLOP ideal counts every
+    non-visual token (the prompt and the text between blocks) as text."""
+    from ffexport.export.buckets import model_bucket
+    from ffexport.export.policy import calibration_case
+    from ffexport.fusion.config import FusionConfig
+    from ffexport.models import LoadModel
+    from ffexport.reference import Reference
+
+    visual, blocks, levels = FRAME_BLOCK_PRESETS[preset]
+    out = tmp_path / "bench.json"
+    assert main(["-q", "bench", "--model", preset, "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["visual_tokens"], data["frame_blocks"], data["deepstack_levels"]) == (visual, blocks, levels)
+    assert {v["name"] for v in data["variants"]} == {"full", "static", "dynamic"} and data["same_token_budget"]
+
+    loaded = LoadModel(preset)()
+    bucket = model_bucket(loaded.adapter, loaded.config, data["bucket"], video_pixels=loaded.video_pixels)
+    case = calibration_case(loaded, bucket)
+    reference = Reference(loaded, fusion=FusionConfig())(case)
+    assert Schedule.from_json(data["dynamic_schedule"]) == reference.schedule
+    assert not reference.schedule.frame_layout.is_contiguous
+    assert data["text_between_blocks"] == reference.schedule.frame_layout.text_tokens > 0
+    assert data["text_tokens"] == case.input_ids.shape[1] - visual
+    dims = ModelDims.from_config(loaded.config.text_config)
+    schedule = Schedule.from_json(data["schedule"])
+    ideal = (prefill_flops(dims, None, text_tokens=data["text_tokens"], visual_tokens=visual).total
+             / prefill_flops(dims, schedule, text_tokens=data["text_tokens"], visual_tokens=visual).total)
+    assert data["ideal_speedup"] == pytest.approx(ideal) and ideal > 1

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -135,6 +136,122 @@ def test_qwen3_run_on_a_real_clip_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_
 
 def test_qwen3_run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path):
     _run_inputs_gives_pytorchs_tokens(qwen3_build, qwen3, tmp_path, "qwen3vl-tiny", "synthetic:pan", 5)
+
+
+# ------------------------------------------------------------------ calibrate and explain (frame blocks, DeepStack)
+@pytest.mark.slow
+def test_qwen3_calibrated_schedule_builds_and_passes_its_gate(qwen3, tmp_path_factory):
+    """``ffexport calibrate`` makes its cases through the adapter (the timestamped frame blocks): the schedule
+    carries the prompt's 4 blocks (format 2) and the held-out report is measured on them; ``build
+    --schedule`` deploys it and passes its gate, and the contract's fidelity (static vs dynamic) is measured
+    on the blocks for every parity video."""
+    from ffexport.cli import main
+    from ffexport.fusion.schedule import load_schedule
+
+    out = tmp_path_factory.mktemp("calibrate") / "s.json"
+    report = out.parent / "report"
+    assert main(["-q", "calibrate", "--model", "qwen3vl-tiny", "--bucket", BUCKET, "--synthetic", "3",
+                 "--out", str(out), "--report", str(report), "--report-synthetic", "1", "--max-new-tokens", "2"]) == 0
+    assert json.loads(out.read_text())["format"] == "ffexport.schedule/2"
+    (held,) = json.loads((report / "fidelity.json").read_text())["held_out"]  # the trace on the blocks' rows
+    assert 0.0 <= held["kept_overlap"] <= 1.0 and held["visual_tokens_static"] < 64
+    schedule = load_schedule(out).validate(qwen3.num_layers)
+    assert 1 <= schedule.final_visual_tokens < 64
+    case = qwen3.case_from_video(synthetic_video("pan", frames=8, height=128, width=128, seed=7), PROMPT)
+    _, layout = qwen3.adapter.layout(qwen3.config, case.input_ids, case.grid)
+    assert len(layout.blocks) == 4 and schedule.frame_layout == layout
+
+    build = build_once(tmp_path_factory, "qwen3vl-tiny", BUCKET, extra=("--schedule", str(out)))
+    manifest = _manifest(build)
+    assert load_schedule(build / BUCKET / "schedule.json") == schedule
+    contract = assert_gate_passed(build, BUCKET, manifest)["contract"]
+    assert contract["schedule_kind"] == "calibrated"
+    for video in contract["videos"]:
+        fidelity = video["fidelity"]
+        assert fidelity["visual_tokens_static"] == schedule.final_visual_tokens
+        assert 0.0 <= fidelity["kept_overlap"] <= 1.0 and 0.0 <= fidelity["token_agreement"] <= 1.0
+
+
+def test_qwen3_calibration_runs_the_reference_with_its_deepstack_levels(qwen3):
+    """Calibration's run on a bucket's case (the traced dynamic reference) is the oracle's FrameFusion with
+    the DeepStack levels (same steps and logits), not the oracle's without them: the reduction's indices
+    apply to the levels in calibration too."""
+    from ffexport.calibrate.collect import Collect, bucket_case
+    from ffexport.export.buckets import model_bucket
+    from ffexport.fusion.config import FusionConfig
+    from ffexport.oracle import NaiveFrameFusion
+    from ffexport.reference import Reference
+
+    fusion = FusionConfig()
+    bucket = model_bucket(qwen3.adapter, qwen3.config, BUCKET, video_pixels=qwen3.video_pixels)
+    case = bucket_case(qwen3, synthetic_video("moving_object", frames=8, height=128, width=128, seed=0), bucket)
+    run = Collect(qwen3, bucket, fusion, quiet=True).run_case("clip", case, qwen3.num_layers,
+                                                             fusion.layers_for(qwen3.num_layers))
+    assert run.error is None and run.trace.fates().size == 64
+    p = Reference(qwen3).prepare(case)
+    oracle = NaiveFrameFusion(qwen3.model, cost=fusion.cost, similarity=fusion.similarity,
+                              ratio_lower_bound=fusion.ratio_lower_bound, budget_layers=fusion.budget_layers)
+
+    def naive(deepstack):
+        return oracle.prefill(p.inputs_embeds[0], p.position_ids, int(p.video_start), p.visual_tokens,
+                              p.patches_per_frame, blocks=p.layout.to_json(), deepstack=deepstack)
+
+    with_levels, without = naive(p.deepstack), naive(None)
+    steps = [(s.layer, s.where, s.op, s.remove) for s in run.schedule.stages if s.remove]
+    assert [tuple(s) for s in with_levels.steps if s[3]] == steps
+    assert np.abs(with_levels.logits.numpy() - run.result.logits[0]).max() <= FP32_ATOL
+    assert np.abs(without.logits.numpy() - run.result.logits[0]).max() > 1e-3
+
+
+def test_qwen3_explain_follows_the_visual_rows_of_every_block(qwen3, tmp_path):
+    """``ffexport explain`` on Qwen3-VL draws the dynamic reference's steps; every one of the 64 visual tokens
+    gets a fate, survivors are visual ids (the timestamps between blocks are never removed), and a block's
+    tokens merge into the previous block's across the text between them."""
+    from ffexport.calibrate.explain import Explain, token_grid
+    from ffexport.calibrate.trace import KEPT, MERGED
+    from ffexport.cli import main
+    from ffexport.export.buckets import model_bucket
+
+    out = tmp_path / "explain.png"
+    assert main(["-q", "explain", "--model", "qwen3vl-tiny", "--bucket", BUCKET, "--video", "synthetic:static:0",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 5_000
+    bucket = model_bucket(qwen3.adapter, qwen3.config, BUCKET, video_pixels=qwen3.video_pixels)
+    assert token_grid(bucket) == ((4, 4, 4), 2)
+    e = Explain(qwen3, bucket)(synthetic_video("static", frames=8, height=128, width=128, seed=0), "clip")
+    fates = e.trace.fates()
+    assert fates.size == 64 and (fates == KEPT).sum() == e.schedule.final_visual_tokens < 64
+    survivors = e.trace.survivors
+    assert survivors.min() >= 0 and survivors.max() < 64 and survivors.size == e.schedule.final_visual_tokens
+    assert (fates[:16] != MERGED).all() and (fates[16:] == MERGED).any()
+
+
+def test_without_a_tokenizer_the_blocks_are_stood_in_by_the_byte_tokenizer(qwen3):
+    """A random-weight preset whose tokenizer is not here (qwen3vl-8b): calibrate's and bench's cases go
+    through the adapter's builder with the tiny byte tokenizer, its video token mapped to the model's. For
+    the tiny preset (whose tokenizer is that one) this is the real case exactly; with another video id
+    the blocks carry the model's id and nothing else changes."""
+    import copy
+    from dataclasses import replace
+
+    from ffexport.bench.prefill import bench_case
+    from ffexport.calibrate.collect import bucket_case
+    from ffexport.export.buckets import model_bucket
+
+    bucket = model_bucket(qwen3.adapter, qwen3.config, BUCKET, video_pixels=qwen3.video_pixels)
+    frames = synthetic_video("pan", frames=8, height=128, width=128, seed=0)
+    real = bucket_case(qwen3, frames, bucket)
+    stood_in = bucket_case(replace(qwen3, tokenizer=None), frames, bucket)
+    for key in real.keys:
+        np.testing.assert_array_equal(getattr(stood_in, key), getattr(real, key))
+    case, source = bench_case(replace(qwen3, tokenizer=None), bucket)
+    assert "stand-in byte ids" in source and case.input_ids.shape == real.input_ids.shape
+
+    config = copy.deepcopy(qwen3.config)
+    config.video_token_id = 7  # an id the byte prompt never holds (BEL)
+    other = bucket_case(SimpleNamespace(adapter=qwen3.adapter, config=config, tokenizer=None, name="x"), frames, bucket)
+    video = real.input_ids == qwen3.config.video_token_id
+    assert (other.input_ids[video] == 7).all() and (other.input_ids[~video] == real.input_ids[~video]).all()
 
 
 def test_qwen3_bucket_layout_is_the_prompts(qwen3):

@@ -282,21 +282,6 @@ def test_unsupported_architecture_is_one_line_naming_the_supported_ones(tmp_path
         assert f"{adapter.model_class.__name__} ({name})" in line
 
 
-@pytest.mark.parametrize("argv, stage", [
-    # LLaVA-OneVision runs every stage; InternVL all but the prefill benchmark (it times one contiguous span)
-    (["bench", "--model", "internvl-tiny"], "bench"),
-])
-def test_stages_not_done_refuse_with_one_line(argv, stage, tmp_path, error_line):
-    from ffexport.cli import main
-
-    target = tmp_path / ("out.png" if argv[0] == "explain" else "out")
-    out = [] if argv[0] == "bench" else ["--out", str(target)]
-    assert main([*argv, *out]) == 3
-    line = error_line()
-    assert f"ffexport {stage} is not done for" in line and "missing:" in line
-    assert not target.exists()
-
-
 @pytest.mark.parametrize("preset, billions, per_frame, layers", [
     ("llava-next-video-7b", 7.06, 144, 32),  # published: 7.06B parameters
     ("llava-video-7b", 8.03, 196, 28),  # published: 8.03B

@@ -1,6 +1,6 @@
 """Qwen3-VL through the CLI (issue 13): ``ffexport case`` writes what transformers' processor returns,
-``ffexport reference`` runs it with DeepStack on frame blocks (no reduction, dynamic, static), and the
-stages not done refuse in one line."""
+``ffexport reference`` runs it with DeepStack on frame blocks (no reduction, dynamic, static). Calibrate,
+explain and bench: tests/export/test_build_qwen3.py and tests/bench/test_bench_cli.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ffexport.cli import main
-from ffexport.errors import ModelError
 
 MODEL = ["--model", "qwen3vl-tiny"]
 
@@ -73,13 +72,3 @@ def test_static_equals_dynamic_with_deepstack_on_blocks(tmp_path, case_file):
     np.testing.assert_array_equal(static["generated_ids"], dynamic["generated_ids"])
     np.testing.assert_array_equal(static["kv_lengths"], dynamic["kv_lengths"])
     assert dynamic["kv_lengths"][-1] < full["kv_lengths"][-1]  # FrameFusion removed tokens
-
-
-def test_calibrate_is_refused_in_one_line_naming_what_is_missing(tmp_path, error_line):
-    """build and run are done for Qwen3-VL (tests/export/test_build_qwen3.py); calibrate is not."""
-    out = tmp_path / "s.json"
-    assert main(["-q", "calibrate", *MODEL, "--bucket", "8x128x128", "--synthetic", "1", "--out", str(out)]) == \
-        ModelError.exit_code
-    line = error_line()
-    assert "done: case, reference, build, run" in line and "contiguous video span" in line
-    assert not out.exists()

@@ -26,6 +26,15 @@ def test_every_family_has_a_tiny_preset():
     assert set(FAMILIES.names()) <= families_with_tiny
 
 
+def test_every_family_does_every_stage():
+    """Issue 13: case, reference, build, run, calibrate, explain and bench for every family (docs/families.md)."""
+    from ffexport.models.registry import STAGES
+
+    for name, adapter in FAMILIES.items():
+        assert set(getattr(adapter, "stages", STAGES)) == set(STAGES), name
+        assert not getattr(adapter, "missing", {}), name
+
+
 def test_tiny_model_is_deterministic():
     a, b = LoadModel("qwen2vl-tiny")(), LoadModel("qwen2vl-tiny")()
     for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
