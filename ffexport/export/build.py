@@ -36,7 +36,7 @@ from ffexport.export.manifest import (
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
-from ffexport.export.quantize import INT8_LM_HEAD, Int8Fidelity, QuantizeInt8, compare_int8, linear_weight_keys
+from ffexport.export.quantize import Int8Fidelity, QuantizeInt8, compare_int8, decoder_weight_keys
 from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import FixedTowerEncoder, VisionEncoder
 from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
@@ -758,8 +758,7 @@ class Build:
         import onnx
 
         if self._quantize is None:
-            parts = self.decoder.parts
-            self._quantize = QuantizeInt8(linear_weight_keys([parts.layers, *([parts.lm_head] if INT8_LM_HEAD else [])]))
+            self._quantize = QuantizeInt8(decoder_weight_keys(self.decoder.parts))
         target = source.replace(".onnx", ".int8.onnx")
         scratch = self.out / f".{target}.quantizing"
         try:

@@ -54,6 +54,12 @@ def linear_weight_keys(modules: Iterable[Any]) -> frozenset[str]:
     return frozenset(keys)
 
 
+def decoder_weight_keys(parts) -> frozenset[str]:
+    """The weights ``ffexport build --precision int8`` quantizes: every projection of the decoder layers
+    (``parts``: :class:`ffexport.fusion.decoder.DecoderParts`) and, :data:`INT8_LM_HEAD`, ``lm_head``."""
+    return linear_weight_keys([parts.layers, *([parts.lm_head] if INT8_LM_HEAD else [])])
+
+
 def _key(data: bytes) -> str:
     return f"{onnx.TensorProto.FLOAT}:{hashlib.sha256(data).hexdigest()}"
 
@@ -171,12 +177,17 @@ class Int8Fidelity:
     - ``top5``: at least this many of the fp32 reference's top-5 prefill tokens in the int8 top-5;
     - ``first_token``: the first generated token (argmax of the prefill logits) must be the reference's.
 
-    Greedy tokens over ``--check-tokens`` steps are recorded (equal, first divergence) and required
-    equal only when ``tokens_equal`` is set: int8 arithmetic may flip a later near-tie.
-    Chosen from measurements on the tiny preset (docs/build-format.md, "Int8 builds")."""
+    Greedy tokens over the build's ``check_tokens`` steps are recorded (equal, first divergence) and
+    required equal only when ``tokens_equal`` is set: int8 arithmetic may flip a later near-tie (the
+    tiny preset's static clip diverges at token 5 of 8).
+
+    Chosen from measurements on the tiny preset (2026-12-03, 5 synthetic clips and the build's 3 parity
+    videos): logits max |diff| 1.3-2.1% of their range (bound 5%, 2.4x the worst), top-5 overlap 4-5
+    (bound 3), first token always equal; a corrupted scale (x50 on layer 0's q projection) gives 61% of
+    the range, top-5 overlap 0 and another first token. docs/build-format.md, "Int8 builds"."""
 
     logits_rel: float = 0.05
-    top5: int = 4
+    top5: int = 3
     first_token: bool = True
     tokens_equal: bool = False
 
