@@ -4,6 +4,7 @@ decode graphs with their own gate against the PyTorch fp32 reference; refusals; 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -78,6 +79,17 @@ def test_int8_graphs_quantize_every_weight_matmul_and_share_the_weight_file(int8
     assert (int8_build / "weights.bin").stat().st_size < 1.45 * params
 
 
+def test_a_rerun_skips_the_verified_int8_bucket(int8_build, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(int8_build, out)
+    before = (out / "manifest.json").read_bytes()
+    assert main(["-q", "build", "--precision", "int8", "--bucket", BUCKET, "--out", str(out), "--max-text", "128"]) == 0
+    assert (out / "manifest.json").read_bytes() == before  # nothing rebuilt, nothing re-quantized
+    # an fp32 build into the same directory is another configuration: refused, nothing touched
+    assert main(["-q", "build", "--bucket", BUCKET, "--out", str(out), "--max-text", "128"]) == InputError.exit_code
+    assert (out / "manifest.json").read_bytes() == before
+
+
 def test_the_runtime_runs_an_int8_build(int8_build, tmp_path, tiny):
     from ffexport.fusion.schedule import Schedule
     from ffexport.reference import Reference
@@ -103,13 +115,15 @@ def test_a_failing_int8_gate_fails_the_build_and_leaves_no_usable_bucket(int8_bu
                                                                          error_line, capsys):
     """Scales corrupted after quantization (x50 on one projection of the prefill) must fail the int8 gate
     (the fixture, the same build without the corruption, passes it): exit 7, the bucket recorded as not
-    usable, and the runtime refuses the directory. The fp32 contract check is the fixture build's (same
-    model, bucket and schedule), reused to keep this test short; everything else runs again."""
+    usable, and the runtime refuses the directory. To keep this test short it checks the calibration clip
+    only, and the fp32 contract check is the fixture build's (same model, bucket and schedule), reused;
+    everything else runs again."""
     import ffexport.export.build as build_module
     from ffexport.export.quantize import QuantizeInt8
 
     contract = json.loads((int8_build / BUCKET / "parity.json").read_text())["contract"]
     monkeypatch.setattr(build_module.Build, "_contract", lambda self, *args, **kwargs: contract)
+    monkeypatch.setattr(build_module, "PARITY_VIDEOS", ())  # the calibration clip only
     quantize = QuantizeInt8.__call__
 
     def corrupt(self, graph, target):
@@ -144,8 +158,9 @@ def test_a_failing_int8_gate_fails_the_build_and_leaves_no_usable_bucket(int8_bu
     (["--plugins", "libffexport_plugins.so"], "TensorRT int8 needs QDQ"),
     (["--graph-only"], "--graph-only has none"),
     (["--ops", "plugin"], "use --ops standard"),
+    (["--streamed"], "a streamed build (parity on a truncated copy) is not quantized"),
 ])
 def test_int8_refusals_are_one_line(tmp_path, error_line, extra, message):
     out = tmp_path / "x"
-    assert main(["build", "--precision", "int8", "--out", str(out), *extra]) == InputError.exit_code
+    assert main(["-q", "build", "--precision", "int8", "--out", str(out), *extra]) == InputError.exit_code
     assert message in error_line() and not out.exists()
