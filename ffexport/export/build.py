@@ -76,6 +76,11 @@ def graph_precision(precision: str) -> str:
     return "fp32" if precision == "int8" else precision
 
 
+def int8_file(fp32_file: str) -> str:
+    """The int8 graph quantized from ``fp32_file``: ``<name>.onnx`` -> ``<name>.int8.onnx`` beside it."""
+    return fp32_file.removesuffix(".onnx") + ".int8.onnx"
+
+
 def check_int8(*, precision: str, backend: str, plugins: tuple[str, ...] = (), ops: str = "standard",
                graph_only: bool = False) -> None:
     """Refuse (:class:`InputError`, one line) an int8 build this version cannot make or verify."""
@@ -714,11 +719,11 @@ class Build:
         after their fp32 gate passed, point ``graphs`` at the int8 files, and gate the int8 pipeline
         against the PyTorch fp32 reference on every parity video (:data:`INT8_FIDELITY`)."""
         quantized = {kind: self._save_int8(file, store) for kind, file in graphs.items()}
-        graphs.update({kind: q.source.replace(".onnx", ".int8.onnx") for kind, q in quantized.items()})
+        graphs.update({kind: int8_file(q.source) for kind, q in quantized.items()})
         decode = manifest["graphs"]["decode"]
         if "quantized" not in decode:  # the shared decode graph, once (it passed its fp32 gate)
             q = self._save_int8(decode["file"], store)
-            file = q.source.replace(".onnx", ".int8.onnx")
+            file = int8_file(q.source)
             manifest["graphs"]["decode"] = {
                 "file": file, **graph_io(self.out / file), "quantized": q.to_json(),
                 "parity": {"passed": decode["parity"]["passed"], "precision": "int8", "fp32": decode["parity"],
@@ -759,7 +764,7 @@ class Build:
 
         if self._quantize is None:
             self._quantize = QuantizeInt8(decoder_weight_keys(self.decoder.parts))
-        target = source.replace(".onnx", ".int8.onnx")
+        target = int8_file(source)
         scratch = self.out / f".{target}.quantizing"
         try:
             record = self._quantize(self.out / source, scratch)
