@@ -22,7 +22,7 @@ import torch
 
 import ffexport
 from ffexport.case import Case
-from ffexport.errors import CaptureError, InputError, ValidationError
+from ffexport.errors import InputError, ValidationError
 from ffexport.export.buckets import Bucket, parse_bucket, parse_fixed_bucket
 from ffexport.export.attention_rewrite import choose_attention
 from ffexport.export.builddir import BuildDirectory, committed_weights, fault_point
@@ -37,6 +37,7 @@ from ffexport.export.manifest import (
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
 from ffexport.export.quantize import Int8Fidelity, QuantizeInt8, compare_int8, decoder_weight_keys
+from ffexport.errors import CaptureError
 from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import FixedTowerEncoder, VisionEncoder
 from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
