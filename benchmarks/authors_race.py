@@ -32,8 +32,9 @@ round; a whole first round is a warm-up that only fills the page cache):
 logits: max |diff|, argmax, top-5 overlap; random weights, so a measure of the arithmetic, not of
 answers):
 
-- ``ffexport reduced int8``: the same reduced graph with its weight MatMuls quantized by ONNX
-  Runtime's own ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, one scale per output
+- ``ffexport reduced int8``: the same reduced graph with its weight MatMuls quantized as ``ffexport
+  build --precision int8`` does (``ffexport.export.quantize``: ONNX Runtime's own
+  ``onnxruntime.quantization.quantize_dynamic``; int8 weights, one scale per output
   channel; activations quantized per run: ``DynamicQuantizeMatMul``/``MatMulInteger``, which MLAS runs
   on AMX/VNNI). Attention, norms, softmax and FrameFusion's steps stay fp32;
 - ``authors framefusion bf16``: the authors' code with the model in bfloat16 (PyTorch runs bf16 GEMMs
@@ -108,7 +109,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     _save_authors_weights(loaded, workdir / "authors_weights.pt")
     export = ExportPrefillGraphs(loaded.adapter.decoder_parts(loaded.model), workdir, max_text=args.max_text)
     graph, _ = export("reduced", schedule, (inputs.embeds, inputs.positions, inputs.start))
-    graph_int8 = quantize_int8(graph, workdir / "reduced.int8.onnx") if args.low_precision else None
+    graph_int8 = quantize_int8(graph, workdir / "reduced.int8.onnx", decoder.parts) if args.low_precision else None
     meta = {
         "config": _authors_config(loaded), "layers": loaded.num_layers, "bucket": bucket.name,
         "visual_tokens": inputs.visual_tokens, "patches_per_frame": inputs.patches_per_frame,
@@ -124,18 +125,14 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return meta
 
 
-def quantize_int8(graph: Path, out: Path) -> Path:
-    """The graph with every MatMul whose second input is a weight (an initializer) quantized to int8
+def quantize_int8(graph: Path, out: Path, parts) -> Path:
+    """The graph as ``ffexport build --precision int8`` quantizes it (``ffexport.export.quantize``):
+    the MatMuls over the decoder's projections and lm_head (``parts``' weights, found by content) in int8
     per output channel by ONNX Runtime's dynamic quantizer; MatMuls of two activations (attention's
-    importance, the merge step's group means over a constant grid) are left fp32."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    importance) and any other constant stay fp32."""
+    from ffexport.export.quantize import QuantizeInt8, decoder_weight_keys
 
-    model = onnx.load(str(graph), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer if len(i.dims) == 2 and min(i.dims) >= 256}
-    skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights]
-    quantize_dynamic(str(graph), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=skip, use_external_data_format=True)
+    QuantizeInt8(decoder_weight_keys(parts))(graph, out)
     return out
 
 

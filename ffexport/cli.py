@@ -130,10 +130,13 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
                        help="also write <bucket>/fidelity.json: the schedule vs the dynamic reference on the parity "
                             "videos (greedy tokens, first-token KL, kept-token overlap, cost)")
     add_fusion_args(build)
-    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+    build.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                        help="graph precision (default fp32); fp16 and bf16 keep norms, softmax and FrameFusion's "
                             "similarity/importance/averages in fp32; bf16 needs --backend tensorrt or --graph-only "
-                            "(ONNX Runtime on CPU has no bf16 kernels)")
+                            "(ONNX Runtime on CPU has no bf16 kernels); int8 (--backend onnxruntime only): the fp32 "
+                            "graphs pass their parity gate, then the prefill and decode graphs' weight MatMuls are "
+                            "quantized (int8 per output channel, activations per run) and gated against the fp32 "
+                            "reference (greedy tokens, logits error, top-5)")
     build.add_argument("--max-text", type=non_negative_int, default=256, metavar="T",
                        help="longest text (prompt tokens outside the video) the graphs take (default 256)")
     build.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "tensorrt-rtx"],
@@ -306,7 +309,7 @@ def _report(result, loaded, args) -> None:
 def _cmd_build(args) -> int:
     from pathlib import Path
 
-    from ffexport.export.build import BF16_NEEDS_TENSORRT, Build, BuildConfig
+    from ffexport.export.build import BF16_NEEDS_TENSORRT, Build, BuildConfig, check_int8, graph_precision
     from ffexport.export.plugin_mode import check_ops
     from ffexport.fusion.config import FusionConfig
     from ffexport.fusion.schedule import load_schedule
@@ -314,8 +317,10 @@ def _cmd_build(args) -> int:
     from ffexport.models import require_stage
 
     require_stage(args.model, "build")  # a family without a build path: one line, exit 3, before loading
-    check_ops(ops=args.ops, precision=args.precision, backend=args.backend, plugins=tuple(args.plugins),
-              graph_only=args.graph_only)
+    check_int8(precision=args.precision, backend=args.backend, plugins=tuple(args.plugins), ops=args.ops,
+               graph_only=args.graph_only)
+    check_ops(ops=args.ops, precision=graph_precision(args.precision), backend=args.backend,
+              plugins=tuple(args.plugins), graph_only=args.graph_only)
     compute_capabilities = ()
     if args.compute_capability and args.backend != "tensorrt-rtx":
         raise InputError("--compute-capability is for --backend tensorrt-rtx (TensorRT builds for the GPU it runs on)")
@@ -334,7 +339,8 @@ def _cmd_build(args) -> int:
         raise InputError(BF16_NEEDS_TENSORRT)
     from ffexport.export.attention_rewrite import choose_attention
 
-    choose_attention(args.attention, backend=args.backend, precision=args.precision, graph_only=args.graph_only)
+    choose_attention(args.attention, backend=args.backend, precision=graph_precision(args.precision),
+                     graph_only=args.graph_only)
     from ffexport.export.builddir import refuse_if_busy
 
     refuse_if_busy(Path(args.out))  # another build writing there: one line now, not after loading the model
@@ -344,7 +350,7 @@ def _cmd_build(args) -> int:
         raise InputError("--schedule fixes one bucket's shape; give exactly one --bucket with it")
     fusion = FusionConfig(cost=args.cost, similarity=args.similarity, ratio_lower_bound=args.ratio_lower_bound,
                           budget_layers=args.budget_layers)
-    if args.precision != "fp32":
+    if graph_precision(args.precision) != "fp32":
         args.dtype = {"fp16": "float16", "bf16": "bfloat16"}[args.precision]
     if args.graph_only:
         from ffexport.models import LoadModel
@@ -357,6 +363,10 @@ def _cmd_build(args) -> int:
         streamed = streamed_model(model=args.model, random_weights=args.random_weights, weights=args.weights,
                                   dtype=args.dtype, layers=args.layers, vision_layers=args.vision_layers,
                                   force=args.streamed)
+        if streamed and args.precision == "int8":
+            raise InputError("--precision int8 quantizes graphs whose fp32 gate ran at full depth; a streamed build "
+                             "(parity on a truncated copy) is not quantized in this version: build on a machine that "
+                             "holds the model, or use --precision fp32")
         loaded = streamed[0] if streamed else load_model(args)
     config = BuildConfig(buckets=buckets, out=Path(args.out), schedule=schedule,
                          schedule_source=f"given: {args.schedule}" if args.schedule else None, fusion=fusion,

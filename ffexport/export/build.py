@@ -36,6 +36,8 @@ from ffexport.export.manifest import (
 )
 from ffexport.export.parity import BF16, FP16, FP32, GraphReport, OrtRunner, OutputReport, ParityGate, compare
 from ffexport.export.plugin_mode import check_ops, plugin_record, prefill_steps
+from ffexport.export.quantize import Int8Fidelity, QuantizeInt8, compare_int8, decoder_weight_keys
+from ffexport.errors import CaptureError
 from ffexport.export.policy import SYNTHETIC_PROMPT_IDS, calibration_case, video_case
 from ffexport.export.vision import FixedTowerEncoder, VisionEncoder
 from ffexport.export.weights import WEIGHTS_FILE, SharedWeights
@@ -53,12 +55,45 @@ log = logging.getLogger(__name__)
 
 #: extra parity videos besides the calibration clip: other motion, and static content (tied scores)
 PARITY_VIDEOS = (("pan", 1), ("static", 2))
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOLERANCES = {"fp32": FP32, "fp16": FP16, "bf16": BF16}
+#: the dtype the model is loaded and the graphs captured in; int8 graphs are quantized from fp32 ones
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
+#: the parity gate of the captured graphs (int8: the fp32 graphs it is quantized from, then INT8_FIDELITY)
+TOLERANCES = {"fp32": FP32, "fp16": FP16, "bf16": BF16, "int8": FP32}
+#: the int8 graphs' own gate against the PyTorch fp32 reference (ffexport/export/quantize.py)
+INT8_FIDELITY = Int8Fidelity()
 #: why bf16 graphs are not built for the onnxruntime backend
 BF16_NEEDS_TENSORRT = ("bf16 graphs cannot be validated here: ONNX Runtime's CPU provider has no bfloat16 kernels; "
                        "build them with --backend tensorrt (TensorRT runs the parity gate) or --graph-only "
                        "(structure for ffexport lint), or use --precision fp16")
+#: why int8 graphs are ONNX Runtime only
+INT8_NEEDS_ONNXRUNTIME = ("--precision int8 builds ONNX Runtime graphs only (dynamic quantization: DynamicQuantizeLinear "
+                          "and MatMulInteger, which are not TensorRT paths; TensorRT int8 needs QDQ graphs and "
+                          "calibration, which this version does not build): use --backend onnxruntime without "
+                          "--plugins, or --precision fp16 for TensorRT")
+
+
+def graph_precision(precision: str) -> str:
+    """The precision the graphs are captured in: int8 graphs are quantized from fp32 ones."""
+    return "fp32" if precision == "int8" else precision
+
+
+def int8_file(fp32_file: str) -> str:
+    """The int8 graph quantized from ``fp32_file``: ``<name>.onnx`` -> ``<name>.int8.onnx`` beside it."""
+    return fp32_file.removesuffix(".onnx") + ".int8.onnx"
+
+
+def check_int8(*, precision: str, backend: str, plugins: tuple[str, ...] = (), ops: str = "standard",
+               graph_only: bool = False) -> None:
+    """Refuse (:class:`InputError`, one line) an int8 build this version cannot make or verify."""
+    if precision != "int8":
+        return
+    if backend != "onnxruntime" or plugins:
+        raise InputError(INT8_NEEDS_ONNXRUNTIME)
+    if ops != "standard":
+        raise InputError("--precision int8 quantizes standard-op graphs only: use --ops standard")
+    if graph_only:
+        raise InputError("--precision int8 quantizes the model's weights; --graph-only has none (lint the fp32 "
+                         "structure, which int8 builds quantize, with --precision fp32)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +154,11 @@ class Build:
             raise InputError(f"--max-text must be positive, got {config.max_text}")
         if config.precision == "bf16" and config.backend != "tensorrt" and not config.graph_only:
             raise InputError(BF16_NEEDS_TENSORRT)
-        check_ops(ops=config.ops, precision=config.precision, backend=config.backend, plugins=config.plugins,
+        check_int8(precision=config.precision, backend=config.backend, plugins=config.plugins, ops=config.ops,
+                   graph_only=config.graph_only)
+        #: the precision of the captured graphs (int8: quantized after they passed the fp32 gate)
+        self.graph_precision = graph_precision(config.precision)
+        check_ops(ops=config.ops, precision=self.graph_precision, backend=config.backend, plugins=config.plugins,
                   graph_only=config.graph_only)
         self.loaded = loaded
         self.config = config
@@ -144,9 +183,12 @@ class Build:
             raise InputError("--graph-only builds the structure without weights; it takes a preset name")
         self.decoder = ReducedDecoder(loaded.adapter.decoder_parts(loaded.model))
         self._static_decode: dict[str, dict[str, Any]] = {}
+        #: the PyTorch fp32 static reference of each (bucket, parity video), from the end-to-end check
+        self._references: dict[tuple[str, str], Any] = {}
+        self._quantize: QuantizeInt8 | None = None
         self.steps, self.translations = prefill_steps(config.ops)
         self.embed = loaded.model.model.language_model.embed_tokens
-        self.attention = choose_attention(config.attention, backend=config.backend, precision=config.precision,
+        self.attention = choose_attention(config.attention, backend=config.backend, precision=self.graph_precision,
                                           graph_only=config.graph_only)
         self.capture = CaptureOnnx(structure_only=config.graph_only, attention=self.attention)
         self.runner = OrtRunner()
@@ -458,6 +500,9 @@ class Build:
         names += [g["file"] for g in manifest["graphs"].values()]
         for entry in manifest["buckets"]:
             names += [g["file"] for g in [*entry["graphs"].values(), *entry.get("engines", {}).values()]]
+        # int8 builds: the fp32 graphs the int8 ones were quantized from (gated, kept for replay)
+        graphs = [*manifest["graphs"].values(), *(g for e in manifest["buckets"] for g in e["graphs"].values())]
+        names += [g["quantized"]["from"] for g in graphs if "quantized" in g]
         names += [e["file"] for e in manifest.get("engines", {}).values()]
         # a listed file that is gone is left out: the runtime then refuses the build, naming it
         manifest["files"] = {n: file_record(self.out, n) for n in names if (self.out / n).is_file()}
@@ -614,6 +659,11 @@ class Build:
         shared = all(manifest["graphs"][g]["parity"]["passed"] for g in ("embed", "decode"))
         passed = shared and all(r.passed for r in reports) and all(x["tokens_equal"] and x["logits"]["passed"] for x in e2e)
         passed = passed and contract["passed"]
+        fp32_passed, int8, graphs = passed, None, {"prefill": prefill_file, "decode_static": decode_static["file"]}
+        if self.config.precision == "int8":  # quantized only once the fp32 graphs passed their gate
+            int8 = self._int8(bucket, store, manifest, cases, vision_file, graphs, decode_static) if passed else \
+                {"passed": False, "note": "not quantized: the fp32 graphs failed their parity gate"}
+            passed = passed and int8["passed"]
         schedule.save(bucket_dir / "schedule.json", overwrite=True)
         fidelity = {}
         if self.config.fidelity:  # static schedule vs dynamic reference on the parity videos (a figure, not a gate)
@@ -627,6 +677,7 @@ class Build:
                    "cases": [c_name for c_name, _ in self._case_names()],
                    "graphs": [r.to_json() for r in reports], "end_to_end": e2e, "shared_graphs_passed": shared,
                    "schedule_kind": contract["schedule_kind"], "contract": contract,
+                   **({"fp32_graphs_passed": fp32_passed, "int8": int8} if int8 is not None else {}),
                    "passed": passed,
                    "replay": "polygraphy run <graph> --onnxrt --load-inputs parity/<graph>.inputs.json "
                              f"--load-outputs parity/<graph>.outputs.json --atol {tol.atol} --rtol {tol.rtol}"},
@@ -646,14 +697,88 @@ class Build:
             "patches_per_frame": bucket.patches_per_frame, **_blocks_record(layout), "schedule": schedule.to_json(),
             "schedule_source": source, "schedule_origin": chosen.origin, "schedule_kind": contract["schedule_kind"],
             "graphs": {"vision": {"file": vision_file, **graph_io(self.out / vision_file)},
-                       "prefill": {"file": prefill_file, **graph_io(self.out / prefill_file),
-                                   **plugin_record(self.out / prefill_file)},
-                       "decode_static": decode_static},
+                       "prefill": {"file": graphs["prefill"], **graph_io(self.out / graphs["prefill"]),
+                                   **plugin_record(self.out / graphs["prefill"]), **self._quantized("prefill", int8)},
+                       "decode_static": {**decode_static, "file": graphs["decode_static"],
+                                         **graph_io(self.out / graphs["decode_static"]),
+                                         **self._quantized("decode_static", int8)}},
             "parity": {"file": f"{name}/parity.json", "passed": passed, "validated": True,
-                       "contract": contract_record(contract)},
+                       "contract": contract_record(contract), **_int8_summary(int8)},
             "engines": engines, **fidelity,
             "usable": passed,
         }
+
+    # ================================================================ int8
+    def _int8(self, bucket: Bucket, store: SharedWeights, manifest: dict[str, Any], cases: list[Case],
+              vision_file: str, graphs: dict[str, str], decode_static: dict[str, Any]) -> dict[str, Any]:
+        """Quantize the bucket's prefill and static decode graphs (and, once per build, ``decode.onnx``)
+        after their fp32 gate passed, point ``graphs`` at the int8 files, and gate the int8 pipeline
+        against the PyTorch fp32 reference on every parity video (:data:`INT8_FIDELITY`)."""
+        quantized = {kind: self._save_int8(file, store) for kind, file in graphs.items()}
+        graphs.update({kind: int8_file(q.source) for kind, q in quantized.items()})
+        decode = manifest["graphs"]["decode"]
+        if "quantized" not in decode:  # the shared decode graph, once (it passed its fp32 gate)
+            q = self._save_int8(decode["file"], store)
+            file = int8_file(q.source)
+            manifest["graphs"]["decode"] = {
+                "file": file, **graph_io(self.out / file), "quantized": q.to_json(),
+                "parity": {"passed": decode["parity"]["passed"], "precision": "int8", "fp32": decode["parity"],
+                           "int8": "gated end to end with each bucket (<bucket>/parity.json, int8)"}}
+        decode_file = manifest["graphs"]["decode"]["file"]
+        fidelity, n_tokens = INT8_FIDELITY, self.config.check_tokens
+        static = {**decode_static, "file": graphs["decode_static"]}
+        compared = []
+        for (case_name, _), case in zip(self._case_names(), cases):
+            logits, tokens = run_graphs(self.runner, self.out, case, vision_file, graphs["prefill"], self.loaded.config,
+                                        self.loaded.adapter, n_tokens, decode_file=decode_file)
+            in_place = run_graphs(self.runner, self.out, case, vision_file, graphs["prefill"], self.loaded.config,
+                                  self.loaded.adapter, n_tokens, static_decode=static)[1]
+            reference = self._references[(bucket.name, case_name)]
+            compared.append(compare_int8(case_name, logits, reference.logits, tokens,
+                                         reference.generated_ids[0].tolist(), fidelity, static_tokens=in_place))
+        passed = all(c.passed for c in compared)
+        worst = max(compared, key=lambda c: c.logits_rel)
+        log.info("bucket %s: int8 gate %s (logits max |diff| %.1f%% of their range, top-5 overlap >= %d, greedy tokens "
+                 "equal on %d/%d videos)", bucket.name, "passed" if passed else "FAILED", 100 * worst.logits_rel,
+                 min(c.top5_overlap for c in compared), sum(c.tokens_equal for c in compared), len(compared))
+        return {
+            "precision": "int8", "passed": passed,
+            "compared": "embed and vision fp32, prefill and decode int8 (ONNX Runtime) against the PyTorch fp32 "
+                        f"static reference: prefill logits and {n_tokens} greedy tokens per parity video",
+            "thresholds": fidelity.to_json(),
+            "worst": {"logits_rel": worst.logits_rel, "logits_max_abs": max(c.logits_max_abs for c in compared),
+                      "top5_overlap": min(c.top5_overlap for c in compared),
+                      "tokens_equal": all(c.tokens_equal for c in compared)},
+            "cases": [c.__dict__ for c in compared],
+            "graphs": {kind: q.to_json() for kind, q in quantized.items()},
+        }
+
+    def _save_int8(self, source: str, store: SharedWeights):
+        """``<name>.onnx`` (fp32, gated) -> ``<name>.int8.onnx`` beside it, its tensors in ``weights.bin`` by
+        content (the fp32 tensors it keeps are stored already; the int8 weights and scales are appended)."""
+        import onnx
+
+        if self._quantize is None:
+            self._quantize = QuantizeInt8(decoder_weight_keys(self.decoder.parts))
+        target = int8_file(source)
+        scratch = self.out / f".{target}.quantizing"
+        try:
+            record = self._quantize(self.out / source, scratch)
+            model = onnx.load(str(scratch), load_external_data=True)
+        except ValueError as e:
+            raise CaptureError(f"quantizing {source} to int8 failed: {e}") from e
+        finally:
+            scratch.unlink(missing_ok=True)
+            scratch.with_name(scratch.name + ".data").unlink(missing_ok=True)
+        store.externalize(model)
+        self.runner.forget(self.out / target)
+        save_checked(model, self.out, target)
+        return record
+
+    @staticmethod
+    def _quantized(kind: str, int8: dict[str, Any] | None) -> dict[str, Any]:
+        """A bucket graph's ``quantized`` record (int8 builds whose graphs were quantized)."""
+        return {"quantized": int8["graphs"][kind]} if int8 and "graphs" in int8 else {}
 
     # ================================================================ TensorRT
     def _build_engines(self, bucket, manifest, cases, torch_inputs, vision, prefill, vision_file, prefill_file):
@@ -823,7 +948,7 @@ class Build:
         contract = ScheduleContract(
             self.loaded, fusion=self.config.fusion, runner=self.runner, out=self.out, vision_file=vision_file,
             prefill_file=prefill_file, export_prefill=export_prefill, tolerance=self.tolerance,
-            precision=self.config.precision, tokens=self.config.check_tokens, visual_tokens=bucket.visual_tokens,
+            precision=self.graph_precision, tokens=self.config.check_tokens, visual_tokens=bucket.visual_tokens,
             patches_per_frame=bucket.patches_per_frame, layout=layout)(schedule, schedule_kind(origin), videos)
         log.info("bucket %s: contract %s on %d video(s) (static graph on the realized schedule vs dynamic: max |diff| "
                  "%s), oracle %s (%d compared, %d ambiguous, %d not run), %.1f s, %d graph(s) exported",
@@ -853,6 +978,7 @@ class Build:
             self.runner, self.out, case, vision_file, prefill_file, self.loaded.config, self.loaded.adapter, n_tokens,
             static_decode=static_decode)[1]
         static = Reference(self.loaded, schedule=schedule, max_new_tokens=n_tokens)(case)
+        self._references[(bucket.name, case_name)] = static  # the int8 gate compares with it too
         record = {
             "case": case_name,
             "logits": compare("logits", ort_logits, static.logits, self.tolerance).__dict__,
@@ -870,6 +996,13 @@ def contract_record(contract: dict[str, Any]) -> dict[str, Any]:
             "logits_max_abs": contract["logits_max_abs"], "proven": contract["proven"],
             "oracle": {k: oracle[k] for k in ("compared", "ambiguous", "not_run", "passed", "logits_max_abs", "note")},
             "fidelity": contract["fidelity"]}
+
+
+def _int8_summary(int8: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's summary of a bucket's int8 gate (the details are in parity.json)."""
+    if int8 is None:
+        return {}
+    return {"precision": "int8", "int8": {k: int8[k] for k in ("passed", "thresholds", "worst", "note") if k in int8}}
 
 
 def _fmt(x) -> str:
@@ -934,9 +1067,11 @@ def _worst(a: GraphReport | None, b: GraphReport) -> GraphReport:
 
 
 def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefill_file: str, config, adapter,
-               max_new_tokens: int, *, static_decode: dict[str, Any] | None = None) -> tuple[np.ndarray, list[int]]:
+               max_new_tokens: int, *, static_decode: dict[str, Any] | None = None,
+               decode_file: str = "decode.onnx") -> tuple[np.ndarray, list[int]]:
     """Run a case through the saved graphs with ONNX Runtime (embed -> vision -> prefill -> decode);
-    ``static_decode`` (a bucket's manifest record): decode with that graph, caches updated in place."""
+    ``static_decode`` (a bucket's manifest record): decode with that graph, caches updated in place;
+    otherwise with ``decode_file``."""
     # the video tokens: one run, or frame blocks with text between them; features go to them in order
     video_rows = np.flatnonzero(case.input_ids[0] == adapter.video_token_id(config))
     start = int(video_rows[0])
@@ -970,7 +1105,7 @@ def run_graphs(runner: OrtRunner, out: Path, case: Case, vision_file: str, prefi
             continue
         feeds = {"input_ids": np.array([[token]], dtype=np.int64),
                  "position_ids": np.full((3, 1), first + k, dtype=np.int64), **past}
-        outs = runner.run(out / "decode.onnx", feeds)
+        outs = runner.run(out / decode_file, feeds)
         step_logits = outs["logits"]
         past = {f"past_key_values.{i}.{kk}": outs[f"present.{i}.{kk}"] for i in range(layers) for kk in ("key", "value")}
     return logits, tokens
