@@ -180,7 +180,11 @@ class LoadModel:
             notes.append(f"first {self.vision_layers} vision blocks")
             levels = list(getattr(vision, "deepstack_visual_indexes", None) or ())
             if levels:  # Qwen3-VL: the DeepStack levels of the blocks kept (the first ones, names unchanged)
-                vision.deepstack_visual_indexes = [i for i in levels if i < self.vision_layers]
+                kept = [i for i in levels if i < self.vision_layers]
+                if not kept:  # the decoder adds at least one level; a tower without any is not this model
+                    raise ModelError(f"--vision-layers {self.vision_layers} keeps none of the tower's DeepStack levels "
+                                     f"(blocks {levels}); keep at least {levels[0] + 1} vision blocks")
+                vision.deepstack_visual_indexes = kept
                 notes.append(f"DeepStack levels {len(vision.deepstack_visual_indexes)} of {len(levels)}")
         return f", {', '.join(notes)}" if notes else ""
 

@@ -83,6 +83,16 @@ def test_vision_layers_keep_the_levels_of_the_kept_blocks():
     assert encoder.output_names == ["video_features", "deepstack_features"] and encoder.deepstack == (0,)
 
 
+def test_vision_layers_that_keep_no_deepstack_level_are_one_error_line():
+    """``qwen3vl-8b --vision-layers 4`` (levels after blocks 8, 16, 24): no level survives, and Qwen3-VL's
+    decoder adds at least one; one ModelError line naming the blocks needed (before: a traceback in
+    ``video_features``, ``torch.stack`` of no levels)."""
+    from ffexport.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"keeps none of the tower's DeepStack levels .*keep at least 9 vision blocks"):
+        LoadModel("qwen3vl-8b", structure_only=True, vision_layers=4)()
+
+
 @pytest.mark.slow
 def test_qwen3_streamed_gate_runs_deepstack_on_the_copy(streamed_dir):
     manifest = json.loads((streamed_dir / "manifest.json").read_text())
