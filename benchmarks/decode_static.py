@@ -13,6 +13,8 @@ tokens each (median per token over rounds):
   today (``session.run``; every present copied out to numpy and fed back);
 - ``ort static``: ``StaticDecodeStep`` with capacity C + tokens per layer, driven by
   ``runtime.kv_cache.StaticCacheDecoder`` (IO binding, caches updated in place);
+- ``ort static, no spin``: the same with ``session.intra_op.allow_spinning`` 0 (ONNX Runtime's
+  intra-op threads sleep between kernels instead of spinning: what a shared, loaded machine may prefer);
 - ``transformers``: the model's language model + lm_head with a ``DynamicCache`` of C rows (SDPA),
   what a user runs today.
 
@@ -79,9 +81,13 @@ def main() -> int:
     dynamic = ort.InferenceSession(str(work / "decode.onnx"), options, providers=["CPUExecutionProvider"])
     print(f"# {args.model} width, {layers} layers, fp32, {args.threads} threads, {args.tokens} tokens x {args.rounds} "
           f"rounds; load at start: {os.getloadavg()}")
-    print("| context | ort dynamic ms/token | ort static ms/token | transformers ms/token | static / dynamic | "
-          "static / transformers | host bytes/token dynamic | static |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| context | ort dynamic ms/token | ort static ms/token | ort static, no spin | transformers ms/token | "
+          "static / dynamic | static / transformers | no spin / transformers | host bytes/token dynamic | static |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    quiet = ort.SessionOptions()
+    quiet.intra_op_num_threads = args.threads
+    quiet.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
     g = torch.Generator().manual_seed(0)
     for context in contexts:
         capacity = context + args.tokens + 1
@@ -98,6 +104,8 @@ def main() -> int:
         cache = [torch.randn(1, kvh, context, hd, generator=g) * 0.5 for _ in range(2 * layers)]
         presents = {f"{i // 2}.{'key' if i % 2 == 0 else 'value'}": c.numpy() for i, c in enumerate(cache)}
         runner = StaticCacheDecoder(static, [capacity] * layers)
+        no_spin = StaticCacheDecoder(ort.InferenceSession(str(work / f"decode_static_{context}.onnx"), quiet,
+                                                          providers=["CPUExecutionProvider"]), [capacity] * layers)
 
         def run_dynamic():
             feeds = {f"past_key_values.{k}": v for k, v in presents.items()}
@@ -108,11 +116,14 @@ def main() -> int:
                 token = int(out[0].argmax())
                 feeds = {f"past_key_values.{n[len('present.'):]}": v for n, v in zip(outputs, out[1:])}
 
-        def run_static():
+        def run_static(runner=runner):
             runner.start(presents)
             token = 5
             for k in range(args.tokens):
                 token = int(runner.step(token, context + k).argmax())
+
+        def run_no_spin():
+            run_static(no_spin)
 
         def run_transformers():
             from transformers import DynamicCache
@@ -128,19 +139,23 @@ def main() -> int:
                     h = lm(input_ids=torch.tensor([[token]]), position_ids=pos, past_key_values=kv, use_cache=True)
                     token = int(loaded.model.lm_head(h.last_hidden_state[:, -1]).argmax())
 
-        times = {"dynamic": [], "static": [], "transformers": []}
-        for fn in (run_dynamic, run_static, run_transformers):  # warm-up
+        runs = (("dynamic", run_dynamic), ("static", run_static), ("no spin", run_no_spin),
+                ("transformers", run_transformers))
+        times = {name: [] for name, _ in runs}
+        for _, fn in runs:  # warm-up
             fn()
-        for _ in range(args.rounds):
-            for name, fn in (("dynamic", run_dynamic), ("static", run_static), ("transformers", run_transformers)):
+        for r in range(args.rounds):
+            for name, fn in runs[r % len(runs):] + runs[:r % len(runs)]:  # the order rotates
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(1000 * (time.perf_counter() - t0) / args.tokens)
         med = {k: statistics.median(v) for k, v in times.items()}
         copied = 2 * layers * kvh * hd * 4 * (context + args.tokens / 2)
         tiny = 8 * (1 + 3 + layers) + 4 * loaded.config.text_config.vocab_size
-        print(f"| {context} | {med['dynamic']:.1f} | {med['static']:.1f} | {med['transformers']:.1f} | "
-              f"{med['static'] / med['dynamic']:.2f} | {med['static'] / med['transformers']:.2f} | "
+        print(f"# samples ms/token {times}")
+        print(f"| {context} | {med['dynamic']:.1f} | {med['static']:.1f} | {med['no spin']:.1f} | "
+              f"{med['transformers']:.1f} | {med['static'] / med['dynamic']:.2f} | "
+              f"{med['static'] / med['transformers']:.2f} | {med['no spin'] / med['transformers']:.2f} | "
               f"{copied / 2**20:.1f} MiB + logits | {tiny / 2**10:.0f} KiB |")
     print(f"# load at end: {os.getloadavg()}")
     return 0

@@ -6,15 +6,18 @@ Four variants generate the same greedy continuation from the same inputs (the sa
 (a) ``transformers sdpa``: transformers' ``Qwen2VLForConditionalGeneration`` with
     ``attn_implementation="sdpa"``, no reduction, its own ``DynamicCache`` (what users run today);
 (b) ``onnxruntime full``: the full model exported like ``ffexport build`` (fused attention), ONNX
-    Runtime prefill and the build's one-token decode graph;
-(c) ``ffexport reduced``: the static FrameFusion prefill graph and the same decode graph over the
-    reduced per-layer caches;
+    Runtime prefill, then the build's static decode graph (``graphs.static_decode_spec``: caches
+    preallocated at the prompt's length + ``new_tokens`` rows per layer, updated in place through IO
+    binding by :class:`ffexport.runtime.kv_cache.StaticCacheDecoder`, as ``ffexport run`` decodes);
+(c) ``ffexport reduced``: the static FrameFusion prefill graph and its own static decode graph,
+    sized to the reduced per-layer caches (``graphs.cache_capacities`` of the schedule);
 (d) ``dynamic reference``: ffexport's PyTorch reference with the data-dependent reducer.
 
 Rounds are interleaved (the variants' order rotates); per variant: prefill (the prompt's logits),
 time to first token (vision encoder + prefill; the encoder is the same for every variant and timed
 once), decode tokens/s over the remaining ``new_tokens - 1`` steps, end to end (vision + prefill +
-decode of ``new_tokens`` tokens) and the peak resident memory of a generation (in process; the
+decode of ``new_tokens`` tokens; the ONNX Runtime variants' decode includes copying the prompt's
+caches into the preallocated buffers, once per generation) and the peak resident memory of a generation (in process; the
 weights of every variant stay resident, so "+MiB" is what the generation itself adds).
 The FLOP ideal counts what the graphs compute: causal pairs (fused attention skips the masked half).
 The end-to-end ideal adds the vision encoder (the same for every variant) and the decode steps over
@@ -33,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import ffexport
@@ -42,12 +44,14 @@ from ffexport.bench.memory import PeakMemory
 from ffexport.bench.prefill import _load_average, bench_case, git_commit, machine_facts, prepare_inputs
 from ffexport.errors import InputError, ScheduleError
 from ffexport.export.buckets import model_bucket
+from ffexport.export.graphs import cache_capacities
 from ffexport.fusion.config import FusionConfig
 from ffexport.fusion.decoder import ReducedDecoder
 from ffexport.fusion.reducers import DynamicReducer
 from ffexport.fusion.schedule import Schedule
 from ffexport.models.loading import LoadedModel
 from ffexport.progress import Steps
+from ffexport.runtime.kv_cache import StaticCacheDecoder
 
 log = logging.getLogger(__name__)
 
@@ -214,26 +218,26 @@ class Race:
                 raise ScheduleError("the schedule removes no visual token (nothing to race); lower --similarity or "
                                     "give a --schedule")
             steps.advance()
-            steps.start("export the full and reduced prefill graphs and the decode graph")
+            steps.start("export the full and reduced prefill graphs and their static decode graphs")
             example = (inputs.embeds, inputs.positions, inputs.start)
             export = ExportPrefillGraphs(loaded.adapter.decoder_parts(loaded.model), Path(tmp), max_text=cfg.max_text)
             empty = Schedule(schedule.visual_tokens, schedule.patches_per_frame, ())
-            full_path, _ = export("full", empty, example)
-            reduced_path, _ = export("static", schedule, example)
-            decode_path = self._export_decode(export, decoder, inputs, schedule, Path(tmp))
+            text_tokens = case.input_ids.shape[1] - bucket.visual_tokens
             options = session_options(self.threads)
-            sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                        for k, p in (("full", full_path), ("reduced", reduced_path), ("decode", decode_path))}
+            session = lambda path: ort.InferenceSession(str(path), options,  # noqa: E731
+                                                        providers=["CPUExecutionProvider"])
+            ort_variants, capacities = {}, {}
+            for name, kind, graph_schedule in ((ORT_FULL, "full", empty), (REDUCED, "static", schedule)):
+                prefill_path, _ = export(kind, graph_schedule, example)
+                capacities[name] = cache_capacities(graph_schedule, loaded.num_layers, max_text=text_tokens,
+                                                    max_new_tokens=cfg.new_tokens)
+                decode_path = self._export_static_decode(export, decoder, capacities[name], f"{kind}.decode_static")
+                ort_variants[name] = self._onnxruntime(
+                    session(prefill_path), StaticCacheDecoder(session(decode_path), capacities[name]), inputs)
             steps.advance()
             first_position = int(inputs.positions.max()) + 1
-            variants = {
-                TRANSFORMERS: self._transformers(inputs),
-                ORT_FULL: self._onnxruntime(sessions["full"], sessions["decode"], inputs),
-                REDUCED: self._onnxruntime(sessions["reduced"], sessions["decode"], inputs),
-                DYNAMIC: self._dynamic(decoder, inputs),
-            }
+            variants = {TRANSFORMERS: self._transformers(inputs), **ort_variants, DYNAMIC: self._dynamic(decoder, inputs)}
             results = self._rounds(variants, first_position, steps)
-        text_tokens = case.input_ids.shape[1] - bucket.visual_tokens
         dims = ModelDims.from_config(loaded.config.text_config)
         n = bucket.visual_tokens
         groups = [int(h * w) for t, h, w in case.video_grid_thw for _ in range(int(t))]
@@ -256,6 +260,9 @@ class Race:
             "schedule_source": "given" if cfg.schedule is not None else "realized by the dynamic reference on the inputs",
             "threads": self.threads, "warmup": cfg.warmup, "repeats": cfg.repeats, "new_tokens": cfg.new_tokens,
             "attention": "fused (ONNX Runtime: com.microsoft.GroupQueryAttention in the prefill graphs)",
+            "decode": {"graph": "static decode graph (graphs.StaticDecodeStep), caches updated in place through IO "
+                                "binding (runtime.kv_cache.StaticCacheDecoder)",
+                       "cache_capacities": capacities},
             "machine": machine_facts(), "load_average_start": load_start, "load_average_end": _load_average(),
             "tools": {"torch": torch.__version__, "transformers": transformers.__version__,
                       "onnxruntime": onnxruntime.__version__},
@@ -324,7 +331,10 @@ class Race:
         v.prefill, v.step = prefill, step
         return v
 
-    def _onnxruntime(self, prefill_session, decode_session, inputs) -> _Variant:
+    def _onnxruntime(self, prefill_session, decoder, inputs) -> _Variant:
+        """ONNX Runtime prefill, then ``decoder`` (a :class:`StaticCacheDecoder`): its first step copies the
+        prompt's caches into the preallocated buffers; every step after binds the same buffers, so the host
+        writes the token and reads the logits whatever the context."""
         layers = self.loaded.num_layers
         feeds = {"inputs_embeds": inputs.embeds.numpy(), "position_ids": inputs.positions.numpy(),
                  "video_start": inputs.start.numpy()}
@@ -332,14 +342,12 @@ class Race:
 
         def prefill():
             outs = prefill_session.run(None, feeds)
-            past = {f"past_key_values.{i}.{k}": outs[1 + j] for j, (i, k) in enumerate(kinds)}
-            return int(outs[0][0].argmax()), past
+            return int(outs[0][0].argmax()), {f"{i}.{k}": outs[1 + j] for j, (i, k) in enumerate(kinds)}
 
-        def step(token, position, past):
-            outs = decode_session.run(None, {"input_ids": np.array([[token]], dtype=np.int64),
-                                             "position_ids": np.full((3, 1), position, dtype=np.int64), **past})
-            past = {f"past_key_values.{i}.{k}": outs[1 + j] for j, (i, k) in enumerate(kinds)}
-            return int(outs[0][0].argmax()), past
+        def step(token, position, presents):
+            if presents is not None:  # the first step of a generation
+                decoder.start(presents)
+            return int(decoder.step(token, position).argmax()), None
 
         v = _Variant()
         v.prefill, v.step = prefill, step
@@ -365,27 +373,19 @@ class Race:
         v.prefill, v.step = prefill, step
         return v
 
-    def _export_decode(self, export, decoder, inputs, schedule, directory: Path) -> Path:
-        """The build's one-token decode graph (same capture, same shared weights)."""
+    def _export_static_decode(self, export, decoder, capacities: list[int], name: str) -> Path:
+        """The build's static decode graph (``graphs.static_decode_spec``) for these per-layer cache
+        ``capacities``, captured like the prefills (weights in the shared file)."""
         import onnx
 
-        from ffexport.export.capture import GraphSpec
-        from ffexport.export.graphs import DecodeStep, PrefillGraph, present_names
+        from ffexport.export.graphs import static_decode_spec
 
-        layers = self.loaded.num_layers
-        with torch.no_grad():
-            _, *presents = PrefillGraph(decoder, schedule).eval()(inputs.embeds, inputs.positions, inputs.start)
-        decode = DecodeStep(decoder, self.loaded.model.model.language_model.embed_tokens).eval()
-        dims = [torch.export.Dim(f"past_{i}", min=1, max=32768) for i in range(layers)]
-        dynamic = {"input_ids": None, "position_ids": None, "past": tuple({2: dims[i // 2]} for i in range(2 * layers))}
-        spec = GraphSpec("decode", decode, (torch.tensor([[0]]), torch.zeros(3, 1, dtype=torch.int64), *presents),
-                         ["input_ids", "position_ids", *present_names(layers, "past_key_values")],
-                         ["logits", *present_names(layers)], dynamic)
-        model = export.capture(spec)
+        embed = self.loaded.model.model.language_model.embed_tokens
+        model = export.capture(static_decode_spec(decoder, embed, capacities, max_new_tokens=self.config.new_tokens))
         for node in model.graph.node:
             del node.metadata_props[:]
         export.store.externalize(model)
-        path = directory / "decode.onnx"
+        path = export.directory / f"{name}.onnx"
         onnx.save(model, str(path))
         return path
 

@@ -118,6 +118,24 @@ class StaticDecodeStep(nn.Module):
         return (d._logits(hidden).float(), *presents)
 
 
+def static_decode_spec(decoder: ReducedDecoder, embed_tokens: nn.Module, capacities: list[int], *,
+                       max_new_tokens: int):
+    """The capture spec of the static decode graph (:class:`StaticDecodeStep`) with per-layer cache
+    ``capacities`` (:func:`cache_capacities`): the example caches take the embedding's dtype and device
+    (the meta device of ``--graph-only``), the example lengths leave ``max_new_tokens`` rows free."""
+    from ffexport.export.capture import GraphSpec
+
+    parts, weight = decoder.parts, embed_tokens.weight
+    caches = [torch.zeros(1, parts.num_kv_heads, c, parts.head_dim, dtype=weight.dtype, device=weight.device)
+              for c in capacities for _ in "kv"]
+    example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(3, 1, dtype=torch.int64),
+               torch.tensor(capacities) - max_new_tokens, *caches)
+    layers = len(capacities)
+    return GraphSpec("static decode", StaticDecodeStep(decoder, embed_tokens).eval(), example,
+                     ["input_ids", "position_ids", "cache_lengths", *present_names(layers, "past_key_values")],
+                     ["logits", *present_names(layers)])
+
+
 def cache_capacities(schedule: Schedule, num_layers: int, *, max_text: int, max_new_tokens: int) -> list[int]:
     """Rows each layer's static decode cache needs: the longest prompt that layer can hold after the
     schedule's steps (``max_text`` text tokens + the visual tokens left at its attention) plus

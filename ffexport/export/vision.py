@@ -157,7 +157,7 @@ class VisionEncoder(nn.Module):
                 f"pixel_values_videos has shape {tuple(pixel_values_videos.shape)}; this encoder was built for "
                 f"grid {t}x{h}x{w} and needs [{self.num_patches}, {self.patch_dim}] (t*h*w rows)"
             )
-        x = self.patch_embed(pixel_values_videos)  # [t*h*w, E] in the module's dtype
+        x = self._embed_patches(pixel_values_videos)  # [t*h*w, E] in the module's dtype
         if self.pos_embed is not None:
             x = self._add_positions(x)
         if self.windows is None:
@@ -176,6 +176,18 @@ class VisionEncoder(nn.Module):
             x = x + block.mlp(block.norm2(x))
         tokens = self.merger(x)  # [N, D], window order
         return self._reorder(tokens, self.window_token_restore, t, self.windows.tokens)
+
+    def _embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The patch embedding. Its Conv3d has kernel = stride = one patch and every row of ``pixels`` is
+        one patch (``C*tp*p*p`` values in the kernel's order), so it is one matrix product with the
+        kernel flattened to [E, C*tp*p*p] (+ bias): a Gemm in the graph, where ONNX Runtime's CPU Conv
+        would go through im2col (docs/benchmarks.md, "The vision encoder")."""
+        proj = self.patch_embed.proj
+        if not (isinstance(proj, nn.Conv3d) and tuple(proj.kernel_size) == tuple(proj.stride)
+                and proj.weight[0].numel() == self.patch_dim and proj.padding == (0, 0, 0) and proj.groups == 1):
+            return self.patch_embed(pixels)
+        weight = proj.weight.reshape(proj.out_channels, self.patch_dim)
+        return F.linear(pixels.to(weight.dtype), weight, proj.bias)
 
     def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
         """The learned positions for this grid (4 weighted table rows per patch, the same every frame);

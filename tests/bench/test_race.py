@@ -32,6 +32,13 @@ def test_race_runs_four_variants_and_ends_with_the_headlines(tmp_path, capsys):
     assert variants["ffexport reduced"]["tokens"] == variants["dynamic reference"]["tokens"]
     assert variants["ffexport reduced"]["visual_tokens_left"] == variants["dynamic reference"]["visual_tokens_left"] < 64
     assert variants["transformers sdpa"]["visual_tokens_left"] == 64
+    # the ONNX Runtime variants decode with static in-place graphs sized to their own caches + the new tokens
+    capacities, prompt = data["decode"]["cache_capacities"], data["visual_tokens"] + data["text_tokens"]
+    assert "in place" in data["decode"]["graph"]
+    assert capacities["onnxruntime full"] == [prompt + 5] * data["num_layers"]
+    reduced = capacities["ffexport reduced"]
+    assert reduced[-1] == prompt - 64 + variants["ffexport reduced"]["visual_tokens_left"] + 5
+    assert all(r <= f for r, f in zip(reduced, capacities["onnxruntime full"]))
     # the headline numbers are the table's medians
     a, c = variants["transformers sdpa"], variants["ffexport reduced"]
     assert data["prefill_speedup"] == pytest.approx(a["prefill_median_s"] / c["prefill_median_s"])

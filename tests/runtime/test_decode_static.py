@@ -89,6 +89,42 @@ def test_static_decode_gives_todays_greedy_tokens_in_place(graphs):
         decoder.step(token, 400)
 
 
+def test_static_decode_host_copies_do_not_grow_with_the_cache(graphs):
+    """Per token, ONNX Runtime's outputs are the runtime's own buffers (the same addresses every step:
+    nothing allocated or copied out, whatever the context) and the host allocates a constant few KiB;
+    today's loop gets every grown present back as a new host array (more bytes each token)."""
+    import tracemalloc
+
+    out, presents, capacities = graphs
+    decoder = StaticCacheDecoder(ort.InferenceSession(str(out / "decode_static.onnx"),
+                                                      providers=["CPUExecutionProvider"]), capacities)
+    decoder.start(presents)
+    ours = [a.__array_interface__["data"][0] for a in (decoder.logits, *decoder.arrays)]
+    traced = []
+    tracemalloc.start()
+    try:
+        for k in range(NEW_TOKENS):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            int(decoder.step(5, 300 + k).argmax())
+            traced.append(tracemalloc.get_traced_memory()[1] - before)
+            bound = [v.data_ptr() for v in decoder.binding.get_outputs()]
+            assert bound == ours, k  # logits and every present: the buffers bound before the first step
+    finally:
+        tracemalloc.stop()
+    assert max(traced) < 4096, traced
+
+    session = ort.InferenceSession(str(out / "decode.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {f"past_key_values.{name}": value for name, value in presents.items()}
+    names = [o.name[len("present."):] for o in session.get_outputs()][1:]
+    copied = []
+    for k in range(3):
+        grown = session.run(None, {"input_ids": np.array([[5]]), "position_ids": np.full((3, 1), 300 + k), **feeds})
+        copied.append(sum(a.nbytes for a in grown[1:]))
+        feeds = {f"past_key_values.{n}": v for n, v in zip(names, grown[1:])}
+    assert copied[0] > sum(p.nbytes for p in presents.values()) and copied[0] < copied[1] < copied[2]
+
+
 def test_static_decode_graph_has_static_shapes_and_builds_with_tensorrt_rtx(graphs, tensorrt_rtx):
     from ffexport.export.trt_toolkit import BuildFailure, ParseOnnx, Rejection, SerializeEngine
 
