@@ -29,7 +29,7 @@ from ffexport.export.builddir import BuildDirectory, committed_weights, fault_po
 from ffexport.export.capture import OPSET, CaptureOnnx, GraphSpec, save_checked
 from ffexport.export.graphs import (
     DEEPSTACK_INPUT, DecodeStep, DeepStackPrefillGraph, EmbedTokens, PrefillGraph, StaticDecodeStep, cache_capacities,
-    present_names,
+    present_names, static_decode_spec,
 )
 from ffexport.export.manifest import (
     MANIFEST_FORMAT, file_intact, file_record, graph_io, load_manifest, now, write_manifest,
@@ -590,19 +590,11 @@ class Build:
 
     def _save_static_decode(self, bucket: Bucket, schedule: Schedule, store: SharedWeights) -> dict[str, Any]:
         """The bucket's static decode graph: caches preallocated per layer (docs/build-format.md)."""
-        layers, parts = self.loaded.num_layers, self.decoder.parts
-        capacities = cache_capacities(schedule, layers, max_text=self.config.max_text,
+        capacities = cache_capacities(schedule, self.loaded.num_layers, max_text=self.config.max_text,
                                       max_new_tokens=self.config.max_new_tokens)
-        weight = self.embed.weight  # the caches take the graphs' dtype (and the meta device of --graph-only)
-        caches = [torch.zeros(1, parts.num_kv_heads, c, parts.head_dim, dtype=weight.dtype, device=weight.device)
-                  for c in capacities for _ in "kv"]
-        module = StaticDecodeStep(self.decoder, self.embed).eval()
-        example = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(3, 1, dtype=torch.int64),
-                   torch.tensor(capacities) - self.config.max_new_tokens, *caches)
         file = f"{bucket.name}.decode_static.onnx"
-        self._save_graph(GraphSpec("static decode", module, example,
-                                   ["input_ids", "position_ids", "cache_lengths", *present_names(layers, "past_key_values")],
-                                   ["logits", *present_names(layers)]), file, store)
+        self._save_graph(static_decode_spec(self.decoder, self.embed, capacities,
+                                            max_new_tokens=self.config.max_new_tokens), file, store)
         record = {"file": file, "capacities": capacities, **graph_io(self.out / file)}
         self._static_decode[bucket.name] = record  # the end-to-end gate decodes with it too
         return record

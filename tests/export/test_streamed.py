@@ -82,7 +82,8 @@ def test_weight_file_hashes_while_writing_and_stores_each_key_once(tmp_path):
 
 def test_parity_bucket_keeps_the_frame_size_and_cuts_frames():
     vision = SimpleNamespace(patch_size=14, temporal_patch_size=2, spatial_merge_size=2)
-    loaded = SimpleNamespace(config=SimpleNamespace(vision_config=vision), video_pixels=(56 * 56, 28 * 28 * 16384))
+    loaded = SimpleNamespace(adapter=SimpleNamespace(), config=SimpleNamespace(vision_config=vision),
+                             video_pixels=(56 * 56, 28 * 28 * 16384))  # a patch-grid family, per-frame limits
     big = parse_bucket("64x448x448", patch_size=14, temporal_patch_size=2, merge_size=2,
                        video_pixels=loaded.video_pixels)
     small = parity_bucket(big, loaded)
