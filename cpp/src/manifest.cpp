@@ -259,6 +259,13 @@ class Reader {
     if (s.contains("stages")) out.stages = stages(array(s, "stages", w), out, num_layers, w + ".stages");
   }
 
+  // Frame blocks (a schedule's or a bucket's) together hold exactly the bucket's visual tokens.
+  void holds_the_bucket(int64_t total, const Bucket& b, const std::string& where) const {
+    if (total != b.visual_tokens) {
+      fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
+    }
+  }
+
   std::vector<FrameBlock> blocks(const json& raw, const Bucket& b, const std::string& where) const {
     if (!raw.is_array() || raw.empty()) fail(where, "must be a non-empty list of [start, length] pairs");
     std::vector<FrameBlock> out;
@@ -283,9 +290,7 @@ class Reader {
       total += block.length;
       out.push_back(block);
     }
-    if (total != b.visual_tokens) {
-      fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
-    }
+    holds_the_bucket(total, b, where);
     return out;
   }
 
@@ -308,9 +313,7 @@ class Reader {
       total += block.length;
       out.push_back(block);
     }
-    if (total != b.visual_tokens) {
-      fail(where, "hold " + std::to_string(total) + " video tokens, the bucket has " + std::to_string(b.visual_tokens));
-    }
+    holds_the_bucket(total, b, where);
     return out;
   }
 
