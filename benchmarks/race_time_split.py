@@ -6,7 +6,9 @@ For each ``ffexport bench --race`` JSON: the FLOPs of the vision encoder, the pr
 steps (``ffexport/bench/flops.py``, the same count the race prints its ideals from; recomputed from the
 preset's config, the bucket and the recorded schedule, so a JSON written before the end-to-end ideal
 existed gets it too), the measured seconds of each part per variant, and the rate each part ran at
-(GFLOP/s). Decode's rate far below the prefill's says its time is not set by its FLOPs.
+(GFLOP/s). Decode's rate far below the prefill's says its time is not set by its FLOPs; the ideal by
+stage (``flops.ideal_by_stage``: transformers' measured stages, each scaled by its own FLOP ratio) is
+printed beside the FLOP ideal.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import sys
 
-from ffexport.bench.flops import ModelDims, VisionDims, generation_flops, vision_flops
+from ffexport.bench.flops import ModelDims, VisionDims, generation_flops, ideal_by_stage, vision_flops
 from ffexport.export.buckets import parse_bucket
 from ffexport.fusion.schedule import Schedule
 from ffexport.models import PRESETS
@@ -51,9 +53,12 @@ def split(path: str) -> dict:
                      "vision_rate": flops.vision / 1e9 / data["vision_seconds"],
                      "prefill_rate": flops.prefill / 1e9 / prefill, "decode_rate": flops.decode / 1e9 / decode})
     ideal = full.total / reduced.total
-    measured = variants["transformers sdpa"]["end_to_end_s"] / variants["ffexport reduced"]["end_to_end_s"]
+    base = variants["transformers sdpa"]
+    by_stage = ideal_by_stage(data["vision_seconds"], base["prefill_median_s"], base["end_to_end_s"] - base["ttft_s"],
+                              full, reduced)
+    measured = base["end_to_end_s"] / variants["ffexport reduced"]["end_to_end_s"]
     return {"file": path, "bucket": data["bucket"], "layers": data["num_layers"], "ideal_end_to_end": ideal,
-            "end_to_end": measured, "rows": rows}
+            "ideal_by_stage": by_stage, "end_to_end": measured, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.json:
         s = split(path)
         print(f"{s['file']}: {s['bucket']}, {s['layers']} layers: end to end {s['end_to_end']:.2f}x, "
-              f"FLOP ideal {s['ideal_end_to_end']:.2f}x ({s['end_to_end'] / s['ideal_end_to_end']:.2f} of it)")
+              f"FLOP ideal {s['ideal_end_to_end']:.2f}x ({s['end_to_end'] / s['ideal_end_to_end']:.2f} of it), "
+              f"ideal by stage {s['ideal_by_stage']:.2f}x ({s['end_to_end'] / s['ideal_by_stage']:.2f} of it)")
         print("  variant            vision s  prefill s  decode s/token  end-to-end s  | GFLOP: vision  prefill  "
               "decode/token | GFLOP/s: vision  prefill  decode")
         for r in s["rows"]:

@@ -125,6 +125,21 @@ class GenerationFlops:
         return self.vision + self.prefill + self.decode
 
 
+def ideal_by_stage(vision_s: float, prefill_s: float, decode_s: float, full: GenerationFlops,
+                   reduced: GenerationFlops) -> float:
+    """The baseline's measured end to end (``vision_s + prefill_s + decode_s``) over the same times with
+    each stage scaled by its own FLOP ratio ``reduced / full`` (the vision encoder's is 1).
+
+    The FLOP ideal (``full.total / reduced.total``) prices a decode FLOP like a prefill FLOP. A decode
+    step streams every weight for one token: it is memory-bound, runs ~20x fewer FLOP/s than the prefill
+    on the 2-core CPU in every variant (transformers' too), and takes a share of the time ~20x its share
+    of the FLOPs, so no runtime whose decode is not free reaches the FLOP ideal. This ideal keeps the
+    baseline's measured cost per FLOP of each stage and assumes every stage shrinks with its own work."""
+    decode = decode_s * reduced.decode / full.decode if full.decode else decode_s
+    scaled = vision_s + prefill_s * reduced.prefill / full.prefill + decode
+    return (vision_s + prefill_s + decode_s) / scaled
+
+
 def generation_flops(dims: ModelDims, schedule: Schedule | None, *, text_tokens: int, visual_tokens: int,
                      vision: int, new_tokens: int) -> GenerationFlops:
     """One generation of ``new_tokens`` greedy tokens: the first from the prefill, the rest decode steps."""

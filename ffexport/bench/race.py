@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 import ffexport
-from ffexport.bench.flops import GenerationFlops, ModelDims, VisionDims, generation_flops, vision_flops
+from ffexport.bench.flops import (GenerationFlops, ModelDims, VisionDims, generation_flops, ideal_by_stage,
+                                  vision_flops)
 from ffexport.bench.memory import PeakMemory
 from ffexport.bench.prefill import _load_average, bench_case, git_commit, machine_facts, prepare_inputs
 from ffexport.errors import InputError, ScheduleError
@@ -119,6 +120,13 @@ class RaceResult:
         """FLOPs of the full model's generation (vision + prefill + decode) over the reduced one's."""
         return self.generation_full.total / self.generation_reduced.total
 
+    @property
+    def ideal_end_to_end_by_stage(self) -> float:
+        """transformers' measured stages, each scaled by its own FLOP ratio (``flops.ideal_by_stage``)."""
+        t = self.variants[TRANSFORMERS]
+        return ideal_by_stage(self.vision_seconds, t.median("prefill"), t.median("decode"), self.generation_full,
+                              self.generation_reduced)
+
     def ttft(self, name: str) -> float:
         return self.vision_seconds + self.variants[name].median("prefill")
 
@@ -156,6 +164,7 @@ class RaceResult:
             "end_to_end_flops": {"full": vars(self.generation_full), "reduced": vars(self.generation_reduced)},
             "ideal_prefill_speedup": self.ideal, "prefill_speedup": self.prefill_speedup,
             "ideal_end_to_end_speedup": self.ideal_end_to_end, "end_to_end_speedup": self.end_to_end_speedup,
+            "ideal_end_to_end_by_stage": self.ideal_end_to_end_by_stage,
             "variants": [{
                 "name": g.name, "visual_tokens_left": g.visual_tokens, "flops": g.flops,
                 "prefill_s": g.prefill, "decode_s": g.decode, "prefill_median_s": g.median("prefill"),
@@ -429,6 +438,9 @@ def render_race(result: RaceResult, stream=None) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=stream)
+    print(f"end-to-end ideal by stage: {result.ideal_end_to_end_by_stage:.2f}x (transformers' vision, prefill and "
+          "decode times, each scaled by its FLOP ratio; the FLOP ideal below prices a memory-bound decode FLOP like "
+          "a prefill FLOP)", file=stream)
     print(f"prefill speedup vs transformers sdpa: {result.prefill_speedup:.2f}x (ideal {result.ideal:.2f}x)",
           file=stream)
     print(f"end-to-end speedup vs transformers sdpa: {result.end_to_end_speedup:.2f}x "

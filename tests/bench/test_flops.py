@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from ffexport.bench.flops import (ModelDims, VisionDims, decode_flops, generation_flops, ideal_speedup, layer_tokens,
-                                  prefill_flops, vision_flops)
+import pytest
+
+from ffexport.bench.flops import (GenerationFlops, ModelDims, VisionDims, decode_flops, generation_flops, ideal_by_stage,
+                                  ideal_speedup, layer_tokens, prefill_flops, vision_flops)
 from ffexport.fusion.schedule import Schedule, Stage
 
 # a small decoder: D=8, I=16, 2 heads of 4 (one KV head), vocab 10, 3 layers
@@ -202,3 +204,14 @@ def test_decode_flops_equal_what_torch_counts_on_the_tiny_decoder(tiny):
                                                                visual_tokens=n).layers] == [54, 54, 42, 42]
     linear = sum(v for op, v in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
     assert linear + attention.flops == g.decode == decode_flops(dims, cache, steps=steps)
+
+
+def test_ideal_by_stage_scales_each_measured_stage_by_its_own_flop_ratio():
+    full, reduced = GenerationFlops(vision=10, prefill=40, decode=4), GenerationFlops(vision=10, prefill=10, decode=2)
+    # 1 s vision (ratio 1) + 2 s prefill at 1/4 + 1 s decode at 1/2 = 2 s; the baseline took 4 s
+    assert ideal_by_stage(1.0, 2.0, 1.0, full, reduced) == pytest.approx(2.0)
+    # the FLOP ideal of the same generation (54 / 22) ignores that decode took a quarter of the time
+    assert full.total / reduced.total == pytest.approx(54 / 22)
+    # no decode steps: vision + prefill only
+    none = GenerationFlops(vision=10, prefill=40, decode=0)
+    assert ideal_by_stage(1.0, 2.0, 0.0, none, GenerationFlops(vision=10, prefill=10, decode=0)) == pytest.approx(2.0)

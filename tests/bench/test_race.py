@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 
 import pytest
 
@@ -54,6 +55,12 @@ def test_race_runs_four_variants_and_ends_with_the_headlines(tmp_path, capsys):
     assert data["ideal_end_to_end_speedup"] == pytest.approx(total["full"] / total["reduced"])
     assert 1 < data["ideal_end_to_end_speedup"] < data["ideal_prefill_speedup"]
     assert f"(ideal {data['ideal_end_to_end_speedup']:.2f}x)" in lines[-1]
+    # the ideal by stage: transformers' own vision, prefill and decode times, each scaled by its FLOP ratio
+    stage = data["vision_seconds"] + a["prefill_median_s"] * e2e["reduced"]["prefill"] / e2e["full"]["prefill"] \
+        + statistics.median(a["decode_s"]) * e2e["reduced"]["decode"] / e2e["full"]["decode"]
+    assert data["ideal_end_to_end_by_stage"] == pytest.approx(a["end_to_end_s"] / stage)
+    assert 1 < data["ideal_end_to_end_by_stage"] < data["ideal_prefill_speedup"]
+    assert lines[-3].startswith(f"end-to-end ideal by stage: {data['ideal_end_to_end_by_stage']:.2f}x (")
     for v in variants.values():  # time to first token = vision + prefill; end to end adds the decode
         assert v["ttft_s"] == pytest.approx(data["vision_seconds"] + v["prefill_median_s"])
         assert v["memory"]["peak_bytes"] > 0
