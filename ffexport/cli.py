@@ -199,6 +199,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], object] | str] = {
     "run": "ffexport.runtime.cli:add_run_parser",
     "lint": "ffexport.lint.cli:add_lint_parser",
     "check": "ffexport.lint.check:add_check_parser",
+    "pack": "ffexport.export.pack:add_pack_parser",
     "calibrate": "ffexport.calibrate.cli:add_calibrate_parser",
     "explain": "ffexport.calibrate.cli:add_explain_parser",
     "bench": "ffexport.bench.cli:add_bench_parser",

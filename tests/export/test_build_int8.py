@@ -111,6 +111,35 @@ def test_the_runtime_runs_an_int8_build(int8_build, tmp_path, tiny):
         np.testing.assert_array_equal(o["generated_ids"], reference.generated_ids)
 
 
+def test_pack_keeps_only_the_int8_graphs_and_their_weights(int8_build, tmp_path):
+    """`ffexport pack` of an int8 build: the fp32 graphs the int8 ones came from and the fp32 decoder/lm_head
+    bytes stay behind; the packed folder runs to the same logits and tokens as the build, bit for bit."""
+    out = tmp_path / "deploy"
+    assert main(["-q", "pack", str(int8_build), "--out", str(out)]) == 0
+    manifest, source = _manifest(out), _manifest(int8_build)
+    sources = {g["quantized"]["from"] for g in _int8_graphs(source).values()}
+    assert sources and not any((out / name).exists() for name in sources)
+    assert set(manifest["packed"]["left_out"]) == sources | {f"{BUCKET}/parity/"}
+    assert not set(manifest["files"]) & sources
+    weights = manifest["packed"]["weights_bytes"]
+    # measured on the tiny preset: 1,228,160 -> 568,696 bytes (the fp32 decoder and lm_head stay behind)
+    assert weights["packed"] == manifest["files"]["weights.bin"]["bytes"] < 0.75 * weights["build"]
+    for graph in _int8_graphs(manifest).values():
+        model = onnx.load(str(out / graph["file"]), load_external_data=False)
+        assert INT8_OPS & {n.op_type for n in model.graph.node}
+    case = tmp_path / "case.npz"
+    assert main(["-q", "case", "--video", "synthetic:pan", "--out", str(case)]) == 0
+    runs = []
+    for directory in (int8_build, out):
+        path = tmp_path / f"{directory.name}.npz"
+        assert main(["-q", "run", str(directory), "--inputs", str(case), "--max-new-tokens", "4", "--out",
+                     str(path)]) == 0
+        with np.load(path) as o:
+            runs.append((o["logits"].copy(), o["generated_ids"].copy()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
 def test_a_failing_int8_gate_fails_the_build_and_leaves_no_usable_bucket(int8_build, tmp_path, monkeypatch,
                                                                          error_line, capsys):
     """Scales corrupted after quantization (x50 on one projection of the prefill) must fail the int8 gate
