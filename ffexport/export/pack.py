@@ -258,12 +258,10 @@ def _write(build: Path, raw: dict[str, Any], staging: Path) -> dict[str, Any]:
 
 
 def _point(tensor, offset: int, length: int) -> None:
-    from ffexport.export.weights import WEIGHTS_FILE
+    """Point ``tensor``'s external data at ``[offset, offset + length)`` of the packed ``weights.bin``."""
+    from ffexport.export.weights import WEIGHTS_FILE, _point_to
 
-    del tensor.external_data[:]
-    for key, value in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    _point_to(tensor, WEIGHTS_FILE, offset, length)
 
 
 def _same_graph(build: Path, packed: Path, name: str) -> None:
