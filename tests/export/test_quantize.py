@@ -87,3 +87,13 @@ def test_the_gate_judges_logits_top5_and_the_first_token():
     assert strict.failures == ["greedy tokens differ from step 1"]
     static = compare_int8("d", reference, reference, [1, 2], [1, 2], fidelity, static_tokens=[1, 3])
     assert not static.passed and "static decode" in static.failures[0]
+    # a flip between two logits closer than the int8 error: still a failure, said to be a near-tie
+    tied = np.array([0.0, 1.0, 3.0, 2.99, -1.0])
+    flipped = compare_int8("t", np.array([0.0, 1.0, 2.98, 3.0, -1.0]), tied, [3], [2], fidelity)
+    assert not flipped.passed and flipped.reference_margin == pytest.approx(0.01)
+    assert flipped.failures == ["first token differs (the fp32 reference's top-2 margin 0.01 (a near-tie: below the "
+                                "int8 logits error 0.02))"]
+    # a flip that needed errors larger than the int8 logits error allows on each side is not called a near-tie
+    moved = compare_int8("m", np.array([0.0, 1.0, 2.45, 2.55, -1.0]), np.array([0.0, 1.0, 3.0, 2.0, -1.0]), [3], [2],
+                         fidelity)
+    assert moved.failures[-1] == "first token differs (the fp32 reference's top-2 margin 1)"
