@@ -342,9 +342,10 @@ def _cmd_build(args) -> int:
 
     choose_attention(args.attention, backend=args.backend, precision=graph_precision(args.precision),
                      graph_only=args.graph_only)
-    from ffexport.export.builddir import refuse_if_busy
+    from ffexport.export.builddir import refuse_if_busy, refuse_packed
 
     refuse_if_busy(Path(args.out))  # another build writing there: one line now, not after loading the model
+    refuse_packed(Path(args.out), overwrite=args.overwrite)
     buckets = tuple(args.bucket or ["8x112x112"])
     schedule = load_schedule(args.schedule) if args.schedule else None
     if schedule is not None and len(buckets) != 1:

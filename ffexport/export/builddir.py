@@ -115,6 +115,21 @@ def refuse_if_busy(directory: Path) -> None:
 
 
 # ====================================================================== the directory a build writes
+def refuse_packed(directory: Path, *, overwrite: bool) -> None:
+    """One line (:class:`InputError`) when ``directory`` is a deployment folder ``ffexport pack`` wrote and
+    ``overwrite`` is not set: a build adding buckets there would leave its ``packed`` record stale."""
+    import json
+
+    try:
+        record = json.loads((Path(directory) / "manifest.json").read_text()).get("packed")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(record, dict) and not overwrite:
+        raise InputError(f"--out {directory} is a deployment folder written by `ffexport pack` (from "
+                         f"{record.get('from', '?')}); add buckets to that build and pack it again, or pass "
+                         "--overwrite to replace the folder")
+
+
 def holds_build(directory: Path) -> bool:
     return any((directory / name).exists() for name in BUILD_MARKERS)
 
@@ -139,6 +154,7 @@ class BuildDirectory:
             raise InputError(f"--out {out} exists and is not a directory")
         if out.is_dir() and not holds_build(out) and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise InputError(f"--out {out} is not empty and holds no ffexport build; choose another folder")
+        refuse_packed(out, overwrite=self.overwrite)
         try:
             self._locks.append(DirectoryLock(out).acquire())
             fault_point("locked")

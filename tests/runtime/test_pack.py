@@ -209,3 +209,18 @@ def test_a_read_only_build_packs(build, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not (build / ".ffexport.lock").exists()
     load_manifest(tmp_path / "deploy", verify=True)
+
+
+def test_a_build_into_a_packed_folder_is_refused(build, tmp_path, error_line):
+    """Adding buckets to a deployment folder would keep its `packed` record stale: refused in one line,
+    the folder untouched; --overwrite replaces it with a build."""
+    out = tmp_path / "deploy"
+    assert main(["-q", "pack", str(build), "--out", str(out)]) == 0
+    before = (out / "manifest.json").read_bytes()
+    assert main(["-q", "build", "--out", str(out)]) == InputError.exit_code  # refused before the model loads
+    line = error_line()
+    assert "deployment folder written by `ffexport pack`" in line and str(build.resolve()) in line
+    assert (out / "manifest.json").read_bytes() == before
+    assert main(["-q", "build", "--out", str(out), "--overwrite"]) == 0  # what the line offers works
+    manifest = load_manifest(out, verify=True)
+    assert "packed" not in manifest.raw and [b.name for b in manifest.buckets] == ["8x112x112"]
