@@ -200,15 +200,19 @@ class BuildDirectory:
         self._locks.clear()
 
     def _remove_stale_siblings(self) -> None:
-        """Staging folders of replacements that were killed (SIGKILL, power loss): nobody holds their lock."""
-        prefix = STAGING.format(name=self.out.name)
-        parent = self.out.parent
-        if not parent.is_dir():
-            return
-        for p in parent.iterdir():
-            if p.name.startswith(prefix) and p.is_dir() and not _locked_by_someone(p / LOCK_FILE):
-                log.info("removing %s, left by an interrupted --overwrite", p)
-                shutil.rmtree(p, ignore_errors=True)
+        remove_stale_siblings(self.out, STAGING.format(name=self.out.name), "an interrupted --overwrite")
+
+
+def remove_stale_siblings(out: Path, prefix: str, left_by: str) -> None:
+    """Delete ``out``'s sibling folders named ``prefix...`` whose lock nobody holds: the staging folders of
+    writers that were killed (SIGKILL, power loss) before they could swap them in or delete them."""
+    parent = Path(out).parent
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if p.name.startswith(prefix) and p.is_dir() and not _locked_by_someone(p / LOCK_FILE):
+            log.info("removing %s, left by %s", p, left_by)
+            shutil.rmtree(p, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2

@@ -107,7 +107,7 @@ def _external(tensor) -> dict[str, str] | None:
 # ============================================================================ packing
 def pack_build(build: Path, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Pack ``build`` into ``out`` (see the module docstring); returns the ``packed`` record."""
-    from ffexport.export.builddir import LOCK_FILE, DirectoryLock, exchange
+    from ffexport.export.builddir import LOCK_FILE, DirectoryLock, exchange, remove_stale_siblings
     from ffexport.runtime.manifest import load_manifest
 
     build, out = Path(build), Path(out)
@@ -126,7 +126,7 @@ def pack_build(build: Path, out: Path, *, overwrite: bool = False) -> dict[str, 
         locks.append(_ReadLock(build))  # no build may write the source meanwhile (a rebuilt bucket rewrites graphs)
         manifest = load_manifest(build, verify=True)  # a damaged build is refused before anything is written
         locks.append(DirectoryLock(out).acquire())  # one pack into out at a time
-        _remove_stale(out)
+        remove_stale_siblings(out, STAGING.format(name=out.name), "an interrupted pack")
         staging = out.parent / (STAGING.format(name=out.name) + str(os.getpid()))
         shutil.rmtree(staging, ignore_errors=True)
         locks.append(DirectoryLock(staging).acquire())
@@ -178,17 +178,6 @@ def _is_packed(directory: Path) -> bool:
         return "packed" in json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-
-
-def _remove_stale(out: Path) -> None:
-    """Staging folders of packs that were killed: nobody holds their lock."""
-    from ffexport.export.builddir import LOCK_FILE, _locked_by_someone
-
-    prefix = STAGING.format(name=out.name)
-    for p in out.parent.iterdir():
-        if p.name.startswith(prefix) and p.is_dir() and not _locked_by_someone(p / LOCK_FILE):
-            log.info("removing %s, left by an interrupted pack", p)
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def _write(build: Path, raw: dict[str, Any], staging: Path) -> dict[str, Any]:
